@@ -1,0 +1,5 @@
+import sys
+
+from kapa.cli import main
+
+sys.exit(main())

@@ -1,0 +1,186 @@
+"""The names Kapa's parts agree on, defined once.
+
+The queue-proxy writes these metrics, Prometheus scrapes them, the scaler queries them, the chart's scrape
+config and the Grafana dashboard name them, and the activator marks requests with these headers. Changing a
+value here changes it everywhere; nothing else spells these strings out.
+
+Configuration keys and annotations are Knative's own (config-autoscaler and `autoscaling.knative.dev/*`), so
+a team can move a service over without rewriting its manifests. Defaults are the strings Knative documents;
+`scaler.config` parses and validates them into typed values.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- Prometheus metrics exported by the queue-proxy (and, for concurrency, the activator) -----------------
+
+#: Time integral of in-flight requests, in request-seconds. rate() over a window W is the exact average
+#: concurrency over W, whatever the scrape timing.
+CONCURRENCY_SECONDS: Final = "kapa_concurrency_seconds_total"
+#: The same integral for requests that arrived through the activator (marked by PROXY_HEADER), so the
+#: scaler can subtract them and count each request once.
+PROXIED_CONCURRENCY_SECONDS: Final = "kapa_proxied_concurrency_seconds_total"
+#: Requests completed, labelled by LABEL_CODE_CLASS ("2xx" .. "5xx").
+REQUESTS: Final = "kapa_requests_total"
+#: Requests completed that arrived through the activator (for the rps metric, counted once).
+PROXIED_REQUESTS: Final = "kapa_proxied_requests_total"
+#: Histogram of request duration at the proxy, in seconds.
+REQUEST_DURATION: Final = "kapa_request_duration_seconds"
+#: Gauge: requests currently inside the proxy (queued or at the app).
+REQUESTS_IN_FLIGHT: Final = "kapa_requests_in_flight"
+#: Gauge: requests waiting for a concurrency slot.
+QUEUE_DEPTH: Final = "kapa_queue_depth"
+#: Requests refused before reaching the app, labelled by LABEL_REASON.
+REJECTED_REQUESTS: Final = "kapa_rejected_requests_total"
+
+#: Upper bounds of REQUEST_DURATION's buckets, in seconds.
+DURATION_BUCKETS_S: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+#: The counters the scaler reads. They are served alone on SCALING_METRICS_PATH so Prometheus can scrape
+#: them every second cheaply, while METRICS_PATH (everything) is scraped at the usual 15 s.
+SCALING_METRICS: Final = (CONCURRENCY_SECONDS, PROXIED_CONCURRENCY_SECONDS, REQUESTS, PROXIED_REQUESTS)
+
+#: Label names. Prefixed so they never collide with `namespace`, `pod`, `service`, `job` or `instance`,
+#: which Prometheus's Kubernetes discovery and relabelling commonly add.
+LABEL_NAMESPACE: Final = "kapa_namespace"
+LABEL_SERVICE: Final = "kapa_service"
+LABEL_CODE_CLASS: Final = "code_class"
+LABEL_REASON: Final = "reason"
+#: Which part exported a series ("queue-proxy" or "activator").
+LABEL_COMPONENT: Final = "kapa_component"
+COMPONENT_QUEUE_PROXY: Final = "queue-proxy"
+COMPONENT_ACTIVATOR: Final = "activator"
+
+#: Values of LABEL_REASON.
+REASON_QUEUE_FULL: Final = "queue_full"
+REASON_TIMEOUT: Final = "timeout"
+REASON_DRAINING: Final = "draining"
+REASON_BAD_REQUEST: Final = "bad_request"
+REASON_UPSTREAM_ERROR: Final = "upstream_error"
+
+METRICS_PATH: Final = "/metrics"
+SCALING_METRICS_PATH: Final = "/metrics/scaling"
+#: Prometheus job names in the scrape configs Kapa generates (local mode and chart).
+SCRAPE_JOB_SCALING: Final = "kapa-scaling"
+SCRAPE_JOB_METRICS: Final = "kapa-metrics"
+#: The panic window (6 s by default) needs several samples: scrape the scaling counters every second.
+SCALING_SCRAPE_INTERVAL_S: Final = 1
+METRICS_SCRAPE_INTERVAL_S: Final = 15
+
+# --- HTTP headers --------------------------------------------------------------------------------------
+
+#: Set by the activator on every request it forwards; the queue-proxy counts such requests as proxied.
+PROXY_HEADER: Final = "K-Proxy-Request"
+PROXY_HEADER_VALUE: Final = "activator"
+#: A request with this header on the serving port is answered by the queue-proxy itself with its
+#: readiness (200 when ready, 503 otherwise), so the activator can probe a pod through its serving port.
+PROBE_HEADER: Final = "K-Network-Probe"
+PROBE_HEADER_VALUE: Final = "queue"
+
+# --- Ports and paths -------------------------------------------------------------------------------------
+
+QUEUE_SERVING_PORT: Final = 8012
+USER_PORT: Final = 8080
+QUEUE_METRICS_PORT: Final = 9091
+QUEUE_ADMIN_PORT: Final = 8022
+READY_PATH: Final = "/ready"
+LIVE_PATH: Final = "/live"
+SCALER_GRPC_PORT: Final = 9095
+SCALER_HTTP_PORT: Final = 9096
+ACTIVATOR_PORT: Final = 8013
+ACTIVATOR_ADMIN_PORT: Final = 9093
+XDS_PORT: Final = 18000
+ENVOY_LISTENER_PORT: Final = 8081
+
+# --- Queue-proxy environment (Knative's names where Knative has one) ------------------------------------
+
+ENV_QUEUE_SERVING_PORT: Final = "QUEUE_SERVING_PORT"
+ENV_USER_PORT: Final = "USER_PORT"
+ENV_CONTAINER_CONCURRENCY: Final = "CONTAINER_CONCURRENCY"
+ENV_REVISION_TIMEOUT_SECONDS: Final = "REVISION_TIMEOUT_SECONDS"
+ENV_SERVING_NAMESPACE: Final = "SERVING_NAMESPACE"
+ENV_SERVING_SERVICE: Final = "SERVING_SERVICE"
+#: A Kubernetes probe as JSON ({"httpGet": {"path": ..., "port": ...}} or {"tcpSocket": {...}}), as Knative
+#: passes the user's readiness probe to its queue-proxy.
+ENV_SERVING_READINESS_PROBE: Final = "SERVING_READINESS_PROBE"
+ENV_METRICS_PORT: Final = "KAPA_METRICS_PORT"
+ENV_ADMIN_PORT: Final = "KAPA_ADMIN_PORT"
+ENV_DRAIN_SECONDS: Final = "KAPA_DRAIN_SECONDS"
+
+DEFAULT_CONTAINER_CONCURRENCY: Final = 0
+DEFAULT_REVISION_TIMEOUT_SECONDS: Final = 300
+#: Knative's drain: keep serving until no request has arrived for this long after SIGTERM.
+DEFAULT_DRAIN_SECONDS: Final = 30
+#: Requests allowed to wait per concurrency slot when CONTAINER_CONCURRENCY > 0 (Knative's breaker).
+QUEUE_DEPTH_PER_SLOT: Final = 10
+
+# --- Autoscaler configuration: config-autoscaler keys and their defaults --------------------------------
+
+#: Knative's config-autoscaler ConfigMap keys with their documented defaults.
+AUTOSCALER_DEFAULTS: Final[dict[str, str]] = {
+    "container-concurrency-target-percentage": "70",
+    "container-concurrency-target-default": "100",
+    "requests-per-second-target-default": "200",
+    "target-burst-capacity": "211",
+    "stable-window": "60s",
+    "panic-window-percentage": "10.0",
+    "panic-threshold-percentage": "200.0",
+    "max-scale-up-rate": "1000.0",
+    "max-scale-down-rate": "2.0",
+    "enable-scale-to-zero": "true",
+    "scale-to-zero-grace-period": "30s",
+    "scale-to-zero-pod-retention-period": "0s",
+    "scale-down-delay": "0s",
+    "activator-capacity": "100.0",
+    "initial-scale": "1",
+    "allow-zero-initial-scale": "false",
+    "min-scale": "0",
+    "max-scale": "0",
+    "max-scale-limit": "0",
+    "activation-scale": "1",
+    "metric": "concurrency",
+}
+#: The name Kapa's issue tracker and Knative's annotation use for the utilisation key; accepted as an
+#: alias of `container-concurrency-target-percentage` in the global config.
+AUTOSCALER_KEY_ALIASES: Final[dict[str, str]] = {
+    "target-utilization-percentage": "container-concurrency-target-percentage",
+}
+
+METRIC_CONCURRENCY: Final = "concurrency"
+METRIC_RPS: Final = "rps"
+
+# --- Per-service annotations ------------------------------------------------------------------------------
+
+KNATIVE_ANNOTATION_PREFIX: Final = "autoscaling.knative.dev/"
+#: The `autoscaling.knative.dev/<key>` annotations Kapa honours.
+KNATIVE_ANNOTATION_KEYS: Final = (
+    "metric",
+    "target",
+    "target-utilization-percentage",
+    "window",
+    "panic-window-percentage",
+    "panic-threshold-percentage",
+    "target-burst-capacity",
+    "scale-down-delay",
+    "scale-to-zero-pod-retention-period",
+    "min-scale",
+    "max-scale",
+    "initial-scale",
+    "activation-scale",
+    "metric-aggregation-algorithm",
+)
+KAPA_ANNOTATION_PREFIX: Final = "kapa.dev/"
+#: Marks a Deployment (and its Service) for Kapa to manage.
+ANNOTATION_ENABLED: Final = KAPA_ANNOTATION_PREFIX + "enabled"
+#: Knative's containerConcurrency (a spec field there), as an annotation on a plain Deployment.
+ANNOTATION_CONTAINER_CONCURRENCY: Final = KAPA_ANNOTATION_PREFIX + "container-concurrency"
+#: Knative's timeoutSeconds, as an annotation.
+ANNOTATION_TIMEOUT_SECONDS: Final = KAPA_ANNOTATION_PREFIX + "timeout-seconds"
+
+
+def knative_annotation(key: str) -> str:
+    """The full annotation name for one of KNATIVE_ANNOTATION_KEYS."""
+    if key not in KNATIVE_ANNOTATION_KEYS:
+        raise KeyError(f"not a Knative autoscaling annotation Kapa honours: {key!r}")
+    return KNATIVE_ANNOTATION_PREFIX + key
