@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
+
+import yaml
 
 
 @dataclass(frozen=True, order=True)
@@ -57,3 +60,79 @@ class Endpoint:
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """One service of a services file: what the scaler, activator and gateway need, plus local-mode fields."""
+
+    spec: ServiceSpec
+    #: Host header values beyond ServiceKey.hosts() that route to the service.
+    extra_hosts: tuple[str, ...] = ()
+    #: Requests whose path starts with this prefix route to the service whatever their Host.
+    path_prefix: str | None = None
+    #: The `local:` section, read only by the local mode (command to run the app, its port, ...).
+    local: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return self.spec.key.hosts() + self.extra_hosts
+
+
+class ServicesFileError(ValueError):
+    """A services file that cannot be used; the message names the file and the entry."""
+
+
+def parse_services(document: object, source: str = "<services>") -> list[ServiceEntry]:
+    """Parse the services file format shared by `kapa scaler`, `kapa activator`, `kapa gateway` and `kapa up`:
+
+        services:
+          - name: hello                 # required
+            namespace: default          # default "default"
+            annotations: {autoscaling.knative.dev/target: "10"}
+            hosts: [hello.localhost]    # optional extra Host values
+            pathPrefix: /hello          # optional
+            local: {command: [...], port: 8080}   # local mode only
+
+    Annotation values are validated later, per key, by the scaler (a bad value there costs only that key);
+    here only the shape is checked, because a service without a name cannot be served at all.
+    """
+    if not isinstance(document, dict) or not isinstance(document.get("services"), list):
+        raise ServicesFileError(f"{source}: expected a mapping with a 'services' list")
+    entries: list[ServiceEntry] = []
+    seen: set[ServiceKey] = set()
+    for index, item in enumerate(document["services"]):
+        where = f"{source}: services[{index}]"
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
+            raise ServicesFileError(f"{where}: each service needs a 'name'")
+        key = ServiceKey(str(item.get("namespace", "default")), item["name"])
+        if key in seen:
+            raise ServicesFileError(f"{where}: service {key} is listed twice")
+        seen.add(key)
+        annotations = item.get("annotations") or {}
+        hosts = item.get("hosts") or []
+        local = item.get("local") or {}
+        if not isinstance(annotations, dict) or not isinstance(hosts, list) or not isinstance(local, dict):
+            raise ServicesFileError(f"{where}: 'annotations' and 'local' must be mappings, 'hosts' a list")
+        prefix = item.get("pathPrefix")
+        if prefix is not None and (not isinstance(prefix, str) or not prefix.startswith("/")):
+            raise ServicesFileError(f"{where}: 'pathPrefix' must start with '/'")
+        entries.append(
+            ServiceEntry(
+                spec=ServiceSpec(key, {str(k): str(v) for k, v in annotations.items()}),
+                extra_hosts=tuple(str(host) for host in hosts),
+                path_prefix=prefix,
+                local=local,
+            )
+        )
+    return entries
+
+
+def load_services(path: str | Path) -> list[ServiceEntry]:
+    """Read a services file (see parse_services)."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ServicesFileError(f"{path}: {error}") from error
+    return parse_services(document, str(path))
