@@ -1,0 +1,393 @@
+"""Where a service's pods are: a stream of endpoint sets, pushed, never polled.
+
+The activator (and the gateway) need to know the moment a pod appears, not the next time they ask. An
+`EndpointSource` keeps the current set of endpoints per service and pushes every change as an
+`EndpointsUpdate` carrying the *full* set for that service, so a consumer never has to merge deltas and a
+slow consumer only ever sees the latest state (updates for one service coalesce while it is busy).
+
+Two sources share that interface:
+
+- `LocalEndpointSource`: set in-process by tests and by the local mode (`kapa up`, which also feeds it over
+  the activator's admin HTTP port).
+- `KubernetesEndpointSource`: a list+watch of discovery.k8s.io/v1 EndpointSlices.
+
+Every endpoint a source knows is published, ready or not, with the subset the source itself reports ready
+in `EndpointsUpdate.ready`: the activator probes each pod through its queue-proxy and uses it the moment
+the probe answers, which is usually well before Kubernetes publishes readiness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kapa.log import get_logger
+from kapa.services import Endpoint, ServiceKey
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class EndpointsUpdate:
+    """The full set of a service's endpoints after a change; an empty set means no pod at all."""
+
+    key: ServiceKey
+    endpoints: frozenset[Endpoint]
+    #: The endpoints the source itself considers ready (a subset of `endpoints`). Informational: the
+    #: activator probes every endpoint itself.
+    ready: frozenset[Endpoint] = frozenset()
+
+
+class EndpointSource(Protocol):
+    """A pushed, coalescing stream of per-service endpoint sets plus the current snapshot."""
+
+    def snapshot(self) -> Mapping[ServiceKey, EndpointsUpdate]:
+        """The current state: every service with at least one endpoint."""
+        ...
+
+    def updates(self) -> AsyncIterator[EndpointsUpdate]:
+        """Every service's current state first, then each change as it happens, until the source closes."""
+        ...
+
+    async def start(self) -> None:
+        """Begin producing updates (a no-op for sources fed in-process)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop producing updates and end every `updates()` iterator."""
+        ...
+
+
+class _Subscription:
+    """One consumer's mailbox: the latest pending update per service, so it stays bounded by services."""
+
+    def __init__(self) -> None:
+        self.pending: dict[ServiceKey, EndpointsUpdate] = {}
+        self.wakeup = asyncio.Event()
+        self.closed = False
+
+    def offer(self, update: EndpointsUpdate) -> None:
+        self.pending.pop(update.key, None)  # re-insert so delivery order follows the latest change
+        self.pending[update.key] = update
+        self.wakeup.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.wakeup.set()
+
+
+class _Broadcaster:
+    """The state and fan-out that every source shares. Must be used from the event loop's thread."""
+
+    def __init__(self) -> None:
+        self._state: dict[ServiceKey, EndpointsUpdate] = {}
+        self._subscriptions: set[_Subscription] = set()
+
+    def snapshot(self) -> Mapping[ServiceKey, EndpointsUpdate]:
+        return dict(self._state)
+
+    def _publish(self, update: EndpointsUpdate) -> None:
+        """Record the new full set of one service and tell every consumer, unless nothing changed."""
+        previous = self._state.get(update.key)
+        if previous == update or (previous is None and not update.endpoints):
+            return
+        if update.endpoints:
+            self._state[update.key] = update
+        else:
+            del self._state[update.key]
+        for subscription in self._subscriptions:
+            subscription.offer(update)
+
+    async def updates(self) -> AsyncIterator[EndpointsUpdate]:
+        subscription = _Subscription()
+        for update in self._state.values():
+            subscription.offer(update)
+        self._subscriptions.add(subscription)
+        try:
+            while True:
+                await subscription.wakeup.wait()
+                subscription.wakeup.clear()
+                while subscription.pending:
+                    key = next(iter(subscription.pending))
+                    yield subscription.pending.pop(key)
+                if subscription.closed:
+                    return
+        finally:
+            self._subscriptions.discard(subscription)
+
+    def _close_subscriptions(self) -> None:
+        for subscription in self._subscriptions:
+            subscription.close()
+
+
+class LocalEndpointSource(_Broadcaster):
+    """Endpoints set in-process: by tests, and by the local mode through the activator's admin port.
+
+    The local mode registers a replica once its queue-proxy is ready, so everything set here is reported
+    ready.
+    """
+
+    def set(self, key: ServiceKey, endpoints: Iterable[Endpoint]) -> None:
+        """Replace the service's endpoints with `endpoints` (empty: the service has no pod)."""
+        full = frozenset(endpoints)
+        self._publish(EndpointsUpdate(key, full, ready=full))
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._close_subscriptions()
+
+
+# --- Kubernetes ------------------------------------------------------------------------------------------
+
+#: The label the EndpointSlice controller puts on every slice it manages, naming the owning Service.
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+#: The Service port whose EndpointSlice port is the queue-proxy's serving port. Knative names the port of
+#: a revision's private Service "http"; Kapa's chart names the queue-proxy's Service port the same way.
+DEFAULT_PORT_NAME = "http"
+
+
+@dataclass(frozen=True)
+class _SliceState:
+    key: ServiceKey
+    endpoints: frozenset[Endpoint]
+    ready: frozenset[Endpoint]
+
+
+def _slice_port(slice_object: Mapping[str, Any], port_name: str) -> int | None:
+    """The serving port of a slice: the port named `port_name`, else the only port of a one-port slice."""
+    ports = slice_object.get("ports") or []
+    for port in ports:
+        if port.get("name") == port_name and port.get("port"):
+            return int(port["port"])
+    if len(ports) == 1 and ports[0].get("port"):
+        return int(ports[0]["port"])
+    return None
+
+
+def parse_endpoint_slice(slice_object: Mapping[str, Any], port_name: str = DEFAULT_PORT_NAME) -> _SliceState | None:
+    """The endpoints of one EndpointSlice (as the API server's JSON), or None when it names no service/port.
+
+    Every endpoint that is not terminating is taken, ready or not (the activator probes it itself); a
+    terminating one is left out, since it must receive no new request. A missing `ready` condition means
+    ready, as the EndpointSlice API documents.
+    """
+    metadata = slice_object.get("metadata") or {}
+    service = (metadata.get("labels") or {}).get(SERVICE_NAME_LABEL)
+    namespace = metadata.get("namespace")
+    if not service or not namespace:
+        return None
+    key = ServiceKey(namespace, service)
+    port = _slice_port(slice_object, port_name)
+    if port is None:
+        log.warning(
+            "endpoint slice has no serving port",
+            slice=metadata.get("name"), service=str(key), port_name=port_name,
+        )
+        return None
+    endpoints: set[Endpoint] = set()
+    ready: set[Endpoint] = set()
+    for entry in slice_object.get("endpoints") or []:
+        addresses = entry.get("addresses") or []
+        conditions = entry.get("conditions") or {}
+        if not addresses or conditions.get("terminating") is True:
+            continue
+        # The addresses of one endpoint are fungible (the API says consumers may use the first).
+        endpoint = Endpoint(addresses[0], port)
+        endpoints.add(endpoint)
+        if conditions.get("ready") is not False:
+            ready.add(endpoint)
+    return _SliceState(key, frozenset(endpoints), frozenset(ready))
+
+
+class EndpointSliceIndex:
+    """Pure bookkeeping of EndpointSlices: a service's endpoints are the union over all its slices.
+
+    `replace` takes a full list (initial list, or re-list after the watch expired); `apply` takes one watch
+    event. Both return the updates to publish: one per service whose endpoint set changed.
+    """
+
+    def __init__(self, port_name: str = DEFAULT_PORT_NAME) -> None:
+        self.port_name = port_name
+        self._slices: dict[tuple[str, str], _SliceState] = {}  # (namespace, slice name) -> state
+
+    def _service_state(self, key: ServiceKey) -> EndpointsUpdate:
+        endpoints: set[Endpoint] = set()
+        ready: set[Endpoint] = set()
+        for state in self._slices.values():
+            if state.key == key:
+                endpoints |= state.endpoints
+                ready |= state.ready
+        return EndpointsUpdate(key, frozenset(endpoints), frozenset(ready))
+
+    def _updates_for(self, keys: Iterable[ServiceKey]) -> list[EndpointsUpdate]:
+        return [self._service_state(key) for key in sorted(set(keys))]
+
+    def replace(self, slice_objects: Iterable[Mapping[str, Any]]) -> list[EndpointsUpdate]:
+        touched = {state.key for state in self._slices.values()}
+        self._slices = {}
+        for slice_object in slice_objects:
+            state = parse_endpoint_slice(slice_object, self.port_name)
+            if state is not None:
+                metadata = slice_object["metadata"]
+                self._slices[(metadata["namespace"], metadata["name"])] = state
+                touched.add(state.key)
+        return self._updates_for(touched)
+
+    def apply(self, event_type: str, slice_object: Mapping[str, Any]) -> list[EndpointsUpdate]:
+        metadata = slice_object.get("metadata") or {}
+        slice_id = (metadata.get("namespace", ""), metadata.get("name", ""))
+        touched: set[ServiceKey] = set()
+        old = self._slices.pop(slice_id, None)
+        if old is not None:
+            touched.add(old.key)
+        if event_type in {"ADDED", "MODIFIED"}:
+            state = parse_endpoint_slice(slice_object, self.port_name)
+            if state is not None:
+                self._slices[slice_id] = state
+                touched.add(state.key)
+        elif event_type != "DELETED":
+            raise ValueError(f"unexpected watch event type {event_type!r}")
+        return self._updates_for(touched)
+
+
+class WatchExpired(Exception):
+    """The API server no longer has the resourceVersion we watch from (410 Gone): list again."""
+
+
+class KubernetesEndpointSource(_Broadcaster):
+    """EndpointSlices of Services (all namespaces, or one) by list + watch, resuming on resourceVersion.
+
+    The official `kubernetes` client is synchronous, and the only asyncio port is a separate package with
+    its own generated models; so the blocking list/watch runs in one daemon thread, which parses the
+    API server's JSON lines itself (no model deserialisation) and hands each event to the event loop with
+    `call_soon_threadsafe`. All state lives on the loop's thread; the thread only reads the network.
+    On 410 Gone (or a watch error) it lists again and publishes only what changed.
+    """
+
+    #: Server-side watch timeout: the watch returns this often and resumes from the last resourceVersion.
+    WATCH_TIMEOUT_S = 240
+    RETRY_DELAY_S = 1.0
+
+    def __init__(
+        self,
+        api_client: Any = None,
+        namespace: str | None = None,
+        port_name: str = DEFAULT_PORT_NAME,
+    ) -> None:
+        super().__init__()
+        self._api_client = api_client
+        self._namespace = namespace
+        self._index = EndpointSliceIndex(port_name)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- called on the loop's thread ----------------------------------------------------------------------
+
+    def handle_list(self, list_object: Mapping[str, Any]) -> None:
+        """Apply a full EndpointSliceList (as JSON)."""
+        for update in self._index.replace(list_object.get("items") or []):
+            self._publish(update)
+
+    def handle_event(self, event: Mapping[str, Any]) -> None:
+        """Apply one watch event (as JSON: {"type": ..., "object": ...}); BOOKMARK and ERROR change nothing."""
+        event_type = event.get("type")
+        if event_type in {"ADDED", "MODIFIED", "DELETED"}:
+            for update in self._index.apply(event_type, event["object"]):
+                self._publish(update)
+
+    async def start(self) -> None:
+        from kubernetes import client, config  # imported here: only the Kubernetes mode pays for it
+
+        if self._api_client is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            self._api_client = client.ApiClient()
+        self._loop = asyncio.get_running_loop()
+        api = client.DiscoveryV1Api(self._api_client)
+        self._thread = threading.Thread(target=self._run, args=(api,), name="endpointslice-watch", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        self._stopping.set()
+        self._close_subscriptions()
+
+    # -- the watch thread -----------------------------------------------------------------------------------
+
+    def _call(self, api: Any, **kwargs: Any) -> Any:
+        kwargs.update(label_selector=SERVICE_NAME_LABEL, _preload_content=False)
+        if self._namespace is None:
+            return api.list_endpoint_slice_for_all_namespaces(**kwargs)
+        return api.list_namespaced_endpoint_slice(self._namespace, **kwargs)
+
+    def _post(self, callback: Any, payload: Mapping[str, Any]) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(callback, payload)
+
+    def _run(self, api: Any) -> None:
+        resource_version: str | None = None
+        while not self._stopping.is_set():
+            try:
+                if resource_version is None:
+                    response = self._call(api)
+                    try:
+                        listed = json.loads(response.data)
+                    finally:
+                        response.release_conn()
+                    resource_version = listed["metadata"]["resourceVersion"]
+                    self._post(self.handle_list, listed)
+                    log.info("endpoint slices listed", count=len(listed.get("items") or []), rv=resource_version)
+                resource_version = self._watch(api, resource_version)
+            except WatchExpired:
+                log.info("endpoint slice watch expired, listing again", rv=resource_version)
+                resource_version = None
+            except Exception as error:  # noqa: BLE001 - the API server may fail in any way; keep watching
+                log.warning("endpoint slice watch failed", error=repr(error))
+                resource_version = None
+                time.sleep(self.RETRY_DELAY_S)
+
+    def _watch(self, api: Any, resource_version: str) -> str:
+        """Watch from `resource_version` until the server ends the watch; return the last version seen."""
+        from kubernetes.watch.watch import iter_resp_lines
+
+        response = self._call(
+            api,
+            watch=True,
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self.WATCH_TIMEOUT_S,
+            _request_timeout=(10, self.WATCH_TIMEOUT_S + 30),
+        )
+        try:
+            for line in iter_resp_lines(response):
+                if self._stopping.is_set():
+                    break
+                if not line:
+                    continue
+                event = json.loads(line)
+                resource_version = next_resource_version(event, resource_version)
+                self._post(self.handle_event, event)
+        finally:
+            response.close()
+            response.release_conn()
+        return resource_version
+
+
+def next_resource_version(event: Mapping[str, Any], current: str) -> str:
+    """The resourceVersion to resume from after `event`; raises WatchExpired on 410 Gone."""
+    event_type = event.get("type")
+    obj = event.get("object") or {}
+    if event_type == "ERROR":
+        if obj.get("code") == 410:
+            raise WatchExpired(obj.get("message", "resource version too old"))
+        raise RuntimeError(f"watch error: {obj.get('reason')}: {obj.get('message')}")
+    return (obj.get("metadata") or {}).get("resourceVersion") or current
