@@ -1,0 +1,1 @@
+"""The scaler: Knative's KPA decision over Prometheus, served to KEDA as an external scaler."""
