@@ -107,11 +107,17 @@ ENV_SERVING_READINESS_PROBE: Final = "SERVING_READINESS_PROBE"
 ENV_METRICS_PORT: Final = "KAPA_METRICS_PORT"
 ENV_ADMIN_PORT: Final = "KAPA_ADMIN_PORT"
 ENV_DRAIN_SECONDS: Final = "KAPA_DRAIN_SECONDS"
+#: Address the queue-proxy's serving, admin and metrics listeners bind to.
+ENV_BIND_ADDRESS: Final = "KAPA_BIND_ADDRESS"
+#: Host the queue-proxy forwards to (the app shares the pod's network namespace, so loopback).
+ENV_UPSTREAM_HOST: Final = "KAPA_UPSTREAM_HOST"
 
 DEFAULT_CONTAINER_CONCURRENCY: Final = 0
 DEFAULT_REVISION_TIMEOUT_SECONDS: Final = 300
 #: Knative's drain: keep serving until no request has arrived for this long after SIGTERM.
 DEFAULT_DRAIN_SECONDS: Final = 30
+DEFAULT_BIND_ADDRESS: Final = "0.0.0.0"
+DEFAULT_UPSTREAM_HOST: Final = "127.0.0.1"
 #: Requests allowed to wait per concurrency slot when CONTAINER_CONCURRENCY > 0 (Knative's breaker).
 QUEUE_DEPTH_PER_SLOT: Final = 10
 
