@@ -92,6 +92,10 @@ ACTIVATOR_PORT: Final = 8013
 ACTIVATOR_ADMIN_PORT: Final = 9093
 XDS_PORT: Final = 18000
 ENVOY_LISTENER_PORT: Final = 8081
+#: Envoy's own admin interface (config_dump, stats, /ready), on loopback.
+ENVOY_ADMIN_PORT: Final = 9901
+#: The gateway's HTTP admin API (set a service's mode and endpoints, read the routing state).
+GATEWAY_ADMIN_PORT: Final = 9094
 
 # --- Queue-proxy environment (Knative's names where Knative has one) ------------------------------------
 
