@@ -68,6 +68,32 @@ SCRAPE_JOB_METRICS: Final = "kapa-metrics"
 SCALING_SCRAPE_INTERVAL_S: Final = 1
 METRICS_SCRAPE_INTERVAL_S: Final = 15
 
+# --- Prometheus metrics exported by the scaler about its own decisions (the dashboard reads these) -------
+
+#: Per service (LABEL_NAMESPACE, LABEL_SERVICE): the pod count the last decision asked for.
+SCALER_DESIRED_PODS: Final = "kapa_scaler_desired_pods"
+#: Per service: the ready pods the last decision saw.
+SCALER_READY_PODS: Final = "kapa_scaler_ready_pods"
+#: Per service: observed total concurrency (or rps) over the stable and the panic window; absent when unknown.
+SCALER_OBSERVED_STABLE: Final = "kapa_scaler_observed_stable"
+SCALER_OBSERVED_PANIC: Final = "kapa_scaler_observed_panic"
+#: Per service: the per-pod target the observed values are divided by.
+SCALER_TARGET: Final = "kapa_scaler_target"
+#: Per service: 1 while in panic mode.
+SCALER_PANIC_MODE: Final = "kapa_scaler_panic_mode"
+#: Per service: 1 while the activator stays in the request path (proxy mode), 0 in serve mode.
+SCALER_PROXY_MODE: Final = "kapa_scaler_proxy_mode"
+#: Per service: Knative's excess burst capacity.
+SCALER_EXCESS_BURST_CAPACITY: Final = "kapa_scaler_excess_burst_capacity"
+#: Per service: 1 when the last decision was held for lack of fresh metrics.
+SCALER_STALE: Final = "kapa_scaler_stale"
+#: 1 when the last tick could not read Prometheus at all.
+SCALER_METRICS_SOURCE_STALE: Final = "kapa_scaler_metrics_source_stale"
+#: Histogram: time to observe and decide for all services in one tick, in seconds.
+SCALER_TICK_DURATION: Final = "kapa_scaler_tick_duration_seconds"
+#: Per service: demand signals received from the activator.
+SCALER_POKES: Final = "kapa_scaler_pokes_total"
+
 # --- HTTP headers --------------------------------------------------------------------------------------
 
 #: Set by the activator on every request it forwards; the queue-proxy counts such requests as proxied.
