@@ -1,0 +1,1 @@
+"""Local mode (`kapa up`): the whole autoscaling loop on one machine, with replicas as local processes."""

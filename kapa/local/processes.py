@@ -1,0 +1,92 @@
+"""Child processes of `kapa up`, each in its own process group, so stopping one stops everything it started.
+
+Every child is started through one `Supervisor`, which remembers it until it has exited: whatever else goes
+wrong, `stop_all()` leaves no process behind (a test checks it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kapa.log import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass(eq=False)
+class Child:
+    """A running child: its name (for logs and the view), the process and where its output goes."""
+
+    name: str
+    process: asyncio.subprocess.Process
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process.returncode is None
+
+
+class Supervisor:
+    """Starts children in new sessions (own process groups) and stops whole groups: SIGTERM, wait, SIGKILL."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self._children: set[Child] = set()
+
+    @property
+    def children(self) -> frozenset[Child]:
+        return frozenset(self._children)
+
+    async def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Child:
+        """Start `argv` with os.environ plus `env`; stdout and stderr go to LOG_DIR/NAME.log."""
+        log_path = self.log_dir / f"{name}.log"
+        with open(log_path, "ab") as out:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                env={**os.environ, **(env or {})},
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        child = Child(name, process, log_path)
+        self._children.add(child)
+        asyncio.get_running_loop().create_task(self._forget_when_done(child))
+        return child
+
+    async def _forget_when_done(self, child: Child) -> None:
+        await child.process.wait()
+        # The group may still hold grandchildren (a shell wrapper's app): never leave them behind.
+        _signal_group(child.pid, signal.SIGKILL)
+        self._children.discard(child)
+
+    async def stop(self, child: Child, grace_s: float, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Send `sig` to the child's group, wait up to grace_s for it to exit, then SIGKILL the group."""
+        if child.running:
+            _signal_group(child.pid, sig)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(child.process.wait(), grace_s)
+        if child.running:
+            log.warning("child did not stop in time, killing it", child=child.name, pid=child.pid, grace_s=grace_s)
+        _signal_group(child.pid, signal.SIGKILL)
+        return await child.process.wait()
+
+    async def stop_all(self, grace_s: float) -> None:
+        """Stop every child still known, all at once."""
+        await asyncio.gather(*(self.stop(child, grace_s) for child in list(self._children)))
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    # Each child leads its own session, so its process group id is its pid.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

@@ -1,0 +1,168 @@
+"""Everything `kapa up` runs, started in order and stopped in reverse: Prometheus, the activator (and the
+gateway with Envoy), the scaler in-process, and the local backend's replicas.
+
+Order matters for not losing a request: Prometheus first (the scaler reads it), then the activator (the
+backend registers replicas with it), then the backend and the scaler, which immediately decides the initial
+scale. On the way out, the scaler stops deciding first, then replicas and the entry points go, and last the
+Supervisor kills whatever process group is still there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from kapa import contract
+from kapa.local.app_spec import AppSpec
+from kapa.local.backend import LocalBackend
+from kapa.local.ports import LOOPBACK, PortAllocator
+from kapa.local.processes import Child, Supervisor
+from kapa.local.registrations import ActivatorEndpoints
+from kapa.log import get_logger
+from kapa.prometheus_server import PrometheusServer, ScrapeTarget
+from kapa.services import ServiceEntry, ServiceKey
+
+log = get_logger(__name__)
+
+STOP_GRACE_S = 5.0
+START_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """What `kapa up`'s flags decide."""
+
+    #: None: the embedded default (the sample app as default/hello).
+    services_file: Path | None
+    config: dict[str, str] = field(default_factory=dict)
+    entry_port: int = 0
+    envoy: bool = False
+    drain_s: float = 2.0
+    workdir: Path | None = None
+
+
+class _Targets:
+    """Prometheus scrapes the activator always, and whatever replicas the backend says."""
+
+    def __init__(self, prometheus: PrometheusServer, fixed: Sequence[ScrapeTarget]) -> None:
+        self._prometheus = prometheus
+        self._fixed = tuple(fixed)
+
+    def set_targets(self, targets: Iterable[ScrapeTarget]) -> None:
+        self._prometheus.set_targets([*self._fixed, *targets])
+
+
+class LocalStack:
+    """The running local mode. `async with LocalStack(entries, specs, options) as stack:`."""
+
+    def __init__(
+        self, entries: Sequence[ServiceEntry], apps: dict[ServiceKey, AppSpec], options: StackOptions,
+        default_services_text: str,
+    ) -> None:
+        self.entries = list(entries)
+        self.options = options
+        self._own_workdir = options.workdir is None
+        self.workdir = options.workdir or Path(tempfile.mkdtemp(prefix="kapa-up-"))
+        self.log_dir = self.workdir / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        # The activator (and gateway) read the same services file as we do.
+        self.services_file = options.services_file or self.workdir / "services.yaml"
+        if options.services_file is None:
+            self.services_file.write_text(default_services_text)
+        self.supervisor = Supervisor(self.log_dir)
+        self.ports = PortAllocator()
+        self.entry_port = options.entry_port or self.ports.allocate()
+        self.activator_admin_port = self.ports.allocate()
+        self.activator_metrics_port = self.ports.allocate()
+        self.scaler_http_port = self.ports.allocate()
+        self.prometheus = PrometheusServer(
+            port=self.ports.allocate(), workdir=self.workdir / "prometheus", log_path=self.log_dir / "prometheus.log"
+        )
+        self.activator_endpoints = ActivatorEndpoints(f"http://{LOOPBACK}:{self.activator_admin_port}")
+        self.backend = LocalBackend(
+            {entry.spec.key: (entry, apps[entry.spec.key]) for entry in self.entries},
+            self.supervisor,
+            endpoint_sinks=[self.activator_endpoints],
+            target_sink=_Targets(self.prometheus, [ScrapeTarget(f"{LOOPBACK}:{self.activator_metrics_port}")]),
+            drain_s=options.drain_s,
+            ports=self.ports,
+        )
+        self.activator: Child | None = None
+        self.scaler: object | None = None
+
+    @property
+    def entry_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.entry_port}"
+
+    @property
+    def traffic_path(self) -> str:
+        if self.options.envoy:
+            return "Envoy routes each service to its replicas, or to the activator while it is at zero"
+        return "every request goes through the activator, which forwards to ready replicas and holds requests while a service is at zero"
+
+    @property
+    def scaler_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.scaler_http_port}"
+
+    async def start(self) -> None:
+        await self.prometheus.start()
+        self.activator = await self.supervisor.start(
+            "activator",
+            [sys.executable, "-m", "activator", "--services", str(self.services_file),
+             "--port", str(self.entry_port), "--admin-port", str(self.activator_admin_port),
+             "--metrics-port", str(self.activator_metrics_port), "--scaler-url", self.scaler_url],
+        )
+        await _wait_http(f"http://{LOOPBACK}:{self.activator_admin_port}{contract.READY_PATH}", self.activator)
+
+    async def stop(self) -> None:
+        await self.backend.close()
+        await self.activator_endpoints.close()
+        if self.activator is not None:
+            await self.supervisor.stop(self.activator, STOP_GRACE_S)
+        await self.prometheus.stop()
+        await self.supervisor.stop_all(1.0)
+        if self._own_workdir:
+            shutil.rmtree(self.workdir / "prometheus", ignore_errors=True)
+
+    async def __aenter__(self) -> LocalStack:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+
+async def _wait_http(url: str, child: Child, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Wait until `url` answers 200; fail early, with the child's log, if the child exits."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
+        while True:
+            if not child.running:
+                raise RuntimeError(f"{child.name} exited with {child.process.returncode}; "
+                                   f"its log: {child.log_path}\n{_tail(child.log_path)}")
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            if loop.time() > deadline:
+                raise TimeoutError(f"{child.name} not ready at {url} after {timeout_s}s; its log: {child.log_path}")
+            await asyncio.sleep(0.05)
+
+
+def _tail(path: Path, chars: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return "(no log)"

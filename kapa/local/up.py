@@ -1,0 +1,192 @@
+"""`kapa up`: the whole autoscaling loop on one machine, README's first command.
+
+    kapa up [--services FILE] [--config FILE] [--port PORT] [--envoy] [--no-view]
+
+Starts a real Prometheus, the activator, the scaler (in this process) and each service's replicas as local
+processes on loopback, then shows what the scaler sees and decides, live. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from importlib import resources
+from pathlib import Path
+
+import uvloop
+import yaml
+from rich.console import Console
+from rich.live import Live
+
+from kapa.local.app_spec import AppSpec, AppSpecError, app_spec
+from kapa.local.stack import LocalStack, StackOptions
+from kapa.local.telemetry import PrometheusTelemetry, Telemetry
+from kapa.local.view import ReplicaHistory, ServiceStatus, change_line, render
+from kapa.log import configure, get_logger
+from kapa.prometheus_server import DEFAULT_BINARY, PrometheusNotInstalled
+from kapa.services import ServiceEntry, ServiceKey, ServicesFileError, load_services, parse_services
+
+log = get_logger(__name__)
+
+REFRESH_S = 1.0
+DEFAULT_SERVICES = "default_services.yaml"
+PROMETHEUS_MISSING = (
+    "kapa up: Prometheus is not installed ({binary} is missing). Kapa's scaler reads real Prometheus.\n"
+    "  Install it with `make setup` (in the Kapa checkout), or `sudo apt-get install prometheus`, then run again."
+)
+
+
+def default_services_text() -> str:
+    """The services file used when none is given (the same as examples/hello.yaml)."""
+    return resources.files("kapa.local").joinpath(DEFAULT_SERVICES).read_text()
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kapa up", description=__doc__.split("\n")[0])
+    parser.add_argument("--services", type=Path, help="services file (default: the sample app as default/hello)")
+    parser.add_argument("--config", type=Path,
+                        help="YAML mapping of Knative config-autoscaler keys (e.g. stable-window: 20s)")
+    parser.add_argument("--port", type=int, default=0, help="port to send traffic to (default: a free port)")
+    parser.add_argument("--envoy", action="store_true", help="put Envoy (programmed by the gateway) in front")
+    parser.add_argument("--no-view", action="store_true", help="print a line per change instead of the live view")
+    parser.add_argument("--drain-seconds", type=float, default=2.0,
+                        help="how long a replica being removed waits for quiet before it exits (default 2)")
+    return parser.parse_args(argv)
+
+
+def _load_config(path: Path | None) -> dict[str, str]:
+    if path is None:
+        return {}
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ServicesFileError(f"{path}: {error}") from error
+    if not isinstance(document, dict):
+        raise ServicesFileError(f"{path}: expected a mapping of config-autoscaler keys to values")
+    return {str(key): str(value) for key, value in document.items()}
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    try:
+        if args.services is None:
+            entries = parse_services(yaml.safe_load(default_services_text()), "<default services>")
+        else:
+            entries = load_services(args.services)
+        apps = {entry.spec.key: app_spec(entry) for entry in entries}
+        config = _load_config(args.config)
+    except (ServicesFileError, AppSpecError) as error:
+        print(f"kapa up: {error}", file=sys.stderr)
+        return 2
+    if not entries:
+        print("kapa up: the services file lists no service", file=sys.stderr)
+        return 2
+    if not (os.path.isfile(DEFAULT_BINARY) and os.access(DEFAULT_BINARY, os.X_OK)):
+        print(PROMETHEUS_MISSING.format(binary=DEFAULT_BINARY), file=sys.stderr)
+        return 1
+    live_view = not args.no_view and sys.stdout.isatty()
+    options = StackOptions(services_file=args.services, config=config, entry_port=args.port, envoy=args.envoy,
+                           drain_s=args.drain_seconds)
+    return uvloop.run(_run(entries, apps, options, live_view))
+
+
+async def _run(entries: list[ServiceEntry], apps: dict[ServiceKey, AppSpec], options: StackOptions,
+               live_view: bool) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    stack = LocalStack(entries, apps, options, default_services_text())
+    configure()
+    if live_view:
+        # The screen belongs to the view: logs go to a file next to the children's.
+        logging.getLogger().handlers[0].setStream(open(stack.log_dir / "kapa-up.log", "a"))  # type: ignore[attr-defined]
+    console = Console()
+    try:
+        await stack.start()
+    except PrometheusNotInstalled:
+        print(PROMETHEUS_MISSING.format(binary=DEFAULT_BINARY), file=sys.stderr)
+        await stack.stop()
+        return 1
+    except (RuntimeError, TimeoutError, OSError) as error:
+        print(f"kapa up: could not start: {error}", file=sys.stderr)
+        await stack.stop()
+        return 1
+    try:
+        header = _banner(stack)
+        for line in header:
+            print(line, flush=True)
+        await _show(stack, stop, header, console if live_view else None)
+    finally:
+        print("kapa up: stopping: replicas, activator, scaler, Prometheus", flush=True)
+        await stack.stop()
+        print("kapa up: stopped", flush=True)
+    return 0
+
+
+def _banner(stack: LocalStack) -> list[str]:
+    first = stack.entries[0].spec.key
+    lines = [
+        f"kapa up: running {len(stack.entries)} service(s); logs in {stack.log_dir}",
+        f"Send traffic to {stack.entry_url} with a Host header; {stack.traffic_path}. For example:",
+        f"  kapa load -c 50 -z 30s -H 'Host: {first.name}.{first.namespace}' --sleep 100 {stack.entry_url}/",
+        f"Prometheus: {stack.prometheus.url}",
+    ]
+    lines += [f"Explain:    {stack.scaler_url}/v1/explain/{key.namespace}/{key.name}"
+              for key in (entry.spec.key for entry in stack.entries)]
+    return lines
+
+
+async def _show(stack: LocalStack, stop: asyncio.Event, header: list[str], console: Console | None) -> None:
+    telemetry_source = PrometheusTelemetry(stack.prometheus.url, stack.held_metric)
+    history = ReplicaHistory()
+    previous: dict[ServiceKey, ServiceStatus] = {}
+    live = Live(console=console, refresh_per_second=4, transient=False) if console else None
+    try:
+        if live:
+            live.start()
+        while not stop.is_set():
+            telemetry = await telemetry_source.read()
+            statuses = [_status(stack, key, telemetry, history) for key in stack.backend.keys]
+            if live:
+                live.update(render(statuses, header))
+            else:
+                for status in statuses:
+                    line = change_line(previous.get(status.key), status)
+                    if line:
+                        print(line, flush=True)
+                    previous[status.key] = status
+            try:
+                await asyncio.wait_for(stop.wait(), REFRESH_S)
+            except TimeoutError:
+                pass
+    finally:
+        if live:
+            live.stop()
+        await telemetry_source.close()
+
+
+def _status(stack: LocalStack, key: ServiceKey, telemetry: Telemetry, history: ReplicaHistory) -> ServiceStatus:
+    counts = stack.backend.counts(key)
+    decision = stack.decision(key)
+    held = telemetry.held.get(key)
+    return ServiceStatus(
+        key=key,
+        desired=counts.desired,
+        ready=counts.ready,
+        starting=counts.starting,
+        draining=counts.draining,
+        failures=counts.failures,
+        stable=None if decision is None else decision.stable_value,
+        panic=None if decision is None else decision.panic_value,
+        panic_mode=bool(decision and decision.panic_mode),
+        stale=bool(decision and decision.stale) or not telemetry.available,
+        mode=None if decision is None else decision.mode,
+        rps=telemetry.rps.get(key, 0.0 if telemetry.available else None),
+        held=None if held is None else int(held),
+        history=history.record(key, counts.ready),
+    )

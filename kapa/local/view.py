@@ -1,0 +1,127 @@
+"""What `kapa up` shows: a live table per service (rich), or one log line per change when not on a terminal.
+
+The view only renders `ServiceStatus` snapshots; `kapa.local.up` assembles them each second from the
+backend (replicas), the scaler (its last decision) and Prometheus (requests/s, held requests), so this module
+can be tested with made-up statuses.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from kapa.services import ServiceKey
+
+SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
+#: Seconds of replica history the sparkline shows (one sample a second).
+HISTORY_S = 60
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """One service at one moment, as the view shows it. None means not known (yet)."""
+
+    key: ServiceKey
+    desired: int
+    ready: int
+    starting: int = 0
+    draining: int = 0
+    failures: int = 0
+    stable: float | None = None
+    panic: float | None = None
+    panic_mode: bool = False
+    stale: bool = False
+    #: Where its traffic goes: "serve" (straight to replicas) or "proxy" (through the activator).
+    mode: str | None = None
+    rps: float | None = None
+    held: int | None = None
+    #: Ready replicas, one sample a second, oldest first.
+    history: tuple[int, ...] = ()
+
+
+class ReplicaHistory:
+    """The last HISTORY_S samples of ready replicas per service, for the sparkline."""
+
+    def __init__(self, length: int = HISTORY_S) -> None:
+        self._length = length
+        self._samples: dict[ServiceKey, deque[int]] = {}
+
+    def record(self, key: ServiceKey, ready: int) -> tuple[int, ...]:
+        samples = self._samples.setdefault(key, deque(maxlen=self._length))
+        samples.append(ready)
+        return tuple(samples)
+
+
+def sparkline(samples: Sequence[int], top: int | None = None) -> str:
+    """One block character per sample, scaled so `top` (at least the largest sample) is a full block."""
+    if not samples:
+        return ""
+    top = max(max(samples), top or 0, 1)
+    last = len(SPARK_BLOCKS) - 1
+    # Zero is the lowest block; anything above zero at least the next one, so "scaled to zero" stands out.
+    return "".join(SPARK_BLOCKS[max(1, round(value * last / top)) if value > 0 else 0] for value in samples)
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def render(statuses: Sequence[ServiceStatus], header: Sequence[str]) -> Group:
+    """The whole screen: the header lines (where things are), then one table row per service."""
+    table = Table(expand=False, header_style="bold")
+    table.add_column("service")
+    table.add_column("replicas\nready/desired", justify="right")
+    table.add_column("starting\ndraining", justify="right")
+    table.add_column("stable\nconc.", justify="right")
+    table.add_column("panic\nconc.", justify="right")
+    table.add_column("mode")
+    table.add_column("req/s", justify="right")
+    table.add_column("held", justify="right")
+    table.add_column("data")
+    table.add_column(f"ready replicas, last {HISTORY_S}s")
+    for status in statuses:
+        replicas = Text(f"{status.ready}/{status.desired}", style="bold green" if status.ready == status.desired
+                        else "bold yellow")
+        mode = Text("PANIC", style="bold red") if status.panic_mode else Text("stable")
+        if status.mode:
+            mode.append(f" {status.mode}", style="dim")
+        data = Text("STALE", style="bold red") if status.stale else Text("fresh", style="green")
+        if status.failures:
+            data.append(f" {status.failures} failed", style="red")
+        table.add_row(
+            str(status.key),
+            replicas,
+            f"{status.starting}/{status.draining}",
+            _number(status.stable),
+            _number(status.panic),
+            mode,
+            _number(status.rps),
+            "-" if status.held is None else str(status.held),
+            data,
+            Text(sparkline(status.history, status.desired), style="cyan"),
+        )
+    return Group(*(Text(line) for line in header), table)
+
+
+def change_line(previous: ServiceStatus | None, current: ServiceStatus) -> str | None:
+    """A log line when something the reader cares about changed (replicas, panic, staleness), else None."""
+    def shape(status: ServiceStatus | None) -> tuple[object, ...] | None:
+        if status is None:
+            return None
+        return (status.desired, status.ready, status.starting, status.draining, status.panic_mode, status.stale,
+                status.mode, status.failures)
+
+    if shape(previous) == shape(current):
+        return None
+    return (
+        f"service={current.key} desired={current.desired} ready={current.ready} starting={current.starting} "
+        f"draining={current.draining} stable={_number(current.stable)} panic={_number(current.panic)} "
+        f"panic_mode={str(current.panic_mode).lower()} mode={current.mode or '-'} rps={_number(current.rps)} "
+        f"held={'-' if current.held is None else current.held} stale={str(current.stale).lower()} "
+        f"failures={current.failures}"
+    )
