@@ -1,0 +1,138 @@
+"""The Aggregated Discovery Service over gRPC: serves a SnapshotCache to every connected Envoy.
+
+One stream per Envoy carries all four resource types, so Envoy sees clusters, endpoints, listener and
+routes in the order we send them. Each stream runs two halves on the event loop: a reader that feeds every
+DiscoveryRequest to the stream's `StreamBook`, and a writer that wakes on a request or a cache change and
+sends whatever responses the book says are due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from kapa.log import get_logger
+
+from gateway.cache import RequestKind, SnapshotCache, StreamBook
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class TypeStatus:
+    """What one Envoy last accepted and rejected for one resource type (for tests and the admin API)."""
+
+    acked_version: str | None
+    rejected_version: str | None
+    reject_reason: str
+
+
+class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    """State-of-the-world ADS (delta xDS is not offered: the bootstrap Kapa generates asks for SotW)."""
+
+    def __init__(self, cache: SnapshotCache) -> None:
+        self.cache = cache
+        self._streams: dict[int, tuple[str, StreamBook]] = {}
+        self._stream_ids = itertools.count(1)
+
+    def status(self) -> dict[str, dict[str, TypeStatus]]:
+        """node id -> type URL -> what that Envoy's live stream has ACKed and rejected."""
+        return {
+            node: {
+                type_url: TypeStatus(book.acked_version, book.rejected_version, book.reject_reason)
+                for type_url, book in stream.types.items()
+            }
+            for node, stream in self._streams.values()
+        }
+
+    async def StreamAggregatedResources(  # noqa: N802 - the name is the gRPC method's
+        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        stream_id = next(self._stream_ids)
+        book = StreamBook()
+        wake = asyncio.Event()
+        node = "?"
+        self.cache.watch(wake)
+
+        async def read() -> None:
+            nonlocal node
+            async for request in request_iterator:
+                if request.node.id:  # Envoy sends its node only on the first request of a stream
+                    node = request.node.id
+                    self._streams[stream_id] = (node, book)
+                error = request.error_detail.message if request.HasField("error_detail") else None
+                outcome = book.on_request(
+                    request.type_url, request.version_info, request.response_nonce, request.resource_names, error
+                )
+                if outcome.kind is RequestKind.NACK:
+                    log.warning(
+                        "envoy rejected config",
+                        node=node, type=_short(outcome.type_url), rejected_version=outcome.version,
+                        version_in_force=outcome.in_force, reason=outcome.detail,
+                    )
+                elif outcome.kind is not RequestKind.STALE:
+                    log.debug(
+                        "discovery request", node=node, kind=outcome.kind.value, type=_short(outcome.type_url),
+                        version=outcome.version, names=len(request.resource_names),
+                    )
+                wake.set()
+
+        reader = asyncio.create_task(read())
+        reader.add_done_callback(lambda _: wake.set())
+        log.info("ads stream opened", stream=stream_id, peer=context.peer())
+        try:
+            while not reader.done():
+                await wake.wait()
+                wake.clear()
+                for response in book.due_responses(self.cache.snapshot()):
+                    await context.write(
+                        discovery_pb2.DiscoveryResponse(
+                            version_info=response.version,
+                            type_url=response.type_url,
+                            nonce=response.nonce,
+                            resources=list(response.resources),
+                        )
+                    )
+                    log.debug(
+                        "discovery response", node=node, type=_short(response.type_url),
+                        version=response.version, nonce=response.nonce, resources=len(response.resources),
+                    )
+            if not reader.cancelled() and reader.exception() is not None:
+                log.info("ads stream read failed", stream=stream_id, node=node, error=repr(reader.exception()))
+        finally:
+            reader.cancel()
+            self.cache.unwatch(wake)
+            self._streams.pop(stream_id, None)
+            log.info("ads stream closed", stream=stream_id, node=node)
+
+
+def _short(type_url: str) -> str:
+    return type_url.rsplit(".", 1)[-1]
+
+
+class XdsServer:
+    """A grpc.aio server exposing one AdsServicer on HOST:PORT."""
+
+    def __init__(self, cache: SnapshotCache, host: str, port: int) -> None:
+        self.servicer = AdsServicer(cache)
+        self.address = f"{host}:{port}"
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        server = grpc.aio.server()
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.servicer, server)
+        if server.add_insecure_port(self.address) == 0:
+            raise OSError(f"cannot listen for xDS on {self.address}")
+        await server.start()
+        self._server = server
+        log.info("xds server listening", address=self.address)
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        if self._server is not None:
+            await self._server.stop(grace_s)
+            self._server = None

@@ -1,0 +1,140 @@
+"""The gateway's plain Python API: the routing state, fed by the scaler and an endpoint source, served over xDS.
+
+    gateway = Gateway(GatewayConfig(xds_port=18000), services=load_services("services.yaml"))
+    await gateway.start()
+    gateway.set_activator([Endpoint("10.0.0.5", 8013)])
+    gateway.set_service(key, "serve", endpoints)       # or set_mode / set_endpoints separately
+    gateway.apply_decision(key, decision)              # anything with .mode: "serve" | "proxy"
+    task = asyncio.create_task(gateway.follow_endpoints(source.updates()))
+
+Every change builds a new `RoutingState`, turns it into Envoy resources and hands them to the snapshot
+cache, which pushes to every connected Envoy the types whose content changed. A change that would be
+invalid raises `RoutingError` and leaves the state as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, Iterable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from kapa import contract
+from kapa.log import get_logger
+from kapa.services import Endpoint, ServiceEntry, ServiceKey
+
+from gateway.ads import TypeStatus, XdsServer
+from gateway.cache import SnapshotCache
+from gateway.resources import ListenerConfig, build_resources
+from gateway.routing import Mode, RoutingState, route_for_entry
+
+log = get_logger(__name__)
+
+
+class Decision(Protocol):
+    """The part of a scaler decision the gateway reads."""
+
+    @property
+    def mode(self) -> str: ...
+
+
+class EndpointsChange(Protocol):
+    """The part of kapa.endpoints.EndpointsUpdate the gateway reads."""
+
+    @property
+    def key(self) -> ServiceKey: ...
+
+    @property
+    def endpoints(self) -> frozenset[Endpoint]: ...
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    xds_host: str = "0.0.0.0"
+    xds_port: int = contract.XDS_PORT
+    listener: ListenerConfig = ListenerConfig()
+
+
+class Gateway:
+    """Owns the RoutingState and the xDS server that serves it."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        services: Iterable[ServiceEntry] = (),
+        activator: Iterable[Endpoint] = (),
+    ) -> None:
+        self.config = config
+        self.cache = SnapshotCache()
+        self.xds = XdsServer(self.cache, config.xds_host, config.xds_port)
+        state = RoutingState().with_activator(activator)
+        for entry in services:
+            state = state.with_route(route_for_entry(entry))
+        self._state = state
+        self._publish()
+
+    @property
+    def state(self) -> RoutingState:
+        return self._state
+
+    def xds_status(self) -> dict[str, dict[str, TypeStatus]]:
+        """Per connected Envoy (node id) and type: the version it ACKed and the last one it rejected."""
+        return self.xds.servicer.status()
+
+    async def start(self) -> None:
+        await self.xds.start()
+
+    async def stop(self) -> None:
+        await self.xds.stop()
+
+    # -- changes ------------------------------------------------------------------------------------------
+
+    def set_service(self, key: ServiceKey, mode: Mode | None = None, endpoints: Iterable[Endpoint] | None = None) -> None:
+        """Set a service's mode and/or endpoints (None keeps the current value); adds an unknown service."""
+        self._replace(self._state.with_service(key, mode, endpoints))
+
+    def set_mode(self, key: ServiceKey, mode: Mode) -> None:
+        self.set_service(key, mode=mode)
+
+    def set_endpoints(self, key: ServiceKey, endpoints: Iterable[Endpoint]) -> None:
+        self.set_service(key, endpoints=endpoints)
+
+    def add_service(self, entry: ServiceEntry) -> None:
+        """Enrol a service from its services-file entry (hosts, prefix, timeout), keeping any known mode/pods."""
+        current = self._state.services.get(entry.spec.key)
+        route = route_for_entry(entry)
+        if current is not None:
+            route = replace(route, mode=current.mode, endpoints=current.endpoints)
+        self._replace(self._state.with_route(route))
+
+    def remove_service(self, key: ServiceKey) -> None:
+        self._replace(self._state.without_service(key))
+
+    def set_activator(self, endpoints: Iterable[Endpoint]) -> None:
+        self._replace(self._state.with_activator(endpoints))
+
+    def apply_decision(self, key: ServiceKey, decision: Decision) -> None:
+        """Follow a scaler decision: its `.mode` picks pods ("serve") or the activator ("proxy")."""
+        self.set_mode(key, decision.mode)  # type: ignore[arg-type] - validated by RoutingState
+
+    def apply_endpoints(self, update: EndpointsChange) -> None:
+        """Take a service's new endpoint set. A source may report every Service of a cluster; only the
+        services enrolled with the gateway are routed, the others are ignored."""
+        if update.key in self._state.services:
+            self.set_endpoints(update.key, update.endpoints)
+
+    async def follow_endpoints(self, updates: AsyncIterable[EndpointsChange]) -> None:
+        """Apply every update of an endpoint source (e.g. `EndpointSource.updates()`) until it ends."""
+        async for update in updates:
+            self.apply_endpoints(update)
+
+    def _replace(self, state: RoutingState) -> None:
+        if state == self._state:
+            return
+        self._state = state
+        self._publish()
+
+    def _publish(self) -> None:
+        changed = self.cache.set_resources(build_resources(self._state, self.config.listener))
+        if changed:
+            versions = {type_url.rsplit(".", 1)[-1]: self.cache.snapshot()[type_url].version for type_url in changed}
+            log.info("routing changed", services=len(self._state.services), **versions)

@@ -1,0 +1,292 @@
+"""RoutingState -> Envoy configuration: one listener, one route table, a cluster per service, EDS data.
+
+Pure translation, so a unit test can read the exact config a state produces. The shape is chosen so that
+the scaler's decisions, which change often, touch as little of Envoy as possible:
+
+- A service's cluster exists in both modes; a mode switch changes only the route's target in the single
+  RouteConfiguration. Envoy swaps a route table atomically per request (each new request sees the whole
+  old table or the whole new one), and a route change does not touch a request already routed: it keeps
+  its upstream connection and finishes. Had the cluster been removed in proxy mode, Envoy would drain and
+  close its connection pools, and requests in flight on it would be cut or slowed.
+- Pods come and go through EDS (ClusterLoadAssignment), which updates a cluster's hosts in place without
+  re-creating the cluster; a removed host gets no new request while its in-flight requests finish.
+- The activator cluster is resolved by DNS (STRICT_DNS): in Kubernetes it is a Service name, locally an IP.
+
+Timeouts and retries:
+- Serve route: Envoy's timeout is the service's timeout (Knative's timeoutSeconds, end to end at the
+  gateway, as Knative's ingress applies it). Envoy's default of 15 s would cut long requests.
+- Proxy route: the service's timeout plus ACTIVATOR_GRACE_S. The activator enforces the timeout itself
+  (it answers 504 with a clear body for a request held too long); the grace lets that answer reach the
+  client instead of Envoy's own, earlier, bodiless 504.
+- Per-route idle timeout is off: a request held by the activator sends no byte while it waits, and the
+  route timeout already bounds it.
+- Retries only where the request cannot have reached the application: `connect-failure` (no connection,
+  so no byte sent) and `refused-stream` (HTTP/2 REFUSED_STREAM: the peer promises it did not process the
+  stream). Both are safe for non-idempotent requests. On the serve path they cover a pod removed from EDS
+  a moment too late; on the proxy path an activator replica restarting. The previous-hosts predicate
+  makes the retry pick another host. No retry on 5xx or on reset after sending: that could run a POST twice.
+- Circuit breakers are raised far above Envoy's default of 1024: admission control is the queue-proxy's
+  and activator's job (containerConcurrency, queue limits); Envoy's defaults would 503 a 1,000-request
+  cold-start burst on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf.message import Message
+
+from kapa import contract
+from kapa.services import Endpoint, ServiceKey
+
+from gateway.routing import RoutingState, ServiceRoute
+
+LISTENER_TYPE: Final = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE_TYPE: Final = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTER_TYPE: Final = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT_TYPE: Final = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+#: The order in which a change reaches Envoy: clusters and their endpoints before the routes that use them.
+TYPE_ORDER: Final = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+
+LISTENER_NAME: Final = "kapa_http"
+ROUTE_CONFIG_NAME: Final = "kapa_routes"
+ACTIVATOR_CLUSTER: Final = "kapa_activator"
+STAT_PREFIX: Final = "kapa"
+
+ACTIVATOR_GRACE_S: Final = 5.0
+CONNECT_TIMEOUT_S: Final = 1.0
+#: Close idle upstream connections before a peer's keep-alive timeout (aiohttp: 75 s, Go: 90 s) does,
+#: so Envoy never sends a request on a connection the peer is closing.
+UPSTREAM_IDLE_TIMEOUT_S: Final = 30.0
+CONNECT_RETRIES: Final = 3
+CIRCUIT_BREAKER_LIMIT: Final = 1_000_000
+
+_HTTP_PROTOCOL_OPTIONS_KEY: Final = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+#: type URL -> resource name -> message.
+Resources = dict[str, dict[str, Message]]
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """Where Envoy accepts client traffic."""
+
+    host: str = "0.0.0.0"
+    port: int = contract.ENVOY_LISTENER_PORT
+
+
+def service_cluster_name(key: ServiceKey) -> str:
+    """A name no two services share ('|' cannot appear in Kubernetes names) and no Kapa cluster uses."""
+    return f"kapa|{key.namespace}|{key.name}"
+
+
+def _packed(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
+
+
+def _ads() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
+    )
+
+
+def _socket_address(endpoint: Endpoint) -> address_pb2.Address:
+    return address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=endpoint.host, port_value=endpoint.port)
+    )
+
+
+def _load_assignment(cluster_name: str, endpoints: tuple[Endpoint, ...]) -> endpoint_pb2.ClusterLoadAssignment:
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=cluster_name,
+        endpoints=[
+            endpoint_components_pb2.LocalityLbEndpoints(
+                lb_endpoints=[
+                    endpoint_components_pb2.LbEndpoint(
+                        endpoint=endpoint_components_pb2.Endpoint(address=_socket_address(endpoint))
+                    )
+                    for endpoint in endpoints
+                ]
+            )
+        ],
+    )
+
+
+def _upstream_cluster(name: str) -> cluster_pb2.Cluster:
+    """What every upstream cluster shares: HTTP/1.1, idle timeout, raised circuit breakers."""
+    limit = wrappers_pb2.UInt32Value(value=CIRCUIT_BREAKER_LIMIT)
+    protocol_options = http_protocol_options_pb2.HttpProtocolOptions(
+        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(idle_timeout=_duration(UPSTREAM_IDLE_TIMEOUT_S)),
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http_protocol_options=protocol_pb2.Http1ProtocolOptions()
+        ),
+    )
+    return cluster_pb2.Cluster(
+        name=name,
+        connect_timeout=_duration(CONNECT_TIMEOUT_S),
+        circuit_breakers=circuit_breaker_pb2.CircuitBreakers(
+            thresholds=[
+                circuit_breaker_pb2.CircuitBreakers.Thresholds(
+                    priority=base_pb2.DEFAULT,
+                    max_connections=limit,
+                    max_pending_requests=limit,
+                    max_requests=limit,
+                    max_retries=limit,
+                )
+            ]
+        ),
+        typed_extension_protocol_options={_HTTP_PROTOCOL_OPTIONS_KEY: _packed(protocol_options)},
+    )
+
+
+def service_cluster(key: ServiceKey) -> cluster_pb2.Cluster:
+    """The pods of one service, fed by EDS over ADS; least-request balancing suits uneven request cost."""
+    cluster = _upstream_cluster(service_cluster_name(key))
+    cluster.type = cluster_pb2.Cluster.EDS
+    cluster.eds_cluster_config.eds_config.CopyFrom(_ads())
+    cluster.lb_policy = cluster_pb2.Cluster.LEAST_REQUEST
+    return cluster
+
+
+def activator_cluster(endpoints: tuple[Endpoint, ...]) -> cluster_pb2.Cluster:
+    cluster = _upstream_cluster(ACTIVATOR_CLUSTER)
+    cluster.type = cluster_pb2.Cluster.STRICT_DNS
+    cluster.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
+    cluster.lb_policy = cluster_pb2.Cluster.ROUND_ROBIN
+    cluster.load_assignment.CopyFrom(_load_assignment(ACTIVATOR_CLUSTER, endpoints))
+    return cluster
+
+
+def _route_action(service: ServiceRoute) -> route_components_pb2.RouteAction:
+    if service.serves_directly:
+        cluster, timeout_s = service_cluster_name(service.key), service.timeout_s
+    else:
+        cluster, timeout_s = ACTIVATOR_CLUSTER, service.timeout_s + ACTIVATOR_GRACE_S
+    return route_components_pb2.RouteAction(
+        cluster=cluster,
+        timeout=_duration(timeout_s),
+        idle_timeout=_duration(0),
+        retry_policy=route_components_pb2.RetryPolicy(
+            retry_on="connect-failure,refused-stream",
+            num_retries=wrappers_pb2.UInt32Value(value=CONNECT_RETRIES),
+            retry_host_predicate=[
+                route_components_pb2.RetryPolicy.RetryHostPredicate(
+                    name="envoy.retry_host_predicates.previous_hosts",
+                    typed_config=_packed(previous_hosts_pb2.PreviousHostsPredicate()),
+                )
+            ],
+            host_selection_retry_max_attempts=3,
+        ),
+    )
+
+
+def route_configuration(state: RoutingState) -> route_pb2.RouteConfiguration:
+    """One virtual host per service (its hosts), plus a catch-all host holding the path-prefix routes.
+
+    Envoy picks the most specific domain match first, so a service's own hosts win over the catch-all.
+    Paths are not rewritten: a pod sees the same path whichever way the request came.
+    """
+    services = sorted(state.services.values(), key=lambda service: service.key)
+    virtual_hosts = [
+        route_components_pb2.VirtualHost(
+            name=str(service.key),
+            domains=list(service.hosts),
+            routes=[
+                route_components_pb2.Route(
+                    match=route_components_pb2.RouteMatch(prefix="/"), route=_route_action(service)
+                )
+            ],
+        )
+        for service in services
+        if service.hosts
+    ]
+    # Longest prefix first: Envoy takes the first matching route.
+    prefixed = sorted(
+        (service for service in services if service.path_prefix),
+        key=lambda service: len(service.path_prefix or ""),
+        reverse=True,
+    )
+    if prefixed:
+        virtual_hosts.append(
+            route_components_pb2.VirtualHost(
+                name="kapa_path_prefixes",
+                domains=["*"],
+                routes=[
+                    route_components_pb2.Route(
+                        match=route_components_pb2.RouteMatch(path_separated_prefix=service.path_prefix.rstrip("/"))
+                        if service.path_prefix != "/"
+                        else route_components_pb2.RouteMatch(prefix="/"),
+                        route=_route_action(service),
+                    )
+                    for service in prefixed
+                    if service.path_prefix
+                ],
+            )
+        )
+    return route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME, virtual_hosts=virtual_hosts)
+
+
+def listener(config: ListenerConfig) -> listener_pb2.Listener:
+    """One HTTP listener whose routes come by RDS over the same ADS stream."""
+    manager = hcm_pb2.HttpConnectionManager(
+        stat_prefix=STAT_PREFIX,
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=ROUTE_CONFIG_NAME),
+        http_filters=[hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=_packed(router_pb2.Router()))],
+        # Host "svc.ns:8081" must match domain "svc.ns" whatever port the client put in the header.
+        strip_any_host_port=True,
+    )
+    return listener_pb2.Listener(
+        name=LISTENER_NAME,
+        address=_socket_address(Endpoint(config.host, config.port)),
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[
+                    listener_components_pb2.Filter(
+                        name="envoy.filters.network.http_connection_manager", typed_config=_packed(manager)
+                    )
+                ]
+            )
+        ],
+    )
+
+
+def build_resources(state: RoutingState, listener_config: ListenerConfig) -> Resources:
+    """Every xDS resource for `state`, by type URL and name."""
+    clusters: dict[str, Message] = {ACTIVATOR_CLUSTER: activator_cluster(state.activator)}
+    assignments: dict[str, Message] = {}
+    for key, service in state.services.items():
+        name = service_cluster_name(key)
+        clusters[name] = service_cluster(key)
+        assignments[name] = _load_assignment(name, tuple(sorted(service.endpoints)))
+    return {
+        LISTENER_TYPE: {LISTENER_NAME: listener(listener_config)},
+        ROUTE_TYPE: {ROUTE_CONFIG_NAME: route_configuration(state)},
+        CLUSTER_TYPE: clusters,
+        ENDPOINT_TYPE: assignments,
+    }
+
+
+def resource_names(resources: Mapping[str, Mapping[str, Message]]) -> dict[str, list[str]]:
+    """Names per type, sorted: a readable summary for logs and the admin API."""
+    return {type_url: sorted(items) for type_url, items in resources.items()}

@@ -1,0 +1,150 @@
+"""The gateway's routing model: which services exist, where each one's traffic goes, and to whom.
+
+Pure data. The scaler's decisions and the endpoint source change a `RoutingState` through its `with_*`
+methods, each of which returns a new, validated state; `gateway.resources` turns a state into Envoy
+configuration. Nothing here does I/O, so "why does Host X go to the activator?" is answered by reading
+one frozen object.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Final, Literal, get_args
+
+from kapa import contract
+from kapa.log import get_logger
+from kapa.services import Endpoint, ServiceEntry, ServiceKey, ServiceSpec
+
+log = get_logger(__name__)
+
+#: "serve": requests go straight to the service's pods. "proxy": they go to the activator, which holds
+#: them while the service is at zero and buffers bursts beyond the pods' capacity (Knative's modes).
+Mode = Literal["serve", "proxy"]
+MODES: Final[tuple[Mode, ...]] = get_args(Mode)
+#: A service nobody has decided about yet is at zero as far as we know: the activator is the safe target.
+DEFAULT_MODE: Final[Mode] = "proxy"
+
+
+class RoutingError(ValueError):
+    """A change that would make the routing ambiguous or unusable by Envoy (a clear message, no change)."""
+
+
+def parse_mode(value: object) -> Mode:
+    if value not in MODES:
+        raise RoutingError(f"mode must be one of {', '.join(MODES)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_endpoint(endpoint: Endpoint) -> Endpoint:
+    """Pod endpoints reach Envoy through EDS, which takes IP addresses only (no DNS names)."""
+    try:
+        ipaddress.ip_address(endpoint.host)
+    except ValueError:
+        raise RoutingError(f"endpoint {endpoint} must be an IP address and port") from None
+    if not 0 < endpoint.port < 65536:
+        raise RoutingError(f"endpoint {endpoint} has no valid port")
+    return endpoint
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """Parse `HOST:PORT` (`[v6]:PORT` for IPv6) into an Endpoint; the host may be a DNS name."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise RoutingError(f"expected HOST:PORT, got {text!r}")
+    return Endpoint(host, int(port))
+
+
+def timeout_from_annotations(spec: ServiceSpec) -> float:
+    """The service's request timeout (Knative's timeoutSeconds), from its annotation or the default.
+
+    A malformed value costs only this key: it is logged with the service and the default is used.
+    """
+    raw = spec.annotations.get(contract.ANNOTATION_TIMEOUT_SECONDS)
+    if raw is None:
+        return float(contract.DEFAULT_REVISION_TIMEOUT_SECONDS)
+    try:
+        value = float(raw)
+        if value <= 0:
+            raise ValueError
+    except ValueError:
+        log.warning(
+            "invalid annotation, using the default",
+            service=str(spec.key), key=contract.ANNOTATION_TIMEOUT_SECONDS, value=raw,
+            default=contract.DEFAULT_REVISION_TIMEOUT_SECONDS,
+        )
+        return float(contract.DEFAULT_REVISION_TIMEOUT_SECONDS)
+    return value
+
+
+@dataclass(frozen=True)
+class ServiceRoute:
+    """One service as the gateway sees it: how to recognise its requests and where to send them."""
+
+    key: ServiceKey
+    #: Host header values (port ignored) that select this service.
+    hosts: tuple[str, ...]
+    #: Requests whose path starts with this select the service whatever their Host.
+    path_prefix: str | None = None
+    mode: Mode = DEFAULT_MODE
+    #: The pods' queue-proxy serving ports.
+    endpoints: frozenset[Endpoint] = frozenset()
+    timeout_s: float = float(contract.DEFAULT_REVISION_TIMEOUT_SECONDS)
+
+    @property
+    def serves_directly(self) -> bool:
+        """True when requests go to the pods. "serve" with no pod would answer 503 (no healthy upstream);
+        the activator holds such requests instead, so an early or stale "serve" never loses one."""
+        return self.mode == "serve" and bool(self.endpoints)
+
+
+def route_for_entry(entry: ServiceEntry) -> ServiceRoute:
+    """A services-file entry as a route: its hosts and prefix, its timeout, no pod yet, proxy mode."""
+    return ServiceRoute(entry.spec.key, entry.hosts, entry.path_prefix, timeout_s=timeout_from_annotations(entry.spec))
+
+
+@dataclass(frozen=True)
+class RoutingState:
+    """Every service's route plus the activator's addresses. Replace, never mutate."""
+
+    services: Mapping[ServiceKey, ServiceRoute] = field(default_factory=dict)
+    #: Where the activator listens (IP or DNS name: the activator cluster resolves names itself).
+    activator: tuple[Endpoint, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "services", MappingProxyType(dict(self.services)))
+
+    def with_route(self, route: ServiceRoute) -> RoutingState:
+        """The state with `route` added or replaced; refuses a Host or path prefix another service owns."""
+        for endpoint in route.endpoints:
+            check_endpoint(endpoint)
+        for other in self.services.values():
+            if other.key == route.key:
+                continue
+            shared = {host.lower() for host in route.hosts} & {host.lower() for host in other.hosts}
+            if shared:
+                raise RoutingError(f"{route.key} and {other.key} both claim host(s) {', '.join(sorted(shared))}")
+            if route.path_prefix is not None and route.path_prefix == other.path_prefix:
+                raise RoutingError(f"{route.key} and {other.key} both claim path prefix {route.path_prefix}")
+        return replace(self, services={**self.services, route.key: route})
+
+    def with_service(
+        self, key: ServiceKey, mode: Mode | None = None, endpoints: Iterable[Endpoint] | None = None
+    ) -> RoutingState:
+        """Change a service's mode and/or endpoints; an unknown service is added with its default hosts."""
+        current = self.services.get(key) or ServiceRoute(key, key.hosts())
+        changes: dict[str, object] = {}
+        if mode is not None:
+            changes["mode"] = parse_mode(mode)
+        if endpoints is not None:
+            changes["endpoints"] = frozenset(endpoints)
+        return self.with_route(replace(current, **changes))  # type: ignore[arg-type]
+
+    def without_service(self, key: ServiceKey) -> RoutingState:
+        return replace(self, services={k: v for k, v in self.services.items() if k != key})
+
+    def with_activator(self, endpoints: Iterable[Endpoint]) -> RoutingState:
+        return replace(self, activator=tuple(sorted(set(endpoints))))
