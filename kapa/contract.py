@@ -94,6 +94,24 @@ SCALER_TICK_DURATION: Final = "kapa_scaler_tick_duration_seconds"
 #: Per service: demand signals received from the activator.
 SCALER_POKES: Final = "kapa_scaler_pokes_total"
 
+# --- Prometheus metrics exported by the activator (besides CONCURRENCY_SECONDS, REQUESTS, REJECTED_REQUESTS) --
+
+#: Gauge per service: requests the activator holds, waiting for a pod (or a pod slot).
+ACTIVATOR_HELD_REQUESTS: Final = "kapa_activator_held_requests"
+#: Gauge per service: pods the activator has probed ready and sends requests to.
+ACTIVATOR_READY_PODS: Final = "kapa_activator_ready_pods"
+#: Histogram per service: how long requests that arrived while no pod was ready waited for one, in seconds.
+ACTIVATOR_COLD_START_WAIT: Final = "kapa_activator_cold_start_wait_seconds"
+#: Counter per service: pokes a scaler accepted (one per scaler replica per activation).
+ACTIVATOR_POKES: Final = "kapa_activator_pokes_total"
+
+# --- HTTP APIs between the parts ----------------------------------------------------------------------
+
+#: On the scaler's HTTP port: the activator's "a request arrived for this service at zero" (POST).
+SCALER_POKE_PATH: Final = "/v1/poke/{namespace}/{name}"
+#: On the activator's admin port: the local mode's endpoint feed (PUT, JSON list of "host:port").
+ACTIVATOR_ENDPOINTS_PATH: Final = "/v1/endpoints/{namespace}/{name}"
+
 # --- HTTP headers --------------------------------------------------------------------------------------
 
 #: Set by the activator on every request it forwards; the queue-proxy counts such requests as proxied.
