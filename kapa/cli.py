@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("scaler.explain:main", "show the scaler's last decisions for NAMESPACE/SERVICE"),
     "simulate": ("scaler.simulate:main", "replay a trace through the decision on a virtual clock"),
     "sample-app": ("kapa.sample_app:main", "run the sample app (sleep, prime, bloat)"),
+    "inject": ("kapa.inject:main", "add the queue-proxy sidecar to enrolled Deployments in a YAML manifest"),
 }
 
 

@@ -1,0 +1,345 @@
+"""Sidecar injection: put the queue-proxy in front of an enrolled app, as Knative does for its revisions.
+
+One pure function, `inject_document`, rewrites a Pod or a Deployment given as a plain dict. The mutating
+admission webhook calls it on each Pod created in an enrolled namespace, and `kapa inject -f FILE` calls it
+on manifests for GitOps users, so both produce the same pod spec. What it does:
+
+- adds the `queue-proxy` container (`kapa queue-proxy`) with its serving, metrics and admin ports and its
+  environment (kapa.contract names), including the app's own readiness probe as JSON, which the queue-proxy
+  runs against the app itself;
+- points the app's readiness probe at the queue-proxy's admin READY_PATH, so Kubernetes and the activator
+  see one readiness, the queue-proxy's (unready while draining as well as while the app is unready);
+- raises terminationGracePeriodSeconds to the revision timeout plus the drain period, so a pod that is
+  draining is never killed with requests still inside;
+- labels the pod `kapa.dev/enabled: "true"` (what the chart's PodMonitor selects) and adds the
+  `prometheus.io/*` annotations for the usual 15 s scrape of the queue-proxy's METRICS_PATH.
+
+Injection is idempotent: a pod that already has a queue-proxy container is returned unchanged. A malformed
+`kapa.dev/*` annotation never stops injection: its default is used and a warning names the key and the
+service (`kapa inject` prints it; the webhook returns it to the client and records an Event).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from kapa import __version__, contract
+
+QUEUE_PROXY_CONTAINER: str = "queue-proxy"
+#: Container port names (IANA service names, at most 15 characters). The chart's PodMonitor and raw scrape
+#: config find the queue-proxy's metrics port by METRICS_PORT_NAME.
+SERVING_PORT_NAME: str = "kapa-serving"
+METRICS_PORT_NAME: str = "kapa-metrics"
+ADMIN_PORT_NAME: str = "kapa-admin"
+#: The image `kapa inject` uses when not told; the chart passes its own image to the webhook.
+DEFAULT_IMAGE: str = f"kapa:{__version__}"
+#: Knative's default queue-proxy CPU request; memory sized for the Python proxy's resident set.
+QUEUE_PROXY_REQUESTS: dict[str, str] = {"cpu": "25m", "memory": "64Mi"}
+#: Annotations for Prometheus configurations that honour the common `prometheus.io/*` convention.
+PROMETHEUS_ANNOTATIONS: dict[str, str] = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(contract.QUEUE_METRICS_PORT),
+    "prometheus.io/path": contract.METRICS_PATH,
+}
+_PROBE_HANDLERS = ("httpGet", "tcpSocket", "grpc", "exec")
+#: The handlers the queue-proxy can run against the app; an exec or grpc probe stays on the app container.
+_PROXIED_PROBE_HANDLERS = ("httpGet", "tcpSocket")
+_QUEUE_PROXY_PORTS = {
+    contract.QUEUE_SERVING_PORT: SERVING_PORT_NAME,
+    contract.QUEUE_METRICS_PORT: METRICS_PORT_NAME,
+    contract.QUEUE_ADMIN_PORT: ADMIN_PORT_NAME,
+}
+
+
+class InjectionError(ValueError):
+    """A document that cannot be injected at all (no containers, ambiguous app port, port clash)."""
+
+
+@dataclass(frozen=True)
+class Injection:
+    """The result of injecting one document: the new document, whether it changed, and warnings to show."""
+
+    document: dict[str, Any]
+    changed: bool
+    warnings: tuple[str, ...] = ()
+
+
+def is_enrolled(document: Mapping[str, Any]) -> bool:
+    """True for a Pod or Deployment marked `kapa.dev/enabled: "true"` (label or annotation, on the object or,
+    for a Deployment, on its pod template)."""
+    if document.get("kind") not in {"Pod", "Deployment"}:
+        return False
+    places = [document.get("metadata") or {}]
+    if document.get("kind") == "Deployment":
+        places.append(((document.get("spec") or {}).get("template") or {}).get("metadata") or {})
+    return any(
+        str((meta.get(field) or {}).get(contract.ANNOTATION_ENABLED, "")).lower() == "true"
+        for meta in places
+        for field in ("labels", "annotations")
+    )
+
+
+def inject_document(document: Mapping[str, Any], image: str = DEFAULT_IMAGE) -> Injection:
+    """Inject the queue-proxy into an enrolled Pod or Deployment; anything else comes back unchanged.
+
+    Raises InjectionError when the pod spec cannot carry a queue-proxy (see the class)."""
+    if not is_enrolled(document):
+        return Injection(dict(document), changed=False)
+    result = copy.deepcopy(dict(document))
+    kind = result["kind"]
+    if not isinstance(result.get("metadata"), dict):
+        result["metadata"] = {}
+    metadata = result["metadata"]
+    if kind == "Deployment":
+        template = result.setdefault("spec", {}).setdefault("template", {})
+        pod_metadata = template.setdefault("metadata", {})
+        pod_spec = template.setdefault("spec", {})
+        # Annotations on the Deployment apply, those on its pod template win (they are what pods carry).
+        annotations = {**(metadata.get("annotations") or {}), **(pod_metadata.get("annotations") or {})}
+        service = str(metadata.get("name") or "")
+    else:
+        pod_metadata, pod_spec = metadata, result.setdefault("spec", {})
+        annotations = dict(metadata.get("annotations") or {})
+        service = _pod_service_name(metadata)
+    if not service:
+        raise InjectionError(f"{kind} has no name to serve under (metadata.name)")
+    containers = pod_spec.get("containers")
+    if not isinstance(containers, list) or not containers:
+        raise InjectionError(f"{kind} {service}: spec has no containers")
+    if any(isinstance(c, dict) and c.get("name") == QUEUE_PROXY_CONTAINER for c in containers):
+        return Injection(dict(document), changed=False)
+
+    warnings: list[str] = []
+    concurrency = _int_annotation(
+        annotations, contract.ANNOTATION_CONTAINER_CONCURRENCY, contract.DEFAULT_CONTAINER_CONCURRENCY, 0, service,
+        warnings,
+    )
+    timeout_s = _int_annotation(
+        annotations, contract.ANNOTATION_TIMEOUT_SECONDS, contract.DEFAULT_REVISION_TIMEOUT_SECONDS, 1, service,
+        warnings,
+    )
+    app = _app_container(containers, service)
+    user_port = _user_port(app)
+    clash = _QUEUE_PROXY_PORTS.keys() & {
+        p.get("containerPort") for c in containers for p in (c.get("ports") or []) if isinstance(p, dict)
+    }
+    if clash:
+        raise InjectionError(
+            f"{kind} {service}: container port {min(clash)} is reserved for the queue-proxy"
+            f" ({', '.join(str(p) for p in sorted(_QUEUE_PROXY_PORTS))})"
+        )
+    original_probe = app.get("readinessProbe")
+    app_probe = _resolved_probe(original_probe, app, user_port)
+    if isinstance(original_probe, dict) and not any(h in original_probe for h in _PROXIED_PROBE_HANDLERS):
+        # Kubernetes must keep running an exec or grpc check (the queue-proxy cannot); it checks TCP meanwhile.
+        warnings.append(
+            f"{service}: the readiness probe of container {app.get('name')} is neither httpGet nor tcpSocket;"
+            f" it stays on the app and the queue-proxy checks TCP port {user_port}"
+        )
+    else:
+        app["readinessProbe"] = _through_queue_proxy(original_probe)
+    containers.append(_queue_proxy_container(image, user_port, concurrency, timeout_s, service, app_probe))
+
+    grace_s = timeout_s + contract.DEFAULT_DRAIN_SECONDS
+    pod_spec["terminationGracePeriodSeconds"] = max(grace_s, int(pod_spec.get("terminationGracePeriodSeconds") or 0))
+    pod_metadata.setdefault("labels", {})[contract.ANNOTATION_ENABLED] = "true"
+    pod_annotations = pod_metadata.setdefault("annotations", {})
+    for key, value in PROMETHEUS_ANNOTATIONS.items():
+        existing = pod_annotations.setdefault(key, value)
+        if existing != value:
+            warnings.append(
+                f"{service}: annotation {key}={existing!r} is kept (it is the app's); Kapa's PodMonitor or raw"
+                f" scrape config must scrape the queue-proxy (port {METRICS_PORT_NAME}) instead"
+            )
+    return Injection(result, changed=True, warnings=tuple(warnings))
+
+
+def _pod_service_name(metadata: Mapping[str, Any]) -> str:
+    """The Deployment a Pod belongs to: its ReplicaSet owner's name less the pod-template-hash suffix (what
+    the Deployment controller appends), else the Pod's own name."""
+    pod_hash = (metadata.get("labels") or {}).get("pod-template-hash")
+    for owner in metadata.get("ownerReferences") or []:
+        name = str(owner.get("name", ""))
+        if owner.get("kind") == "ReplicaSet" and pod_hash and name.endswith(f"-{pod_hash}"):
+            return name.removesuffix(f"-{pod_hash}")
+    return str(metadata.get("name") or "")
+
+
+def _int_annotation(
+    annotations: Mapping[str, Any], key: str, default: int, minimum: int, service: str, warnings: list[str]
+) -> int:
+    raw = annotations.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        warnings.append(
+            f"{service}: annotation {key}={str(raw)!r} is not an integer >= {minimum}; using the default {default}"
+        )
+        return default
+    return value
+
+
+def _app_container(containers: list[Any], service: str) -> dict[str, Any]:
+    """The container that serves requests: the only one declaring ports, else the first (Knative's rule for
+    multi-container revisions: exactly one container exposes a port)."""
+    if not all(isinstance(c, dict) for c in containers):
+        raise InjectionError(f"{service}: every container must be a mapping")
+    with_ports = [c for c in containers if c.get("ports")]
+    if len(with_ports) > 1:
+        names = ", ".join(str(c.get("name")) for c in with_ports)
+        raise InjectionError(f"{service}: several containers declare ports ({names}); exactly one may serve")
+    return with_ports[0] if with_ports else containers[0]
+
+
+def _user_port(app: Mapping[str, Any]) -> int:
+    ports = app.get("ports") or []
+    if not ports:
+        return contract.USER_PORT
+    port = ports[0].get("containerPort") if isinstance(ports[0], dict) else None
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise InjectionError(f"container {app.get('name')}: containerPort {port!r} is not a port number")
+    return port
+
+
+def _resolved_probe(probe: Any, app: Mapping[str, Any], user_port: int) -> dict[str, Any]:
+    """The app's readiness check for the queue-proxy to run: its handler with named ports made numeric (the
+    queue-proxy has no pod spec to look names up in); a TCP check on the app's port when it has none, as
+    Knative does."""
+    if not isinstance(probe, dict) or not any(h in probe for h in _PROXIED_PROBE_HANDLERS):
+        return {"tcpSocket": {"port": user_port}}
+    handler_name = next(h for h in _PROXIED_PROBE_HANDLERS if h in probe)
+    handler = dict(probe[handler_name] or {})
+    port = handler.get("port")
+    if isinstance(port, str):
+        named = {p.get("name"): p.get("containerPort") for p in app.get("ports") or [] if isinstance(p, dict)}
+        if port in named:
+            handler["port"] = named[port]
+        elif port.isdigit():
+            handler["port"] = int(port)
+        else:
+            raise InjectionError(f"container {app.get('name')}: readiness probe names unknown port {port!r}")
+    return {handler_name: handler}
+
+
+def _through_queue_proxy(probe: Any) -> dict[str, Any]:
+    """The app's probe with its handler replaced by the queue-proxy's readiness; timings are kept."""
+    timings = {k: v for k, v in (probe or {}).items() if k not in _PROBE_HANDLERS} if isinstance(probe, dict) else {}
+    return {"httpGet": {"path": contract.READY_PATH, "port": contract.QUEUE_ADMIN_PORT}, **timings}
+
+
+def _queue_proxy_container(
+    image: str, user_port: int, concurrency: int, timeout_s: int, service: str, app_probe: Mapping[str, Any]
+) -> dict[str, Any]:
+    env = [
+        {"name": contract.ENV_QUEUE_SERVING_PORT, "value": str(contract.QUEUE_SERVING_PORT)},
+        {"name": contract.ENV_USER_PORT, "value": str(user_port)},
+        {"name": contract.ENV_CONTAINER_CONCURRENCY, "value": str(concurrency)},
+        {"name": contract.ENV_REVISION_TIMEOUT_SECONDS, "value": str(timeout_s)},
+        {"name": contract.ENV_SERVING_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": contract.ENV_SERVING_SERVICE, "value": service},
+        {"name": contract.ENV_SERVING_READINESS_PROBE, "value": json.dumps(app_probe, separators=(",", ":"))},
+        {"name": contract.ENV_METRICS_PORT, "value": str(contract.QUEUE_METRICS_PORT)},
+        {"name": contract.ENV_ADMIN_PORT, "value": str(contract.QUEUE_ADMIN_PORT)},
+    ]
+    admin_get = {"path": contract.READY_PATH, "port": contract.QUEUE_ADMIN_PORT}
+    return {
+        "name": QUEUE_PROXY_CONTAINER,
+        "image": image,
+        "command": ["kapa", "queue-proxy"],
+        "ports": [{"name": name, "containerPort": port} for port, name in _QUEUE_PROXY_PORTS.items()],
+        "env": env,
+        # The queue-proxy probes the app every 50 ms until first ready; Kubernetes asks it every second.
+        "readinessProbe": {"httpGet": admin_get, "periodSeconds": 1, "failureThreshold": 3},
+        "livenessProbe": {
+            "httpGet": {"path": contract.LIVE_PATH, "port": contract.QUEUE_ADMIN_PORT},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "resources": {"requests": dict(QUEUE_PROXY_REQUESTS)},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+
+
+# --- `kapa inject` ----------------------------------------------------------------------------------------
+
+#: A line that starts a new YAML document. Only a column-0 `---` can, so block scalars are safe.
+_DOCUMENT_START = re.compile(r"^---(?=\s|$)", re.MULTILINE)
+
+
+def inject_stream(text: str, image: str = DEFAULT_IMAGE) -> tuple[str, list[str]]:
+    """Inject every enrolled document of a multi-document YAML stream.
+
+    Documents that are not changed come out byte for byte as they went in (comments and all); injected ones
+    are re-serialised. Returns the new stream and the warnings. Raises yaml.YAMLError or InjectionError
+    with the document's position in the message."""
+    starts = [m.start() for m in _DOCUMENT_START.finditer(text)]
+    bounds = ([0] if not starts or starts[0] != 0 else []) + starts + [len(text)]
+    out: list[str] = []
+    warnings: list[str] = []
+    for index, (begin, end) in enumerate(zip(bounds, bounds[1:]), start=1):
+        chunk = text[begin:end]
+        body = _DOCUMENT_START.sub("", chunk, count=1) if chunk.startswith("---") else chunk
+        try:
+            document = yaml.safe_load(body)
+        except yaml.YAMLError as error:
+            raise yaml.YAMLError(f"document {index}: {error}") from error
+        if not isinstance(document, dict):
+            if document is not None:
+                raise InjectionError(f"document {index}: expected a Kubernetes object (a mapping)")
+            out.append(chunk)
+            continue
+        try:
+            injection = inject_document(document, image)
+        except InjectionError as error:
+            raise InjectionError(f"document {index}: {error}") from error
+        warnings += injection.warnings
+        if not injection.changed:
+            out.append(chunk)
+            continue
+        prefix = "---\n" if chunk.startswith("---") else ""
+        out.append(prefix + yaml.safe_dump(injection.document, sort_keys=False, default_flow_style=False))
+    return "".join(out), warnings
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="kapa inject",
+        description="Add the queue-proxy sidecar to enrolled Deployments and Pods (label or annotation "
+        f"{contract.ANNOTATION_ENABLED}: \"true\") in a multi-document YAML manifest; print the result.",
+    )
+    parser.add_argument("-f", "--filename", required=True, help="manifest file, or - for stdin")
+    parser.add_argument("--image", default=DEFAULT_IMAGE, help=f"the Kapa image (default {DEFAULT_IMAGE})")
+    args = parser.parse_args(list(argv))
+    try:
+        text = sys.stdin.read() if args.filename == "-" else open(args.filename, encoding="utf-8").read()
+    except (OSError, UnicodeDecodeError) as error:
+        print(f"kapa inject: cannot read {args.filename}: {error}", file=sys.stderr)
+        return 2
+    try:
+        output, warnings = inject_stream(text, args.image)
+    except (yaml.YAMLError, InjectionError) as error:
+        print(f"kapa inject: {args.filename}: {error}", file=sys.stderr)
+        return 2
+    for warning in warnings:
+        print(f"kapa inject: warning: {warning}", file=sys.stderr)
+    sys.stdout.write(output)
+    return 0

@@ -1,0 +1,310 @@
+"""Sidecar injection: the pure rewrite shared by the webhook and `kapa inject`, and the command itself."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kapa import contract
+from kapa.inject import (
+    METRICS_PORT_NAME,
+    QUEUE_PROXY_CONTAINER,
+    InjectionError,
+    inject_document,
+    inject_stream,
+    is_enrolled,
+)
+
+
+def deployment(
+    annotations: dict[str, str] | None = None,
+    containers: list[dict[str, Any]] | None = None,
+    enrolled: bool = True,
+) -> dict[str, Any]:
+    labels = {"app": "hello"} | ({contract.ANNOTATION_ENABLED: "true"} if enrolled else {})
+    app = {
+        "name": "app",
+        "image": "hello:1",
+        "ports": [{"name": "http", "containerPort": 8000}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "hello", "namespace": "shop", "labels": labels, "annotations": annotations or {}},
+        "spec": {
+            "selector": {"matchLabels": {"app": "hello"}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": containers if containers is not None else [app]},
+            },
+        },
+    }
+
+
+def pod_spec(document: dict[str, Any]) -> dict[str, Any]:
+    return document["spec"]["template"]["spec"] if document["kind"] == "Deployment" else document["spec"]
+
+
+def queue_proxy(document: dict[str, Any]) -> dict[str, Any]:
+    (container,) = [c for c in pod_spec(document)["containers"] if c["name"] == QUEUE_PROXY_CONTAINER]
+    return container
+
+
+def env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_injects_queue_proxy_with_contract_env_ports_and_probe() -> None:
+    injection = inject_document(deployment({contract.ANNOTATION_CONTAINER_CONCURRENCY: "10"}), image="kapa:test")
+    assert injection.changed and injection.warnings == ()
+    document = injection.document
+    app, sidecar = pod_spec(document)["containers"]
+    assert sidecar["name"] == QUEUE_PROXY_CONTAINER
+    assert sidecar["image"] == "kapa:test"
+    assert sidecar["command"] == ["kapa", "queue-proxy"]
+    assert {p["containerPort"] for p in sidecar["ports"]} == {
+        contract.QUEUE_SERVING_PORT,
+        contract.QUEUE_METRICS_PORT,
+        contract.QUEUE_ADMIN_PORT,
+    }
+    assert {p["name"]: p["containerPort"] for p in sidecar["ports"]}[METRICS_PORT_NAME] == contract.QUEUE_METRICS_PORT
+    values = env(sidecar)
+    assert values[contract.ENV_USER_PORT] == "8000"
+    assert values[contract.ENV_QUEUE_SERVING_PORT] == str(contract.QUEUE_SERVING_PORT)
+    assert values[contract.ENV_CONTAINER_CONCURRENCY] == "10"
+    assert values[contract.ENV_REVISION_TIMEOUT_SECONDS] == str(contract.DEFAULT_REVISION_TIMEOUT_SECONDS)
+    assert values[contract.ENV_SERVING_NAMESPACE] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert values[contract.ENV_SERVING_SERVICE] == "hello"
+    # The app's own probe goes to the queue-proxy, its named port made a number.
+    assert json.loads(values[contract.ENV_SERVING_READINESS_PROBE]) == {"httpGet": {"path": "/healthz", "port": 8000}}
+    # ... and Kubernetes now asks the queue-proxy, with the app's timings kept.
+    assert app["readinessProbe"] == {
+        "httpGet": {"path": contract.READY_PATH, "port": contract.QUEUE_ADMIN_PORT},
+        "periodSeconds": 2,
+    }
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert sidecar[probe]["httpGet"]["port"] == contract.QUEUE_ADMIN_PORT
+    assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
+    assert sidecar["resources"]["requests"]
+    template = document["spec"]["template"]
+    assert template["spec"]["terminationGracePeriodSeconds"] == (
+        contract.DEFAULT_REVISION_TIMEOUT_SECONDS + contract.DEFAULT_DRAIN_SECONDS
+    )
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == str(contract.QUEUE_METRICS_PORT)
+    assert template["metadata"]["labels"][contract.ANNOTATION_ENABLED] == "true"
+
+
+def test_input_is_not_mutated_and_second_injection_changes_nothing() -> None:
+    original = deployment()
+    snapshot = copy.deepcopy(original)
+    once = inject_document(original).document
+    assert original == snapshot
+    twice = inject_document(once)
+    assert not twice.changed
+    assert twice.document == once
+
+
+@pytest.mark.parametrize(
+    ("annotations", "timeout_env", "concurrency_env", "grace_s", "warned_key"),
+    [
+        ({contract.ANNOTATION_TIMEOUT_SECONDS: "60"}, "60", "0", 60 + contract.DEFAULT_DRAIN_SECONDS, None),
+        ({contract.ANNOTATION_TIMEOUT_SECONDS: "soon"}, "300", "0", 330, contract.ANNOTATION_TIMEOUT_SECONDS),
+        ({contract.ANNOTATION_TIMEOUT_SECONDS: "0"}, "300", "0", 330, contract.ANNOTATION_TIMEOUT_SECONDS),
+        ({contract.ANNOTATION_CONTAINER_CONCURRENCY: "-1"}, "300", "0", 330, contract.ANNOTATION_CONTAINER_CONCURRENCY),
+        ({contract.ANNOTATION_CONTAINER_CONCURRENCY: "2.5"}, "300", "0", 330, contract.ANNOTATION_CONTAINER_CONCURRENCY),
+        ({contract.ANNOTATION_CONTAINER_CONCURRENCY: " 3 "}, "300", "3", 330, None),
+    ],
+)
+def test_annotations_and_malformed_values_fall_back_with_a_warning_naming_the_key(
+    annotations: dict[str, str], timeout_env: str, concurrency_env: str, grace_s: int, warned_key: str | None
+) -> None:
+    injection = inject_document(deployment(annotations))
+    values = env(queue_proxy(injection.document))
+    assert values[contract.ENV_REVISION_TIMEOUT_SECONDS] == timeout_env
+    assert values[contract.ENV_CONTAINER_CONCURRENCY] == concurrency_env
+    assert pod_spec(injection.document)["terminationGracePeriodSeconds"] == grace_s
+    if warned_key is None:
+        assert injection.warnings == ()
+    else:
+        (warning,) = injection.warnings
+        assert warned_key in warning and "hello" in warning and "default" in warning
+
+
+def test_pod_template_annotations_override_the_deployments() -> None:
+    document = deployment({contract.ANNOTATION_CONTAINER_CONCURRENCY: "5"})
+    document["spec"]["template"]["metadata"]["annotations"] = {contract.ANNOTATION_CONTAINER_CONCURRENCY: "7"}
+    assert env(queue_proxy(inject_document(document).document))[contract.ENV_CONTAINER_CONCURRENCY] == "7"
+
+
+def test_longer_grace_period_is_kept() -> None:
+    document = deployment()
+    document["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 900
+    assert pod_spec(inject_document(document).document)["terminationGracePeriodSeconds"] == 900
+
+
+def test_app_without_probe_or_port_gets_tcp_check_on_default_user_port() -> None:
+    document = deployment(containers=[{"name": "app", "image": "hello:1"}])
+    injected = inject_document(document).document
+    values = env(queue_proxy(injected))
+    assert values[contract.ENV_USER_PORT] == str(contract.USER_PORT)
+    assert json.loads(values[contract.ENV_SERVING_READINESS_PROBE]) == {"tcpSocket": {"port": contract.USER_PORT}}
+    assert pod_spec(injected)["containers"][0]["readinessProbe"]["httpGet"]["path"] == contract.READY_PATH
+
+
+def test_exec_probe_stays_on_the_app_with_a_warning() -> None:
+    exec_probe = {"exec": {"command": ["true"]}, "periodSeconds": 5}
+    document = deployment(containers=[{"name": "app", "image": "x", "readinessProbe": exec_probe}])
+    injection = inject_document(document)
+    assert pod_spec(injection.document)["containers"][0]["readinessProbe"] == exec_probe
+    assert "neither httpGet nor tcpSocket" in injection.warnings[0]
+
+
+def test_the_container_with_ports_serves_in_a_multi_container_pod() -> None:
+    containers = [
+        {"name": "log-shipper", "image": "x"},
+        {"name": "web", "image": "y", "ports": [{"containerPort": 3000}]},
+    ]
+    injected = inject_document(deployment(containers=containers)).document
+    assert env(queue_proxy(injected))[contract.ENV_USER_PORT] == "3000"
+    assert "readinessProbe" not in pod_spec(injected)["containers"][0]
+
+
+@pytest.mark.parametrize(
+    ("containers", "message"),
+    [
+        ([], "no containers"),
+        (
+            [{"name": "a", "ports": [{"containerPort": 1}]}, {"name": "b", "ports": [{"containerPort": 2}]}],
+            "several containers declare ports (a, b)",
+        ),
+        ([{"name": "a", "ports": [{"containerPort": contract.QUEUE_SERVING_PORT}]}], "reserved for the queue-proxy"),
+        ([{"name": "a", "ports": [{"containerPort": "http"}]}], "not a port number"),
+        (
+            [{"name": "a", "readinessProbe": {"httpGet": {"path": "/", "port": "web"}}}],
+            "unknown port 'web'",
+        ),
+    ],
+)
+def test_pod_specs_that_cannot_carry_a_sidecar_are_refused_clearly(
+    containers: list[dict[str, Any]], message: str
+) -> None:
+    with pytest.raises(InjectionError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        inject_document(deployment(containers=containers))
+
+
+def test_pod_from_a_deployment_is_named_after_the_deployment() -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "hello-6d9f7c5b8-",
+            "labels": {contract.ANNOTATION_ENABLED: "true", "pod-template-hash": "6d9f7c5b8"},
+            "ownerReferences": [{"kind": "ReplicaSet", "name": "hello-6d9f7c5b8", "apiVersion": "apps/v1"}],
+        },
+        "spec": {"containers": [{"name": "app", "image": "x"}]},
+    }
+    injected = inject_document(pod).document
+    assert env(queue_proxy(injected))[contract.ENV_SERVING_SERVICE] == "hello"
+
+
+@pytest.mark.parametrize(
+    ("document", "enrolled"),
+    [
+        (deployment(), True),
+        (deployment(enrolled=False), False),
+        (deployment({contract.ANNOTATION_ENABLED: "true"}, enrolled=False), True),
+        (deployment({contract.ANNOTATION_ENABLED: "false"}, enrolled=False), False),
+        ({"kind": "Service", "metadata": {"labels": {contract.ANNOTATION_ENABLED: "true"}}}, False),
+    ],
+)
+def test_enrollment(document: dict[str, Any], enrolled: bool) -> None:
+    assert is_enrolled(document) is enrolled
+    assert inject_document(document).changed is enrolled
+
+
+def test_app_prometheus_annotations_are_kept_with_a_warning() -> None:
+    document = deployment()
+    document["spec"]["template"]["metadata"]["annotations"] = {"prometheus.io/port": "8000"}
+    injection = inject_document(document)
+    assert injection.document["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "8000"
+    assert any("prometheus.io/port" in w for w in injection.warnings)
+
+
+# --- the stream and the command ---------------------------------------------------------------------------
+
+SERVICE_DOC = """\
+# the Service stays exactly as written, comment included
+apiVersion: v1
+kind: Service
+metadata: {name: hello}
+spec:
+  ports: [{port: 80, targetPort: 8000}]
+"""
+
+
+def manifest() -> str:
+    return SERVICE_DOC + "---\n" + yaml.safe_dump(deployment()) + "---\n" + yaml.safe_dump(deployment(enrolled=False))
+
+
+def test_stream_injects_enrolled_documents_and_passes_the_rest_byte_for_byte() -> None:
+    output, warnings = inject_stream(manifest())
+    assert warnings == []
+    assert output.startswith(SERVICE_DOC)
+    documents = list(yaml.safe_load_all(output))
+    assert [d["kind"] for d in documents] == ["Service", "Deployment", "Deployment"]
+    assert QUEUE_PROXY_CONTAINER in [c["name"] for c in pod_spec(documents[1])["containers"]]
+    assert output.endswith("---\n" + yaml.safe_dump(deployment(enrolled=False)))
+    assert inject_stream(output) == (output, [])
+
+
+def run_kapa(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kapa", "inject", *args], input=stdin, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_command_writes_injected_yaml_to_stdout(tmp_path: Path) -> None:
+    path = tmp_path / "app.yaml"
+    path.write_text(manifest())
+    result = run_kapa("-f", str(path), "--image", "kapa:9")
+    assert result.returncode == 0, result.stderr
+    documents = list(yaml.safe_load_all(result.stdout))
+    assert queue_proxy(documents[1])["image"] == "kapa:9"
+    assert run_kapa("-f", "-", stdin=result.stdout).stdout == result.stdout
+
+
+def test_command_prints_warnings_to_stderr(tmp_path: Path) -> None:
+    path = tmp_path / "app.yaml"
+    path.write_text(yaml.safe_dump(deployment({contract.ANNOTATION_TIMEOUT_SECONDS: "forever"})))
+    result = run_kapa("-f", str(path))
+    assert result.returncode == 0
+    assert f"warning: hello: annotation {contract.ANNOTATION_TIMEOUT_SECONDS}='forever'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("kind: Deployment\nmetadata: {name: [unclosed\n", "document 1:"),
+        ("---\nkind: Service\n---\n- just\n- a list\n", "document 2: expected a Kubernetes object"),
+        (yaml.safe_dump(deployment(containers=[])), "document 1: Deployment hello: spec has no containers"),
+    ],
+)
+def test_command_rejects_malformed_input_with_exit_2(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    result = run_kapa("-f", str(path))
+    assert result.returncode == 2
+    assert message in result.stderr and result.stdout == ""
+
+
+def test_command_reports_a_missing_file(tmp_path: Path) -> None:
+    result = run_kapa("-f", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2 and "cannot read" in result.stderr
