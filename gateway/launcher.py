@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -73,7 +72,7 @@ class EnvoyProcess:
         ]
         with open(self.log_path, "wb") as log_file:
             self._process = await asyncio.create_subprocess_exec(
-                *args, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True
+                *args, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file
             )
         log.info("envoy started", pid=self._process.pid, admin=self.admin_url, bootstrap=str(self.bootstrap_path))
         try:
@@ -108,17 +107,20 @@ class EnvoyProcess:
             return ""
 
     async def stop(self, grace_s: float = 5.0) -> None:
-        """SIGTERM the process group, SIGKILL it after `grace_s`, and remove the temporary directory."""
+        """SIGTERM Envoy, SIGKILL it after `grace_s`, and remove the temporary directory.
+
+        Envoy stays in our process group (it starts no children of its own), so whoever stops this process
+        group, e.g. a test's clean-up or a terminal's Ctrl-C, stops Envoy too, even if we die first.
+        """
         process, self._process = self._process, None
         if process is not None:
             if process.returncode is None:
-                _signal_group(process.pid, signal.SIGTERM)
+                process.terminate()
                 try:
                     await asyncio.wait_for(process.wait(), grace_s)
                 except asyncio.TimeoutError:
-                    pass
-            _signal_group(process.pid, signal.SIGKILL)
-            await process.wait()
+                    process.kill()
+                    await process.wait()
             log.info("envoy stopped", pid=process.pid, code=process.returncode)
         self._dir.cleanup()
 
@@ -135,10 +137,3 @@ class EnvoyProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
