@@ -1,0 +1,135 @@
+"""The KEDA ScaledObject Kapa creates for an enrolled Deployment when the chart's actuator is `keda`.
+
+KEDA owns the 0 <-> 1 step (through the external-push trigger's StreamIsActive, which the scaler answers the
+moment the activator pokes it) and the HPA it creates owns 1 <-> N, fed by the scaler's GetMetrics. The
+scaler has already applied every Knative rule (windows, panic, rate limits, scale-down delay, grace
+period), so everything downstream must pass its number through untouched:
+
+- the HPA's behavior has no stabilisation window and policies that allow any change in one 1 s period
+  (the HPA default would hold scale-down for 300 s and limit scale-up to 100 % or 4 pods per 15 s);
+- cooldownPeriod is 0: when the scaler answers IsActive false it has already waited the grace period;
+- pollingInterval is short, because KEDA notices deactivation (N -> 0) only when it polls IsActive.
+
+min/max replicas come from Knative's min-scale and max-scale (annotation on the Deployment, else the global
+config-autoscaler value). The function is pure; the scaler applies its result with the Kubernetes API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kapa import contract
+
+#: KEDA's API group/version and the trigger type whose StreamIsActive lets the scaler wake a service at once.
+KEDA_API_VERSION: str = "keda.sh/v1alpha1"
+TRIGGER_TYPE: str = "external-push"
+#: Knative's max-scale 0 means "no limit"; an HPA needs a number. max-scale-limit, when set, is used instead.
+UNBOUNDED_MAX_REPLICAS: int = 1000
+#: Seconds between KEDA's IsActive polls (the scaler ticks every 2 s, so polling faster would find nothing new).
+DEFAULT_POLLING_INTERVAL_S: int = 2
+#: Labels marking objects Kapa manages, so it finds (and only touches) its own.
+MANAGED_BY_LABELS: dict[str, str] = {"app.kubernetes.io/managed-by": "kapa"}
+
+
+@dataclass(frozen=True)
+class ScaledObjectResult:
+    """The manifest and the warnings (one per malformed annotation or config value, naming the key)."""
+
+    manifest: dict[str, Any]
+    warnings: tuple[str, ...] = ()
+
+
+def no_smoothing_behavior(max_replicas: int) -> dict[str, Any]:
+    """HPA behavior that applies the metric's answer at once in both directions.
+
+    Scale-up: one Pods policy as large as max_replicas allows a jump from 1 to the maximum in one period;
+    scale-down: 100 % allows a drop to the minimum in one period. Both periods are 1 s, shorter than any HPA
+    sync, so no earlier change ever counts against the next one."""
+    return {
+        "scaleUp": {
+            "stabilizationWindowSeconds": 0,
+            "selectPolicy": "Max",
+            "policies": [{"type": "Pods", "value": max_replicas, "periodSeconds": 1}],
+        },
+        "scaleDown": {
+            "stabilizationWindowSeconds": 0,
+            "selectPolicy": "Max",
+            "policies": [{"type": "Percent", "value": 100, "periodSeconds": 1}],
+        },
+    }
+
+
+def scaled_object(
+    deployment: Mapping[str, Any],
+    scaler_address: str,
+    config: Mapping[str, str] = contract.AUTOSCALER_DEFAULTS,
+    polling_interval_s: int = DEFAULT_POLLING_INTERVAL_S,
+) -> ScaledObjectResult:
+    """The ScaledObject for one enrolled Deployment (a dict as the Kubernetes API returns it).
+
+    scaler_address is the scaler's gRPC Service as HOST:PORT; config holds config-autoscaler values (missing
+    keys take contract.AUTOSCALER_DEFAULTS). With the Deployment's uid present, the ScaledObject is owned by
+    it, so deleting the Deployment deletes the ScaledObject too."""
+    metadata = deployment.get("metadata") or {}
+    name, namespace = str(metadata.get("name", "")), str(metadata.get("namespace") or "default")
+    if not name:
+        raise ValueError("the Deployment has no metadata.name")
+    service = f"{namespace}/{name}"
+    annotations = metadata.get("annotations") or {}
+    settings = {**contract.AUTOSCALER_DEFAULTS, **config}
+    warnings: list[str] = []
+
+    def count(key: str) -> int:
+        """min-scale / max-scale: the annotation if valid, else the global value if valid, else Knative's default."""
+        sources: list[tuple[str, Mapping[str, Any]]] = [(key, settings)]
+        if key in contract.KNATIVE_ANNOTATION_KEYS:
+            sources.insert(0, (contract.knative_annotation(key), annotations))
+        for source_key, source in sources:
+            if source_key not in source:
+                continue
+            raw = str(source[source_key]).strip()
+            if raw.isdigit():
+                return int(raw)
+            warnings.append(f"{service}: {source_key}={raw!r} is not a non-negative integer; ignoring it")
+        return int(contract.AUTOSCALER_DEFAULTS[key])
+
+    min_scale, max_scale, max_scale_limit = count("min-scale"), count("max-scale"), count("max-scale-limit")
+    max_replicas = max_scale or max_scale_limit or UNBOUNDED_MAX_REPLICAS
+    if max_scale_limit and max_replicas > max_scale_limit:
+        warnings.append(f"{service}: max-scale {max_replicas} exceeds max-scale-limit {max_scale_limit}; capped")
+        max_replicas = max_scale_limit
+    if str(settings.get("enable-scale-to-zero", "true")).strip().lower() == "false":
+        min_scale = max(1, min_scale)
+    if min_scale > max_replicas:
+        warnings.append(f"{service}: min-scale {min_scale} exceeds max-scale {max_replicas}; using {max_replicas}")
+        min_scale = max_replicas
+
+    object_metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(MANAGED_BY_LABELS)}
+    if metadata.get("uid"):
+        object_metadata["ownerReferences"] = [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": metadata["uid"]}
+        ]
+    manifest = {
+        "apiVersion": KEDA_API_VERSION,
+        "kind": "ScaledObject",
+        "metadata": object_metadata,
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicaCount": min_scale,
+            "maxReplicaCount": max_replicas,
+            "pollingInterval": polling_interval_s,
+            "cooldownPeriod": 0,
+            "triggers": [
+                {
+                    "type": TRIGGER_TYPE,
+                    # The scaler answers with desired replicas against an average target of 1 (see issue 3).
+                    "metricType": "AverageValue",
+                    "metadata": {"scalerAddress": scaler_address, "namespace": namespace, "service": name},
+                }
+            ],
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": no_smoothing_behavior(max_replicas)}},
+        },
+    }
+    return ScaledObjectResult(manifest, tuple(warnings))

@@ -1,0 +1,106 @@
+"""The ScaledObject generator: bounds from Knative's keys, the external-push trigger, no HPA smoothing."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from kapa import contract
+from kapa.scaledobject import UNBOUNDED_MAX_REPLICAS, scaled_object
+
+SCALER = "kapa-scaler.kapa.svc:9095"
+
+
+def deployment(annotations: dict[str, str] | None = None, uid: str | None = None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": "hello", "namespace": "shop", "annotations": annotations or {}}
+    if uid:
+        metadata["uid"] = uid
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata}
+
+
+def min_scale(value: str) -> dict[str, str]:
+    return {contract.knative_annotation("min-scale"): value}
+
+
+def max_scale(value: str) -> dict[str, str]:
+    return {contract.knative_annotation("max-scale"): value}
+
+
+def test_trigger_points_at_the_scaler_for_this_service() -> None:
+    manifest = scaled_object(deployment(), SCALER).manifest
+    assert manifest["apiVersion"] == "keda.sh/v1alpha1" and manifest["kind"] == "ScaledObject"
+    assert manifest["metadata"]["name"] == "hello" and manifest["metadata"]["namespace"] == "shop"
+    spec = manifest["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "hello"}
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "external-push"
+    assert trigger["metricType"] == "AverageValue"
+    assert trigger["metadata"] == {"scalerAddress": SCALER, "namespace": "shop", "service": "hello"}
+    assert all(isinstance(v, str) for v in trigger["metadata"].values())  # KEDA metadata is map<string,string>
+    assert spec["cooldownPeriod"] == 0
+
+
+@pytest.mark.parametrize(
+    ("annotations", "config", "expected_min", "expected_max", "warned"),
+    [
+        ({}, {}, 0, UNBOUNDED_MAX_REPLICAS, None),
+        ({**min_scale("1"), **max_scale("3")}, {}, 1, 3, None),
+        ({}, {"min-scale": "2", "max-scale": "8"}, 2, 8, None),
+        (max_scale("5"), {"max-scale": "8"}, 0, 5, None),  # the annotation wins over the global value
+        ({}, {"max-scale-limit": "50"}, 0, 50, None),  # max-scale 0 = none, so the limit bounds it
+        (max_scale("80"), {"max-scale-limit": "50"}, 0, 50, "max-scale-limit"),
+        ({}, {"enable-scale-to-zero": "false"}, 1, UNBOUNDED_MAX_REPLICAS, None),
+        (min_scale("many"), {"min-scale": "2"}, 2, UNBOUNDED_MAX_REPLICAS, "autoscaling.knative.dev/min-scale"),
+        (max_scale("-4"), {}, 0, UNBOUNDED_MAX_REPLICAS, "autoscaling.knative.dev/max-scale"),
+        ({}, {"max-scale": "lots"}, 0, UNBOUNDED_MAX_REPLICAS, "max-scale='lots'"),
+        ({**min_scale("9"), **max_scale("4")}, {}, 4, 4, "min-scale 9 exceeds max-scale 4"),
+    ],
+)
+def test_replica_bounds_follow_min_and_max_scale(
+    annotations: dict[str, str], config: dict[str, str], expected_min: int, expected_max: int, warned: str | None
+) -> None:
+    result = scaled_object(deployment(annotations), SCALER, config)
+    assert result.manifest["spec"]["minReplicaCount"] == expected_min
+    assert result.manifest["spec"]["maxReplicaCount"] == expected_max
+    if warned is None:
+        assert result.warnings == ()
+    else:
+        assert any(warned in w and "shop/hello" in w for w in result.warnings), result.warnings
+
+
+def allowed_change(rules: dict[str, Any], current: int) -> int:
+    """How many replicas the HPA's policies let one sync add (or remove) from `current`, as the HPA computes
+    its limits: per policy, Pods adds value and Percent adds ceil(current * value / 100); selectPolicy Max
+    takes the largest."""
+    limits = [
+        p["value"] if p["type"] == "Pods" else math.ceil(current * p["value"] / 100) for p in rules["policies"]
+    ]
+    return max(limits)
+
+
+@pytest.mark.parametrize("maximum", [3, 40, UNBOUNDED_MAX_REPLICAS])
+def test_hpa_behavior_adds_no_smoothing(maximum: int) -> None:
+    result = scaled_object(deployment(max_scale(str(maximum))), SCALER)
+    spec = result.manifest["spec"]
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    for direction in ("scaleUp", "scaleDown"):
+        rules = behavior[direction]
+        assert rules["stabilizationWindowSeconds"] == 0
+        assert rules["selectPolicy"] == "Max"
+        assert all(p["periodSeconds"] == 1 for p in rules["policies"])
+    # From the HPA's minimum (1) to the maximum in one step, and from the maximum down to 1 in one step.
+    assert 1 + allowed_change(behavior["scaleUp"], 1) >= maximum
+    assert maximum - allowed_change(behavior["scaleDown"], maximum) <= 1
+
+
+def test_owned_by_the_deployment_when_its_uid_is_known() -> None:
+    owned = scaled_object(deployment(uid="1234"), SCALER).manifest["metadata"]
+    assert owned["ownerReferences"] == [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "hello", "uid": "1234"}]
+    assert "ownerReferences" not in scaled_object(deployment(), SCALER).manifest["metadata"]
+
+
+def test_deployment_without_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="metadata.name"):
+        scaled_object({"metadata": {}}, SCALER)
