@@ -15,6 +15,8 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, grpc_service_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.overload.v3 import overload_pb2
+from envoy.extensions.resource_monitors.downstream_connections.v3 import downstream_connections_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2, json_format
 
@@ -23,6 +25,8 @@ from kapa import contract
 XDS_CLUSTER: Final = "kapa_xds"
 DEFAULT_NODE_ID: Final = "kapa-gateway"
 DEFAULT_NODE_CLUSTER: Final = "kapa"
+#: Envoy refuses connections beyond this instead of running out of file descriptors.
+MAX_DOWNSTREAM_CONNECTIONS: Final = 50_000
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,18 @@ def _xds_cluster(config: BootstrapConfig) -> cluster_pb2.Cluster:
     )
 
 
+def _overload_manager() -> overload_pb2.OverloadManager:
+    limit = any_pb2.Any()
+    limit.Pack(
+        downstream_connections_pb2.DownstreamConnectionsConfig(max_active_downstream_connections=MAX_DOWNSTREAM_CONNECTIONS)
+    )
+    return overload_pb2.OverloadManager(
+        resource_monitors=[
+            overload_pb2.ResourceMonitor(name="envoy.resource_monitors.global_downstream_max_connections", typed_config=limit)
+        ]
+    )
+
+
 def bootstrap(config: BootstrapConfig) -> bootstrap_pb2.Bootstrap:
     ads = config_source_pb2.ConfigSource(
         ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
@@ -85,6 +101,7 @@ def bootstrap(config: BootstrapConfig) -> bootstrap_pb2.Bootstrap:
                 socket_address=address_pb2.SocketAddress(address=config.admin_host, port_value=config.admin_port)
             )
         ),
+        overload_manager=_overload_manager(),
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(clusters=[_xds_cluster(config)]),
         dynamic_resources=bootstrap_pb2.Bootstrap.DynamicResources(
             ads_config=config_source_pb2.ApiConfigSource(

@@ -114,13 +114,14 @@ class EnvoyProcess:
         """
         process, self._process = self._process, None
         if process is not None:
-            if process.returncode is None:
+            try:
                 process.terminate()
-                try:
-                    await asyncio.wait_for(process.wait(), grace_s)
-                except asyncio.TimeoutError:
-                    process.kill()
-                    await process.wait()
+                await asyncio.wait_for(process.wait(), grace_s)
+            except ProcessLookupError:
+                pass  # already gone
+            except asyncio.TimeoutError:
+                process.kill()
+            await process.wait()
             log.info("envoy stopped", pid=process.pid, code=process.returncode)
         self._dir.cleanup()
 
