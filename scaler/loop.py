@@ -1,0 +1,312 @@
+"""The scaler's loop: every tick, observe all services at once, decide each (pure), publish and apply.
+
+`Scaler` is a library: `kapa scaler` runs it behind HTTP and gRPC, and the local mode (`kapa up`) embeds it
+with its own ready-pod counter and an actuator that starts and stops replica processes. Everything the
+decision needs arrives through small protocols (catalog, metrics source, ready-pod counter, actuators), so
+Kubernetes parts plug in later without touching the loop.
+
+Determinism: ticks fall on wall-clock multiples of TICK_INTERVAL_S and Prometheus is queried at exactly the
+tick's time, so several scaler replicas reading the same Prometheus make the same decisions (nothing here
+is random; the decision state is a function of the observations so far).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from kapa.log import get_logger
+from kapa.services import ServiceKey, ServiceSpec
+from scaler.catalog import ServiceCatalog
+from scaler.config import AutoscalerConfig, ServiceConfig, service_config
+from scaler.decision import TICK_INTERVAL_S, Decision, DecisionState, Observation, decide
+from scaler.exported_metrics import ScalerTelemetry
+from scaler.feed import DecisionChange, DecisionFeed
+from scaler.observations import MetricsSnapshot, MetricsSource, ReadyPodCounter, WindowQuery, observed_value
+
+log = get_logger(__name__)
+
+
+class Actuator(Protocol):
+    """Carries decisions out: the local process backend, KEDA's cache, a Kubernetes scale call.
+
+    Called after every tick with every service's decision, and after a poke with that one service's.
+    """
+
+    async def apply(self, decisions: Mapping[ServiceKey, Decision]) -> None: ...
+
+
+class UnknownService(KeyError):
+    """The service is not in the catalog."""
+
+    def __init__(self, key: ServiceKey) -> None:
+        super().__init__(str(key))
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"no service {self.key} is enrolled with the scaler"
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One past decision, for explain."""
+
+    at: float
+    decision: Decision
+    poked: bool
+
+
+@dataclass
+class _Service:
+    """What the loop keeps per service between ticks."""
+
+    spec: ServiceSpec
+    config: ServiceConfig
+    state: DecisionState
+    decided_at: float | None = None
+    latest: Decision | None = None
+
+
+def _actionable(decision: Decision) -> tuple[object, ...]:
+    """The parts of a decision whose change subscribers must hear about (observed values move every tick)."""
+    return (decision.desired_pods, decision.mode, decision.panic_mode, decision.stale)
+
+
+class Scaler:
+    """Decides the pod count of every service in the catalog, every TICK_INTERVAL_S, and on pokes."""
+
+    def __init__(
+        self,
+        config: AutoscalerConfig,
+        catalog: ServiceCatalog,
+        metrics: MetricsSource,
+        ready_pods: ReadyPodCounter,
+        actuators: Sequence[Actuator] = (),
+        clock: Callable[[], float] = time.time,
+        history_length: int = 10,
+    ) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.metrics = metrics
+        self.ready_pod_counter = ready_pods
+        self.actuators = tuple(actuators)
+        self.clock = clock
+        self.history_length = history_length
+        self.telemetry = ScalerTelemetry(self._latest_decisions, lambda: self._snapshot.stale)
+        self._services: dict[ServiceKey, _Service] = {}
+        self._history: dict[ServiceKey, deque[DecisionRecord]] = {}
+        self._snapshot = MetricsSnapshot.unavailable(0.0)
+        self._feeds_by_key: dict[ServiceKey, set[DecisionFeed]] = {}
+        self._feeds_all: set[DecisionFeed] = set()
+        self._apply_lock = asyncio.Lock()
+        self._failed_decide: set[ServiceKey] = set()
+        self._task: asyncio.Task[None] | None = None
+        #: When the last tick decided (None before the first): readiness.
+        self.last_tick_at: float | None = None
+        self.refresh_services()
+
+    # --- reading -------------------------------------------------------------------------------------------
+
+    def services(self) -> Collection[ServiceKey]:
+        return self._services.keys()
+
+    def has_service(self, key: ServiceKey) -> bool:
+        return key in self._services
+
+    def service_config(self, key: ServiceKey) -> ServiceConfig:
+        return self._known(key).config
+
+    def latest(self, key: ServiceKey) -> Decision | None:
+        """The newest decision for the service (None before its first tick or if it is unknown)."""
+        service = self._services.get(key)
+        return service.latest if service else None
+
+    def history(self, key: ServiceKey) -> tuple[DecisionRecord, ...]:
+        """The last decisions for the service, oldest first."""
+        self._known(key)
+        return tuple(self._history.get(key, ()))
+
+    def metrics_stale(self) -> bool:
+        """Whether the last tick's metrics source could not answer."""
+        return self._snapshot.stale
+
+    def _latest_decisions(self) -> Mapping[ServiceKey, Decision]:
+        return {key: service.latest for key, service in self._services.items() if service.latest is not None}
+
+    def _known(self, key: ServiceKey) -> _Service:
+        service = self._services.get(key)
+        if service is None:
+            raise UnknownService(key)
+        return service
+
+    # --- subscribing -----------------------------------------------------------------------------------------
+
+    def subscribe(self, keys: Iterable[ServiceKey] | None = None) -> DecisionFeed:
+        """A feed of decision changes for `keys` (all services when None). Close it when done."""
+        wanted = None if keys is None else frozenset(keys)
+        feed = DecisionFeed(wanted, self._unsubscribe)
+        if wanted is None:
+            self._feeds_all.add(feed)
+        else:
+            for key in wanted:
+                self._feeds_by_key.setdefault(key, set()).add(feed)
+        return feed
+
+    def _unsubscribe(self, feed: DecisionFeed) -> None:
+        if feed.keys is None:
+            self._feeds_all.discard(feed)
+            return
+        for key in feed.keys:
+            feeds = self._feeds_by_key.get(key)
+            if feeds is not None:
+                feeds.discard(feed)
+                if not feeds:
+                    del self._feeds_by_key[key]
+
+    def _notify(self, change: DecisionChange) -> None:
+        for feed in self._feeds_all:
+            feed.push(change)
+        for feed in self._feeds_by_key.get(change.key, ()):
+            feed.push(change)
+
+    # --- deciding --------------------------------------------------------------------------------------------
+
+    def refresh_services(self) -> None:
+        """Follow the catalog: add new services, re-read changed annotations, forget removed services.
+
+        A service's configuration is parsed only when its spec changes, and its errors are logged then (once
+        per service and change, naming key and service), never every tick.
+        """
+        specs = self.catalog.services()
+        for key in list(self._services):
+            if key not in specs:
+                del self._services[key]
+                self._history.pop(key, None)
+                self._failed_decide.discard(key)
+        for key, spec in specs.items():
+            current = self._services.get(key)
+            if current is not None and current.spec == spec:
+                continue
+            config, errors = service_config(self.config, spec)
+            for error in errors:
+                log.warning(
+                    "invalid autoscaling setting; using the default",
+                    service=str(error.service),
+                    key=error.key,
+                    error=error.message,
+                )
+            if current is None:
+                self._services[key] = _Service(spec, config, DecisionState.initial())
+            else:
+                current.spec, current.config = spec, config
+
+    def _observation(self, key: ServiceKey, config: ServiceConfig, poked: bool) -> Observation:
+        service = self._services[key]
+        ready = self.ready_pod_counter.ready_pods(key)
+        if ready is None:  # unknown: keep what the last decision saw
+            ready = service.latest.ready_pods if service.latest is not None else 0
+        stable = observed_value(self._snapshot, WindowQuery(config.metric, config.stable_window_s), key, ready)
+        panic = observed_value(self._snapshot, WindowQuery(config.metric, config.panic_window_s), key, ready)
+        return Observation(stable_value=stable, panic_value=panic, ready_pods=ready, poked=poked)
+
+    def _decide(self, key: ServiceKey, at: float, poked: bool) -> Decision | None:
+        """Run the pure decision for one service and keep its new state; None if the decision failed."""
+        service = self._services[key]
+        # A poke may have decided after this tick's time; the decision's clock must not run backwards.
+        now = at if service.decided_at is None else max(at, service.decided_at)
+        try:
+            decision, state = decide(service.config, self._observation(key, service.config, poked), service.state, now)
+        except Exception:
+            if key not in self._failed_decide:
+                self._failed_decide.add(key)
+                log.exception("decision failed; keeping the previous one", service=str(key))
+            return None
+        self._failed_decide.discard(key)
+        previous = service.latest
+        service.state, service.latest, service.decided_at = state, decision, now
+        history = self._history.setdefault(key, deque(maxlen=self.history_length))
+        history.append(DecisionRecord(now, decision, poked))
+        if poked or previous is None or _actionable(previous) != _actionable(decision):
+            self._notify(DecisionChange(key, decision, poked))
+        return decision
+
+    def windows(self) -> set[WindowQuery]:
+        """The distinct (metric, window) pairs the services need: one Prometheus query each per tick."""
+        queries: set[WindowQuery] = set()
+        for service in self._services.values():
+            queries.add(WindowQuery(service.config.metric, service.config.stable_window_s))
+            queries.add(WindowQuery(service.config.metric, service.config.panic_window_s))
+        return queries
+
+    async def tick(self, at: float | None = None) -> dict[ServiceKey, Decision]:
+        """One tick at time `at` (default now): observe, decide for every service, apply. Returns decisions."""
+        at = self.clock() if at is None else at
+        started = time.perf_counter()
+        self.refresh_services()
+        if self._services:
+            self._snapshot = await self.metrics.observe(self.windows(), at)
+        decisions: dict[ServiceKey, Decision] = {}
+        for key in list(self._services):
+            decision = self._decide(key, at, poked=False)
+            if decision is not None:
+                decisions[key] = decision
+        self.telemetry.tick_seconds.observe(time.perf_counter() - started)
+        self.last_tick_at = at
+        await self._apply(decisions)
+        return decisions
+
+    async def poke(self, key: ServiceKey) -> Decision | None:
+        """The activator's demand signal: decide for this service at once (poked) and apply, without waiting
+        for the next tick or a scrape. Raises UnknownService for a service not in the catalog."""
+        self._known(key)
+        self.telemetry.pokes.labels(key.namespace, key.name).inc()
+        decision = self._decide(key, self.clock(), poked=True)
+        if decision is not None:
+            await self._apply({key: decision})
+        return decision
+
+    async def _apply(self, decisions: Mapping[ServiceKey, Decision]) -> None:
+        if not decisions or not self.actuators:
+            return
+        # In order: a poke's decision must not be overtaken by an older tick's still being applied.
+        async with self._apply_lock:
+            for actuator in self.actuators:
+                try:
+                    await actuator.apply(decisions)
+                except Exception:
+                    log.exception("actuator failed", actuator=type(actuator).__name__, services=len(decisions))
+
+    # --- running ---------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Tick forever on wall-clock multiples of TICK_INTERVAL_S (the first tick at once)."""
+        at = math.floor(self.clock() / TICK_INTERVAL_S) * TICK_INTERVAL_S
+        while True:
+            try:
+                await self.tick(at)
+            except Exception:
+                log.exception("tick failed")
+            now = self.clock()
+            at = (math.floor(now / TICK_INTERVAL_S) + 1) * TICK_INTERVAL_S
+            await asyncio.sleep(at - now)
+
+    def start(self) -> None:
+        """Run the loop in the background of the current event loop."""
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="scaler-loop")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        for feed in list(self._feeds_all) + [f for feeds in self._feeds_by_key.values() for f in feeds]:
+            feed.close()

@@ -1,0 +1,73 @@
+"""What the scaler observes each tick, and the interfaces of the parts that observe it.
+
+A metrics source answers, for every (metric, window) the services need, one value per service; a ready-pod
+counter says how many pods each service has. The loop turns both into the `Observation` the pure decision
+takes. Prometheus is the default for both (scaler.prometheus_source); the local mode plugs in an exact
+ready-pod counter of its own, and Kubernetes EndpointSlices can later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol
+
+from kapa.services import ServiceKey
+
+
+@dataclass(frozen=True, order=True)
+class WindowQuery:
+    """One metric averaged over one window: services sharing both are answered by one query."""
+
+    metric: str
+    window_s: float
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """Every value one tick observed. `stale` means the source could not answer: nothing here is known."""
+
+    at: float
+    values: Mapping[WindowQuery, Mapping[ServiceKey, float]] = field(default_factory=dict)
+    ready_pods: Mapping[ServiceKey, int] = field(default_factory=dict)
+    stale: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "values", MappingProxyType(dict(self.values)))
+        object.__setattr__(self, "ready_pods", MappingProxyType(dict(self.ready_pods)))
+
+    @classmethod
+    def unavailable(cls, at: float) -> MetricsSnapshot:
+        return cls(at=at, stale=True)
+
+
+def observed_value(snapshot: MetricsSnapshot, query: WindowQuery, key: ServiceKey, ready_pods: int) -> float | None:
+    """The service's value for `query`, or None when the snapshot does not know it.
+
+    A service missing from a fresh answer is "no data", never zero traffic: its pods may not have been
+    scraped twice yet, or a scrape may have failed, and reading that as zero would scale a busy service
+    down. One exception: a service with no ready pods and no series at all has nothing in flight anywhere.
+    Its queue-proxies are gone, and the activator exports the concurrency of every request it holds or
+    forwards (as soon as it holds one), so a held request would make the series present. Then the value
+    is a true 0, which lets a service that has never had traffic (or has just been scaled to zero) settle
+    at zero instead of being stuck on "no data". A stale snapshot (Prometheus unreachable) knows nothing.
+    """
+    if snapshot.stale:
+        return None
+    value = snapshot.values.get(query, {}).get(key)
+    if value is None and ready_pods == 0:
+        return 0.0
+    return value
+
+
+class MetricsSource(Protocol):
+    """Answers all of a tick's window queries at once; never raises for an unreachable backend (stale)."""
+
+    async def observe(self, queries: Collection[WindowQuery], at: float) -> MetricsSnapshot: ...
+
+
+class ReadyPodCounter(Protocol):
+    """How many ready pods a service has right now; None when that is not known."""
+
+    def ready_pods(self, key: ServiceKey) -> int | None: ...
