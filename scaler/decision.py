@@ -107,8 +107,9 @@ class DecisionState:
     active_since_s: float | None = None
     #: When the service became inactive (idle for a stable window; activator in path); None while active.
     inactive_since_s: float | None = None
-    #: Last time traffic was observed or a poke arrived.
-    last_traffic_s: float | None = None
+    #: Last time the activator poked (held a request). Observed traffic needs no clock of its own: the
+    #: stable window averages to zero only once it holds no traffic.
+    last_poke_s: float | None = None
     #: (time, count) records of the last scale-down-delay seconds, counts strictly decreasing.
     delay_window: tuple[tuple[float, int], ...] = ()
     last: Decision | None = None
@@ -129,7 +130,7 @@ def decide(config: ServiceConfig, observation: Observation, state: DecisionState
     panic_since = state.panic_since_s
     max_panic = state.max_panic_pods
     active_since = state.active_since_s
-    last_traffic = now if observation.poked else state.last_traffic_s
+    last_poke = now if observation.poked else state.last_poke_s
     if not state.started and ready_pods > 0:
         # A scaler that (re)starts in front of running pods treats them as just activated, and, like
         # Knative's, starts in panic holding them until it has seen a stable window of data.
@@ -141,7 +142,7 @@ def decide(config: ServiceConfig, observation: Observation, state: DecisionState
     stable = observation.stable_value
     panic = observation.panic_value
     if stable is None or panic is None:
-        return _hold(config, observation, state, now, notes, initialised, panic_since, max_panic, active_since, last_traffic)
+        return _hold(config, observation, state, now, notes, initialised, panic_since, max_panic, active_since, last_poke)
 
     target = config.target
     ready = ready_pods if ready_pods > 1 else 1
@@ -184,8 +185,6 @@ def decide(config: ServiceConfig, observation: Observation, state: DecisionState
     else:
         desired = stable_pods
 
-    if stable > 0.0 or panic > 0.0:
-        last_traffic = now
     if observation.poked and desired < 1:
         desired = _wake_pods(config)
         notes.append(f"poke: held request, wakes {desired}")
@@ -206,7 +205,7 @@ def decide(config: ServiceConfig, observation: Observation, state: DecisionState
     last_desired = state.last.desired_pods if state.last is not None else None
     if desired == 0:
         desired, want, inactive_since = _handle_zero(
-            config, now, ready_pods, last_desired, active_since, last_traffic, inactive_since, notes
+            config, now, ready_pods, last_desired, active_since, last_poke, inactive_since, notes
         )
     else:
         inactive_since = None
@@ -219,7 +218,7 @@ def decide(config: ServiceConfig, observation: Observation, state: DecisionState
         desired, excess, panic_since is not None, False, mode, stable, panic, target, ready_pods, now, tuple(notes)
     )
     return decision, DecisionState(
-        True, initialised, panic_since, max_panic, active_since, inactive_since, last_traffic, delay_window, decision
+        True, initialised, panic_since, max_panic, active_since, inactive_since, last_poke, delay_window, decision
     )
 
 
@@ -269,7 +268,7 @@ def _handle_zero(
     ready_pods: int,
     last_desired: int | None,
     active_since: float | None,
-    last_traffic: float | None,
+    last_poke: float | None,
     inactive_since: float | None,
     notes: list[str],
 ) -> tuple[int, int, float | None]:
@@ -285,7 +284,7 @@ def _handle_zero(
         notes.append("idle: stays at zero")
         return 0, 0, inactive_since if inactive_since is not None else now
     if inactive_since is None:
-        idle_from = max((t for t in (active_since, last_traffic) if t is not None), default=None)
+        idle_from = max((t for t in (active_since, last_poke) if t is not None), default=None)
         if idle_from is not None and now - idle_from < config.stable_window_s:
             notes.append(f"idle: keeps 1 for {idle_from + config.stable_window_s - now:.0f}s more of the stable window")
             return 1, 1, None
@@ -319,7 +318,7 @@ def _hold(
     panic_since: float | None,
     max_panic: int,
     active_since: float | None,
-    last_traffic: float | None,
+    last_poke: float | None,
 ) -> tuple[Decision, DecisionState]:
     """No data: keep the last decision (or, before any, initial-scale / the ready pods) and say it is stale."""
     ready_pods = observation.ready_pods
@@ -358,5 +357,5 @@ def _hold(
         tuple(notes),
     )
     return decision, DecisionState(
-        True, initialised, panic_since, max_panic, active_since, inactive_since, last_traffic, state.delay_window, decision
+        True, initialised, panic_since, max_panic, active_since, inactive_since, last_poke, state.delay_window, decision
     )

@@ -30,16 +30,30 @@ def smoothing_coefficient(buckets: int) -> float:
 
 
 class BucketSeries:
-    """A per-second series (bucket i covers [i, i+1) seconds) with O(1) linear window averages."""
+    """A per-second series (bucket i covers [i, i+1) seconds) with O(1) linear window averages.
+
+    Built whole from a trace, or grown one complete second at a time while a simulation runs.
+    """
 
     __slots__ = ("_values", "_prefix")
 
-    def __init__(self, values: Sequence[float]) -> None:
+    def __init__(self, values: Sequence[float] = ()) -> None:
         self._values = list(values)
         self._prefix = [0.0, *accumulate(self._values)]
 
     def __len__(self) -> int:
         return len(self._values)
+
+    def __getitem__(self, index: int) -> float:
+        return self._values[index]
+
+    def append(self, value: float) -> None:
+        """Add the next complete second."""
+        self._values.append(value)
+        self._prefix.append(self._prefix[-1] + value)
+
+    def values(self) -> list[float]:
+        return list(self._values)
 
     def average(self, end: int, buckets: int, aggregation: str) -> float | None:
         """Average of the `buckets` buckets before index `end` (exclusive); None when there is none.
