@@ -34,6 +34,7 @@ from kapa.local.processes import Child, Supervisor
 from kapa.log import get_logger
 from kapa.prometheus_server import ScrapeTarget
 from kapa.services import Endpoint, ServiceEntry, ServiceKey
+from scaler.decision import Decision
 
 log = get_logger(__name__)
 
@@ -154,11 +155,10 @@ class LocalBackend:
 
     # --- the scaler's side -------------------------------------------------------------------------
 
-    async def apply(self, decisions: Mapping[ServiceKey, object]) -> None:
+    async def apply(self, decisions: Mapping[ServiceKey, Decision]) -> None:
         """Actuator: make each service's replica count follow its decision's desired_pods."""
         for key, decision in decisions.items():
-            desired = getattr(decision, "desired_pods")
-            self.set_desired(key, int(desired))
+            self.set_desired(key, decision.desired_pods)
 
     def ready_pods(self, key: ServiceKey) -> int | None:
         """ReadyPodCounter: replicas whose queue-proxy is ready and that are not draining."""

@@ -1,18 +1,22 @@
-"""Telling the activator where a service's ready replicas are, over its admin HTTP port.
+"""Telling the activator (and, with --envoy, the gateway) where a service's ready replicas are, over HTTP.
 
-The activator's local endpoint source takes the full set per service (`PUT /v1/endpoints/{ns}/{name}` with a
-JSON list of "host:port"), so a retried or repeated call is harmless and the last one always wins.
+The activator's local endpoint source takes the full set per service (PUT ACTIVATOR_ENDPOINTS_PATH with a JSON
+list of "host:port"); the gateway takes `{"endpoints": [...]}` and, separately, `{"mode": ...}` as the
+scaler decides it. Every call carries a full value, so a retried or repeated call is harmless and the last
+one always wins.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import aiohttp
 
+from kapa import contract
 from kapa.log import get_logger
 from kapa.services import Endpoint, ServiceKey
+from scaler.decision import Decision
 
 log = get_logger(__name__)
 
@@ -21,16 +25,13 @@ REGISTER_RETRY_S = 10.0
 RETRY_INTERVAL_S = 0.1
 
 
-class ActivatorEndpoints:
-    """An EndpointSink that PUTs each service's ready endpoints to the activator's admin port."""
+class _Putter:
+    """PUTs JSON, retrying while the peer is unreachable or answers 5xx; a 4xx is logged and dropped."""
 
-    def __init__(self, admin_url: str) -> None:
-        self.admin_url = admin_url.rstrip("/")
+    def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
 
-    async def set_endpoints(self, key: ServiceKey, endpoints: Sequence[Endpoint]) -> None:
-        url = f"{self.admin_url}/v1/endpoints/{key.namespace}/{key.name}"
-        body = [str(endpoint) for endpoint in endpoints]
+    async def put(self, key: ServiceKey, url: str, body: object) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
         loop = asyncio.get_running_loop()
@@ -42,13 +43,13 @@ class ActivatorEndpoints:
                         return
                     text = await response.text()
                     if response.status < 500:
-                        log.error("activator refused endpoints", service=str(key), status=response.status, body=text)
+                        log.error("update refused", service=str(key), url=url, status=response.status, body=text)
                         return
                     problem: object = f"{response.status} {text}"
             except (aiohttp.ClientError, asyncio.TimeoutError) as error:
                 problem = error
             if loop.time() > deadline:
-                log.error("could not register endpoints with the activator", service=str(key), url=url,
+                log.error("could not deliver an update", service=str(key), url=url,
                           error=str(problem))
                 return
             await asyncio.sleep(RETRY_INTERVAL_S)
@@ -56,3 +57,37 @@ class ActivatorEndpoints:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+class ActivatorEndpoints(_Putter):
+    """An EndpointSink that PUTs each service's ready endpoints to the activator's admin port."""
+
+    def __init__(self, admin_url: str) -> None:
+        super().__init__()
+        self.admin_url = admin_url.rstrip("/")
+
+    async def set_endpoints(self, key: ServiceKey, endpoints: Sequence[Endpoint]) -> None:
+        path = contract.ACTIVATOR_ENDPOINTS_PATH.format(namespace=key.namespace, name=key.name)
+        await self.put(key, self.admin_url + path, [str(endpoint) for endpoint in endpoints])
+
+
+class GatewayRoutes(_Putter):
+    """Keeps the gateway's routes in step: an EndpointSink for the replicas and an Actuator for the mode
+    (serve straight to the replicas, or proxy through the activator), sent only when it changes."""
+
+    def __init__(self, admin_url: str) -> None:
+        super().__init__()
+        self.admin_url = admin_url.rstrip("/")
+        self._modes: dict[ServiceKey, str] = {}
+
+    def _url(self, key: ServiceKey) -> str:
+        return f"{self.admin_url}/v1/routes/{key.namespace}/{key.name}"
+
+    async def set_endpoints(self, key: ServiceKey, endpoints: Sequence[Endpoint]) -> None:
+        await self.put(key, self._url(key), {"endpoints": [str(endpoint) for endpoint in endpoints]})
+
+    async def apply(self, decisions: Mapping[ServiceKey, Decision]) -> None:
+        for key, decision in decisions.items():
+            if self._modes.get(key) != decision.mode:
+                self._modes[key] = decision.mode
+                await self.put(key, self._url(key), {"mode": decision.mode})

@@ -19,15 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 from kapa import contract
 from kapa.local.app_spec import AppSpec
-from kapa.local.backend import LocalBackend
+from kapa.local.backend import EndpointSink, LocalBackend
 from kapa.local.ports import LOOPBACK, PortAllocator
 from kapa.local.processes import Child, Supervisor
-from kapa.local.registrations import ActivatorEndpoints
+from kapa.local.registrations import ActivatorEndpoints, GatewayRoutes
 from kapa.log import get_logger
 from kapa.prometheus_server import PrometheusServer, ScrapeTarget
 from kapa.services import ServiceEntry, ServiceKey
+from scaler.catalog import StaticCatalog
+from scaler.config import AutoscalerConfig
+from scaler.decision import Decision
+from scaler.http_api import make_app
+from scaler.loop import Scaler
+from scaler.prometheus_source import PrometheusMetrics
 
 log = get_logger(__name__)
 
@@ -79,6 +86,11 @@ class LocalStack:
         self.supervisor = Supervisor(self.log_dir)
         self.ports = PortAllocator()
         self.entry_port = options.entry_port or self.ports.allocate()
+        # With Envoy in front, Envoy listens on the entry port and the activator on a port of its own.
+        self.activator_port = self.ports.allocate() if options.envoy else self.entry_port
+        self.gateway_admin_port = self.ports.allocate()
+        self.xds_port = self.ports.allocate()
+        self.envoy_admin_port = self.ports.allocate()
         self.activator_admin_port = self.ports.allocate()
         self.activator_metrics_port = self.ports.allocate()
         self.scaler_http_port = self.ports.allocate()
@@ -86,16 +98,30 @@ class LocalStack:
             port=self.ports.allocate(), workdir=self.workdir / "prometheus", log_path=self.log_dir / "prometheus.log"
         )
         self.activator_endpoints = ActivatorEndpoints(f"http://{LOOPBACK}:{self.activator_admin_port}")
+        self.gateway_routes = GatewayRoutes(f"http://{LOOPBACK}:{self.gateway_admin_port}") if options.envoy else None
+        sinks: list[EndpointSink] = [self.activator_endpoints]
+        if self.gateway_routes:
+            sinks.append(self.gateway_routes)
         self.backend = LocalBackend(
             {entry.spec.key: (entry, apps[entry.spec.key]) for entry in self.entries},
             self.supervisor,
-            endpoint_sinks=[self.activator_endpoints],
+            endpoint_sinks=sinks,
             target_sink=_Targets(self.prometheus, [ScrapeTarget(f"{LOOPBACK}:{self.activator_metrics_port}")]),
             drain_s=options.drain_s,
             ports=self.ports,
         )
+        config, errors = AutoscalerConfig.from_mapping(options.config)
+        for error in errors:
+            log.error("invalid autoscaler config value, using the default", error=str(error))
+        self.metrics = PrometheusMetrics(self.prometheus.url)
+        # The backend is both the exact ready-pod counter and the actuator: it knows every replica it runs.
+        self.scaler = Scaler(config, StaticCatalog(entry.spec for entry in self.entries), self.metrics,
+                             self.backend, actuators=[self.backend, *([self.gateway_routes] if self.gateway_routes else [])])
+        self._scaler_http: web.AppRunner | None = None
         self.activator: Child | None = None
-        self.scaler: object | None = None
+        self.gateway: Child | None = None
+        #: The activator's gauge of held requests, for the view.
+        self.held_metric = contract.ACTIVATOR_HELD_REQUESTS
 
     @property
     def entry_url(self) -> str:
@@ -111,19 +137,50 @@ class LocalStack:
     def scaler_url(self) -> str:
         return f"http://{LOOPBACK}:{self.scaler_http_port}"
 
+    def decision(self, key: ServiceKey) -> Decision | None:
+        return self.scaler.latest(key)
+
     async def start(self) -> None:
         await self.prometheus.start()
+        # The scaler answers pokes before the activator can send one.
+        self._scaler_http = web.AppRunner(make_app(self.scaler), access_log=None)
+        await self._scaler_http.setup()
+        await web.TCPSite(self._scaler_http, LOOPBACK, self.scaler_http_port).start()
         self.activator = await self.supervisor.start(
             "activator",
             [sys.executable, "-m", "activator", "--services", str(self.services_file),
-             "--port", str(self.entry_port), "--admin-port", str(self.activator_admin_port),
+             "--port", str(self.activator_port), "--admin-port", str(self.activator_admin_port),
              "--metrics-port", str(self.activator_metrics_port), "--scaler-url", self.scaler_url],
         )
         await _wait_http(f"http://{LOOPBACK}:{self.activator_admin_port}{contract.READY_PATH}", self.activator)
+        if self.options.envoy:
+            await self._start_gateway()
+        self.scaler.start()
+
+    async def _start_gateway(self) -> None:
+        """The xDS control plane and the Envoy it runs; every service starts routed to the activator."""
+        self.gateway = await self.supervisor.start(
+            "gateway",
+            [sys.executable, "-m", "gateway", "--services", str(self.services_file),
+             "--activator", f"{LOOPBACK}:{self.activator_port}", "--xds-host", LOOPBACK,
+             "--xds-port", str(self.xds_port), "--admin-port", str(self.gateway_admin_port),
+             "--listen-host", LOOPBACK, "--listen-port", str(self.entry_port), "--run-envoy",
+             "--envoy-admin-port", str(self.envoy_admin_port)],
+        )
+        await _wait_http(f"http://{LOOPBACK}:{self.gateway_admin_port}{contract.READY_PATH}", self.gateway)
+        await _wait_http(f"http://{LOOPBACK}:{self.envoy_admin_port}/ready", self.gateway)
 
     async def stop(self) -> None:
+        await self.scaler.stop()
+        if self._scaler_http is not None:
+            await self._scaler_http.cleanup()
+        await self.metrics.close()
         await self.backend.close()
         await self.activator_endpoints.close()
+        if self.gateway_routes is not None:
+            await self.gateway_routes.close()
+        if self.gateway is not None:
+            await self.supervisor.stop(self.gateway, STOP_GRACE_S)
         if self.activator is not None:
             await self.supervisor.stop(self.activator, STOP_GRACE_S)
         await self.prometheus.stop()

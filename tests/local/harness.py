@@ -1,0 +1,195 @@
+"""Runs `kapa up --no-view` as a real child process and follows what it prints, for the end-to-end tests.
+
+The tests see what a user sees: the banner (where to send traffic, Prometheus, explain) and one line per
+change of a service's replicas, panic mode or staleness, which become a timeline the scenarios check.
+Every stop also checks that no process `kapa up` started survives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from kapa.load import LoadConfig, LoadResult, run_load
+
+HOST = "hello.default"
+_ENTRY = re.compile(r"Send traffic to (http://127\.0\.0\.1:\d+)")
+_PROMETHEUS = re.compile(r"^Prometheus: (\S+)")
+_FIELD = re.compile(r"(\w+)=(\S+)")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One change line of `kapa up --no-view`, with when the test read it."""
+
+    at: float
+    desired: int
+    ready: int
+    starting: int
+    draining: int
+    panic_mode: bool
+    stale: bool
+    failures: int
+
+
+def parse_change(line: str, at: float) -> Sample | None:
+    fields = dict(_FIELD.findall(line))
+    if "desired" not in fields or "service" not in fields:
+        return None
+    return Sample(at, int(fields["desired"]), int(fields["ready"]), int(fields["starting"]), int(fields["draining"]),
+                  fields["panic_mode"] == "true", fields["stale"] == "true", int(fields["failures"]))
+
+
+def hello_services(annotations: dict[str, str], startup_delay_s: float = 0.0) -> dict[str, object]:
+    command = ["{python}", "-m", "kapa", "sample-app", "--port", "{port}"]
+    if startup_delay_s:
+        command += ["--startup-delay", str(startup_delay_s)]
+    return {"services": [{"name": "hello", "namespace": "default", "annotations": annotations,
+                          "local": {"command": command, "readinessPath": "/ready"}}]}
+
+
+@dataclass
+class KapaUp:
+    """A running `kapa up --no-view`."""
+
+    process: asyncio.subprocess.Process
+    output: list[str] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    entry_url: str = ""
+    prometheus_url: str = ""
+    started_at: float = field(default_factory=time.monotonic)
+    _reader: asyncio.Task[None] | None = None
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    async def start(cls, workdir: Path, services: dict[str, object], config: dict[str, str] | None = None,
+                    timeout_s: float = 40.0) -> KapaUp:
+        services_file = workdir / "services.yaml"
+        services_file.write_text(yaml.safe_dump(services))
+        args = [sys.executable, "-m", "kapa", "up", "--no-view", "--services", str(services_file)]
+        if config:
+            config_file = workdir / "config.yaml"
+            config_file.write_text(yaml.safe_dump(config))
+            args += ["--config", str(config_file)]
+        process = await asyncio.create_subprocess_exec(
+            *args, stdout=asyncio.subprocess.PIPE, stderr=open(workdir / "kapa-up.stderr", "wb"),
+            start_new_session=True,
+        )
+        up = cls(process)
+        up._reader = asyncio.get_running_loop().create_task(up._read())
+        try:
+            await up.wait_for(lambda: bool(up.entry_url and up.prometheus_url), timeout_s, "the banner")
+        except BaseException:
+            await up.stop(check=False)
+            raise
+        return up
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        async for raw in self.process.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.output.append(line)
+            if match := _ENTRY.search(line):
+                self.entry_url = match.group(1)
+            elif match := _PROMETHEUS.search(line):
+                self.prometheus_url = match.group(1)
+            elif sample := parse_change(line, time.monotonic()):
+                self.samples.append(sample)
+            self._changed.set()
+
+    @property
+    def latest(self) -> Sample | None:
+        return self.samples[-1] if self.samples else None
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if self.process.returncode is not None:
+                raise AssertionError(f"kapa up exited ({self.process.returncode}) waiting for {what}:\n"
+                                     + "\n".join(self.output[-30:]))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {what} within {timeout_s}s; last lines:\n" + "\n".join(self.output[-30:]))
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
+            except TimeoutError:
+                pass
+
+    async def wait_replicas(self, ready: int, timeout_s: float, desired: int | None = None) -> Sample:
+        def reached() -> bool:
+            latest = self.latest
+            return latest is not None and latest.ready == ready and latest.desired == (
+                ready if desired is None else desired)
+        await self.wait_for(reached, timeout_s, f"{ready} ready replicas")
+        assert self.latest is not None
+        return self.latest
+
+    def since(self, start: float) -> list[Sample]:
+        """The samples from `start` on, with the one in force at `start` first."""
+        before = [s for s in self.samples if s.at < start]
+        return before[-1:] + [s for s in self.samples if s.at >= start]
+
+    async def load(self, concurrency: int, duration_s: float, sleep_ms: int = 100) -> LoadResult:
+        return await run_load(LoadConfig(f"{self.entry_url}/?sleep={sleep_ms}", concurrency=concurrency,
+                                         duration_s=duration_s, headers=(("Host", HOST),), timeout_s=30.0))
+
+    def descendants(self) -> set[int]:
+        return descendants(self.process.pid)
+
+    async def stop(self, check: bool = True, timeout_s: float = 30.0) -> int:
+        """SIGTERM, as a user's Ctrl-C would; then (with check) nothing kapa up started may be left running."""
+        started = self.descendants() if self.process.returncode is None else set()
+        if self.process.returncode is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(self.process.wait(), timeout_s)
+        finally:
+            if self.process.returncode is None:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                await self.process.wait()
+            if self._reader is not None:
+                await asyncio.wait([self._reader], timeout=2)
+        survivors = {pid for pid in started if _alive(pid)}
+        for pid in survivors:  # never leave them for the next test, but fail this one
+            os.kill(pid, signal.SIGKILL)
+        if check:
+            assert not survivors, f"processes left behind by kapa up: {sorted(survivors)}"
+            assert code == 0, f"kapa up exited with {code}:\n" + "\n".join(self.output[-20:])
+        return code
+
+
+def descendants(root: int) -> set[int]:
+    """Every live process below `root` (children start their own sessions, so follow parent pids)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            # The command name may contain spaces and parentheses: fields follow the last ')'.
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
