@@ -1,0 +1,12 @@
+"""The Envoy gateway: a Python xDS control plane that routes each service to its pods or to the activator.
+
+Layers, each importing only the ones above it:
+
+- `routing`: the model (services, hosts, mode, endpoints, activator), pure and validated.
+- `resources`: the model as Envoy config (listener, routes, clusters, endpoints), pure.
+- `cache`: snapshot cache with per-type versions, and per-stream nonce/ACK/NACK/subscription bookkeeping.
+- `ads`: the gRPC Aggregated Discovery Service serving the cache to every Envoy.
+- `control`: `Gateway`, the Python API the scaler and endpoint sources feed.
+- `bootstrap`, `launcher`: Envoy's generated bootstrap and a process runner.
+- `admin_http`, `__main__`: `kapa gateway` with its HTTP admin API.
+"""
