@@ -92,7 +92,6 @@ class LocalStack:
         self.xds_port = self.ports.allocate()
         self.envoy_admin_port = self.ports.allocate()
         self.activator_admin_port = self.ports.allocate()
-        self.activator_metrics_port = self.ports.allocate()
         self.scaler_http_port = self.ports.allocate()
         self.prometheus = PrometheusServer(
             port=self.ports.allocate(), workdir=self.workdir / "prometheus", log_path=self.log_dir / "prometheus.log"
@@ -106,7 +105,7 @@ class LocalStack:
             {entry.spec.key: (entry, apps[entry.spec.key]) for entry in self.entries},
             self.supervisor,
             endpoint_sinks=sinks,
-            target_sink=_Targets(self.prometheus, [ScrapeTarget(f"{LOOPBACK}:{self.activator_metrics_port}")]),
+            target_sink=_Targets(self.prometheus, [ScrapeTarget(f"{LOOPBACK}:{self.activator_admin_port}")]),
             drain_s=options.drain_s,
             ports=self.ports,
         )
@@ -120,12 +119,14 @@ class LocalStack:
         self._scaler_http: web.AppRunner | None = None
         self.activator: Child | None = None
         self.gateway: Child | None = None
-        #: The activator's gauge of held requests, for the view.
-        self.held_metric = contract.ACTIVATOR_HELD_REQUESTS
 
     @property
     def entry_url(self) -> str:
         return f"http://{LOOPBACK}:{self.entry_port}"
+
+    @property
+    def activator_metrics_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.activator_admin_port}{contract.METRICS_PATH}"
 
     @property
     def traffic_path(self) -> str:
@@ -150,7 +151,9 @@ class LocalStack:
             "activator",
             [sys.executable, "-m", "activator", "--services", str(self.services_file),
              "--port", str(self.activator_port), "--admin-port", str(self.activator_admin_port),
-             "--metrics-port", str(self.activator_metrics_port), "--scaler-url", self.scaler_url],
+             "--host", LOOPBACK, "--scaler-url", self.scaler_url,
+             # Nothing locally watches the activator's readiness before it stops taking connections.
+             "--drain-delay", "0"],
         )
         await _wait_http(f"http://{LOOPBACK}:{self.activator_admin_port}{contract.READY_PATH}", self.activator)
         if self.options.envoy:

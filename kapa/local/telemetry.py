@@ -1,18 +1,19 @@
 """The two figures of the live view that the scaler does not decide with: requests/s and held requests.
 
-Both come from the same Prometheus the scaler reads, one query each per refresh for all services.
-Requests/s counts what the queue-proxies answered (the activator's forwards reach a queue-proxy too, so
-counting the activator as well would count them twice).
+Requests/s comes from the Prometheus the scaler reads (one query for all services), counting what the
+queue-proxies answered: the activator's forwards reach a queue-proxy too, so counting the activator as well
+would count them twice. Held requests are a gauge of the activator's that Prometheus scrapes only every
+15 s, so the view reads it from the activator's own metrics endpoint, every refresh.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from kapa import contract
 from kapa.services import ServiceKey
@@ -23,44 +24,52 @@ RPS_WINDOW_S = 5
 
 @dataclass(frozen=True)
 class Telemetry:
-    rps: Mapping[ServiceKey, float] = field(default_factory=dict)
-    held: Mapping[ServiceKey, float] = field(default_factory=dict)
-    #: False when Prometheus did not answer.
-    available: bool = True
+    #: None when Prometheus did not answer.
+    rps: Mapping[ServiceKey, float] | None = field(default_factory=dict)
+    #: None when the activator did not answer.
+    held: Mapping[ServiceKey, int] | None = field(default_factory=dict)
 
 
-class PrometheusTelemetry:
-    def __init__(self, prometheus_url: str, held_metric: str | None) -> None:
-        self._url = f"{prometheus_url}/api/v1/query"
-        self._held_metric = held_metric
+class TelemetryReader:
+    def __init__(self, prometheus_url: str, activator_metrics_url: str) -> None:
+        self._query_url = f"{prometheus_url}/api/v1/query"
+        self._activator_metrics_url = activator_metrics_url
         self._session: aiohttp.ClientSession | None = None
 
     async def read(self) -> Telemetry:
-        by = f"{contract.LABEL_NAMESPACE},{contract.LABEL_SERVICE}"
-        rps_query = (f'sum by ({by}) (rate({contract.REQUESTS}{{{contract.LABEL_COMPONENT}!="'
-                     f'{contract.COMPONENT_ACTIVATOR}"}}[{RPS_WINDOW_S}s]))')
-        try:
-            rps = await self._query(rps_query)
-            held = await self._query(f"sum by ({by}) ({self._held_metric})") if self._held_metric else {}
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError):
-            return Telemetry(available=False)
-        return Telemetry(rps, held)
-
-    async def _query(self, query: str) -> dict[ServiceKey, float]:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1))
-        async with self._session.get(self._url, params={"query": query}) as response:
-            body = await response.json()
-        if body.get("status") != "success":
-            raise ValueError(body.get("error", "query failed"))
-        values: dict[ServiceKey, float] = {}
-        for sample in body["data"]["result"]:
-            labels = sample["metric"]
-            with contextlib.suppress(KeyError):
-                values[ServiceKey(labels[contract.LABEL_NAMESPACE], labels[contract.LABEL_SERVICE])] = float(
-                    sample["value"][1]
-                )
-        return values
+        rps, held = await asyncio.gather(self._rps(self._session), self._held(self._session))
+        return Telemetry(rps, held)
+
+    async def _rps(self, session: aiohttp.ClientSession) -> dict[ServiceKey, float] | None:
+        by = f"{contract.LABEL_NAMESPACE},{contract.LABEL_SERVICE}"
+        component = f'{contract.LABEL_COMPONENT}!="{contract.COMPONENT_ACTIVATOR}"'
+        query = f"sum by ({by}) (rate({contract.REQUESTS}{{{component}}}[{RPS_WINDOW_S}s]))"
+        try:
+            async with session.get(self._query_url, params={"query": query}) as response:
+                body = await response.json()
+            return {
+                ServiceKey(sample["metric"][contract.LABEL_NAMESPACE], sample["metric"][contract.LABEL_SERVICE]):
+                    float(sample["value"][1])
+                for sample in body["data"]["result"]
+            }
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError):
+            return None
+
+    async def _held(self, session: aiohttp.ClientSession) -> dict[ServiceKey, int] | None:
+        try:
+            async with session.get(self._activator_metrics_url) as response:
+                text = await response.text()
+            held: dict[ServiceKey, int] = {}
+            for family in text_string_to_metric_families(text):
+                if family.name == contract.ACTIVATOR_HELD_REQUESTS:
+                    for sample in family.samples:
+                        key = ServiceKey(sample.labels[contract.LABEL_NAMESPACE], sample.labels[contract.LABEL_SERVICE])
+                        held[key] = int(sample.value)
+            return held
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError):
+            return None
 
     async def close(self) -> None:
         if self._session is not None:

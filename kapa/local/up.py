@@ -24,7 +24,7 @@ from rich.live import Live
 
 from kapa.local.app_spec import AppSpec, AppSpecError, app_spec
 from kapa.local.stack import LocalStack, StackOptions
-from kapa.local.telemetry import PrometheusTelemetry, Telemetry
+from kapa.local.telemetry import Telemetry, TelemetryReader
 from kapa.local.view import ReplicaHistory, ServiceStatus, change_line, render
 from kapa.log import configure, get_logger
 from kapa.prometheus_server import DEFAULT_BINARY, PrometheusNotInstalled
@@ -142,7 +142,7 @@ def _banner(stack: LocalStack) -> list[str]:
 
 
 async def _show(stack: LocalStack, stop: asyncio.Event, header: list[str], console: Console | None) -> None:
-    telemetry_source = PrometheusTelemetry(stack.prometheus.url, stack.held_metric)
+    telemetry_source = TelemetryReader(stack.prometheus.url, stack.activator_metrics_url)
     history = ReplicaHistory()
     previous: dict[ServiceKey, ServiceStatus] = {}
     live = Live(console=console, refresh_per_second=4, transient=False) if console else None
@@ -173,7 +173,6 @@ async def _show(stack: LocalStack, stop: asyncio.Event, header: list[str], conso
 def _status(stack: LocalStack, key: ServiceKey, telemetry: Telemetry, history: ReplicaHistory) -> ServiceStatus:
     counts = stack.backend.counts(key)
     decision = stack.decision(key)
-    held = telemetry.held.get(key)
     return ServiceStatus(
         key=key,
         desired=counts.desired,
@@ -184,9 +183,10 @@ def _status(stack: LocalStack, key: ServiceKey, telemetry: Telemetry, history: R
         stable=None if decision is None else decision.stable_value,
         panic=None if decision is None else decision.panic_value,
         panic_mode=bool(decision and decision.panic_mode),
-        stale=bool(decision and decision.stale) or not telemetry.available,
-        mode=None if decision is None else decision.mode,
-        rps=telemetry.rps.get(key, 0.0 if telemetry.available else None),
-        held=None if held is None else int(held),
+        stale=bool(decision and decision.stale) or telemetry.rps is None,
+        # Where the scaler would route; only Envoy acts on it (without it everything goes through the activator).
+        mode=decision.mode if decision is not None and stack.options.envoy else None,
+        rps=None if telemetry.rps is None else telemetry.rps.get(key, 0.0),
+        held=None if telemetry.held is None else telemetry.held.get(key, 0),
         history=history.record(key, counts.ready),
     )
