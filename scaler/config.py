@@ -79,7 +79,7 @@ def parse_duration_s(text: str) -> float:
             raise ValueError(f"not a duration: {text!r}")
         return seconds
     sign = -1.0 if value.startswith("-") else 1.0
-    body = value.lstrip("+-")
+    body = value[1:] if value[:1] in ("+", "-") else value
     position, total = 0, 0.0
     while position < len(body):
         match = _DURATION_PART.match(body, position)

@@ -1,0 +1,357 @@
+"""Parsing config-autoscaler keys and annotations: typed values, and errors that name key and service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kapa.contract import (
+    ANNOTATION_CONTAINER_CONCURRENCY,
+    ANNOTATION_TIMEOUT_SECONDS,
+    AUTOSCALER_DEFAULTS,
+    KNATIVE_ANNOTATION_PREFIX,
+    knative_annotation,
+)
+from kapa.services import ServiceKey, ServiceSpec
+from scaler.config import (
+    AGGREGATION_LINEAR,
+    AGGREGATION_WEIGHTED_EXPONENTIAL,
+    AutoscalerConfig,
+    ConfigError,
+    parse_duration_s,
+    service_config,
+)
+
+KEY = ServiceKey("shop", "cart")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        pytest.param("60s", 60.0, id="seconds"),
+        pytest.param("1m30s", 90.0, id="minutes-and-seconds"),
+        pytest.param("500ms", 0.5, id="milliseconds"),
+        pytest.param("1h", 3600.0, id="hours"),
+        pytest.param("1.5m", 90.0, id="fractional-unit"),
+        pytest.param("90", 90.0, id="bare-seconds"),
+        pytest.param("0", 0.0, id="zero"),
+        pytest.param("-5s", -5.0, id="negative-parses-range-checks-later"),
+        pytest.param(" 2s ", 2.0, id="whitespace"),
+    ],
+)
+def test_durations_go_style_or_bare_seconds(text: str, seconds: float) -> None:
+    assert parse_duration_s(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["abc", "5x", "", "s", "1m30", "--5s", "nan", "inf"])
+def test_bad_durations_are_rejected(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration_s(text)
+
+
+def test_defaults_are_knatives() -> None:
+    config, errors = AutoscalerConfig.from_mapping({})
+    assert errors == []
+    assert config == AutoscalerConfig.default()
+    assert (config.metric, config.target_utilization_percentage, config.container_concurrency_target_default) == ("concurrency", 70.0, 100.0)
+    assert (config.stable_window_s, config.panic_window_percentage, config.panic_threshold_percentage) == (60.0, 10.0, 200.0)
+    assert (config.max_scale_up_rate, config.max_scale_down_rate, config.target_burst_capacity) == (1000.0, 2.0, 211.0)
+    assert (config.scale_to_zero_grace_period_s, config.scale_to_zero_pod_retention_period_s, config.scale_down_delay_s) == (30.0, 0.0, 0.0)
+    assert (config.initial_scale, config.min_scale, config.max_scale, config.activation_scale) == (1, 0, 0, 1)
+    assert config.enable_scale_to_zero and not config.allow_zero_initial_scale
+    assert config.requests_per_second_target_default == 200.0 and config.activator_capacity == 100.0
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "field", "expected"),
+    [
+        ("stable-window", "1m30s", "stable_window_s", 90.0),
+        ("stable-window", "6s", "stable_window_s", 6.0),
+        ("stable-window", "1h", "stable_window_s", 3600.0),
+        ("target-utilization-percentage", "50", "target_utilization_percentage", 50.0),
+        ("container-concurrency-target-percentage", "80", "target_utilization_percentage", 80.0),
+        ("container-concurrency-target-default", "25", "container_concurrency_target_default", 25.0),
+        ("requests-per-second-target-default", "150", "requests_per_second_target_default", 150.0),
+        ("panic-threshold-percentage", "110", "panic_threshold_percentage", 110.0),
+        ("panic-threshold-percentage", "1000", "panic_threshold_percentage", 1000.0),
+        ("panic-window-percentage", "20", "panic_window_percentage", 20.0),
+        ("max-scale-up-rate", "10", "max_scale_up_rate", 10.0),
+        ("max-scale-down-rate", "4", "max_scale_down_rate", 4.0),
+        ("enable-scale-to-zero", "False", "enable_scale_to_zero", False),
+        ("scale-to-zero-grace-period", "1m", "scale_to_zero_grace_period_s", 60.0),
+        ("scale-to-zero-pod-retention-period", "90s", "scale_to_zero_pod_retention_period_s", 90.0),
+        ("scale-down-delay", "15m", "scale_down_delay_s", 900.0),
+        ("target-burst-capacity", "-1", "target_burst_capacity", -1.0),
+        ("target-burst-capacity", "0", "target_burst_capacity", 0.0),
+        ("activator-capacity", "50", "activator_capacity", 50.0),
+        ("initial-scale", "3", "initial_scale", 3),
+        ("min-scale", "2", "min_scale", 2),
+        ("max-scale", "10", "max_scale", 10),
+        ("activation-scale", "2", "activation_scale", 2),
+        ("metric", "rps", "metric", "rps"),
+    ],
+)
+def test_global_keys_parse_to_typed_fields(key: str, value: str, field: str, expected: object) -> None:
+    config, errors = AutoscalerConfig.from_mapping({key: value})
+    assert errors == []
+    assert getattr(config, field) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("stable-window", "-5s", "out of range"),
+        ("stable-window", "abc", "not a duration"),
+        ("stable-window", "5s", "out of range"),
+        ("stable-window", "2h", "out of range"),
+        ("stable-window", "60.5s", "whole seconds"),
+        ("panic-threshold-percentage", "100", "out of range"),
+        ("panic-threshold-percentage", "1001", "out of range"),
+        ("panic-threshold-percentage", "lots", "not a number"),
+        ("panic-window-percentage", "0", "out of range"),
+        ("panic-window-percentage", "101", "out of range"),
+        ("container-concurrency-target-percentage", "0", "out of range"),
+        ("target-utilization-percentage", "150", "out of range"),
+        ("container-concurrency-target-default", "0", "out of range"),
+        ("requests-per-second-target-default", "-1", "out of range"),
+        ("max-scale-up-rate", "1", "out of range"),
+        ("max-scale-down-rate", "0.5", "out of range"),
+        ("enable-scale-to-zero", "yes", "not true or false"),
+        ("scale-to-zero-grace-period", "1s", "out of range"),
+        ("scale-to-zero-grace-period", "-5s", "out of range"),
+        ("scale-to-zero-pod-retention-period", "-5s", "out of range"),
+        ("scale-down-delay", "2h", "out of range"),
+        ("scale-down-delay", "soon", "not a duration"),
+        ("target-burst-capacity", "-2", "out of range"),
+        ("activator-capacity", "0", "out of range"),
+        ("initial-scale", "-1", "out of range"),
+        ("initial-scale", "1.5", "not a whole number"),
+        ("min-scale", "x", "not a number"),
+        ("max-scale", "-1", "out of range"),
+        ("activation-scale", "0", "out of range"),
+        ("metric", "cpu", "unsupported metric"),
+        ("max-scale-up-rate", "inf", "not a finite number"),
+    ],
+)
+def test_invalid_global_values_give_an_error_and_keep_the_default(key: str, value: str, problem: str) -> None:
+    config, errors = AutoscalerConfig.from_mapping({key: value})
+    assert config == AutoscalerConfig.default()
+    assert len(errors) == 1
+    error = errors[0]
+    assert (error.key, error.service) == (key, "global")
+    assert problem in error.message and "default" in error.message
+    assert key in str(error) and "global" in str(error)
+
+
+def test_several_errors_keep_the_valid_keys() -> None:
+    config, errors = AutoscalerConfig.from_mapping({"stable-window": "-5s", "panic-threshold-percentage": "abc", "max-scale": "4"})
+    assert sorted(error.key for error in errors) == ["panic-threshold-percentage", "stable-window"]
+    assert config.max_scale == 4 and config.stable_window_s == 60.0
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "field", "expected"),
+    [
+        pytest.param({"initial-scale": "0"}, "initial-scale", "initial_scale", 1, id="zero-initial-scale-needs-allow"),
+        pytest.param({"min-scale": "5", "max-scale": "3"}, "min-scale", "min_scale", 0, id="min-above-max"),
+        pytest.param({"max-scale-limit": "10", "max-scale": "20"}, "max-scale", "max_scale", 10, id="max-above-limit"),
+        pytest.param({"max-scale-limit": "10"}, "max-scale", "max_scale", 10, id="unbounded-max-with-limit"),
+    ],
+)
+def test_global_rules_between_keys(data: dict[str, str], key: str, field: str, expected: int) -> None:
+    config, errors = AutoscalerConfig.from_mapping(data)
+    assert [error.key for error in errors] == [key]
+    assert getattr(config, field) == expected
+
+
+def test_zero_initial_scale_when_allowed() -> None:
+    config, errors = AutoscalerConfig.from_mapping({"initial-scale": "0", "allow-zero-initial-scale": "true"})
+    assert errors == [] and config.initial_scale == 0
+
+
+def test_unknown_keys_are_reported_and_examples_ignored() -> None:
+    config, errors = AutoscalerConfig.from_mapping({"stable-windw": "30s", "_example": "# docs"})
+    assert errors == [ConfigError("stable-windw", "global", "unknown config-autoscaler key, ignored")]
+    assert config == AutoscalerConfig.default()
+
+
+def test_every_contract_default_parses() -> None:
+    config, errors = AutoscalerConfig.from_mapping(dict(AUTOSCALER_DEFAULTS))
+    assert errors == [] and config == AutoscalerConfig.default()
+
+
+# --- files -----------------------------------------------------------------------------------------------------
+
+
+def test_load_file_flat_mapping_with_yaml_types(tmp_path: Path) -> None:
+    path = tmp_path / "autoscaler.yaml"
+    path.write_text("stable-window: 30s\nenable-scale-to-zero: false\ncontainer-concurrency-target-percentage: 80\n")
+    config, errors = AutoscalerConfig.load_file(path)
+    assert errors == []
+    assert (config.stable_window_s, config.enable_scale_to_zero, config.target_utilization_percentage) == (30.0, False, 80.0)
+
+
+def test_load_file_configmap_manifest(tmp_path: Path) -> None:
+    path = tmp_path / "config-autoscaler.yaml"
+    path.write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-autoscaler\n  namespace: knative-serving\n"
+        'data:\n  _example: "long docs"\n  scale-to-zero-grace-period: "45s"\n  max-scale-up-rate: "abc"\n'
+    )
+    config, errors = AutoscalerConfig.load_file(path)
+    assert config.scale_to_zero_grace_period_s == 45.0 and config.max_scale_up_rate == 1000.0
+    assert [(error.key, error.service) for error in errors] == [("max-scale-up-rate", "global")]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        pytest.param("stable-window: [unclosed\n", "cannot read config file", id="invalid-yaml"),
+        pytest.param("- a\n- b\n", "expected a mapping", id="a-list"),
+        pytest.param("kind: ConfigMap\ndata: [1]\n", "not a mapping", id="data-not-mapping"),
+        pytest.param(None, "cannot read config file", id="missing-file"),
+    ],
+)
+def test_load_file_problems_are_errors_not_exceptions(tmp_path: Path, content: str | None, problem: str) -> None:
+    path = tmp_path / "autoscaler.yaml"
+    if content is not None:
+        path.write_text(content)
+    config, errors = AutoscalerConfig.load_file(path)
+    assert config == AutoscalerConfig.default()
+    assert len(errors) == 1 and problem in errors[0].message and errors[0].service == "global"
+
+
+def test_load_file_empty_is_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert AutoscalerConfig.load_file(path) == (AutoscalerConfig.default(), [])
+
+
+# --- per-service annotations ---------------------------------------------------------------------------------------
+
+
+def spec(annotations: dict[str, str]) -> ServiceSpec:
+    full = {}
+    for name, value in annotations.items():
+        full[name if "/" in name else knative_annotation(name)] = value
+    return ServiceSpec(KEY, full)
+
+
+@pytest.mark.parametrize(
+    ("annotations", "field", "expected"),
+    [
+        pytest.param({}, "target", 70.0, id="default-total-100-at-70pct"),
+        pytest.param({ANNOTATION_CONTAINER_CONCURRENCY: "10"}, "target", 7.0, id="containerConcurrency-is-total"),
+        pytest.param({ANNOTATION_CONTAINER_CONCURRENCY: "10"}, "total_target", 10.0, id="total-is-containerConcurrency"),
+        pytest.param({"target": "10", "target-utilization-percentage": "100"}, "target", 10.0, id="target-at-100pct"),
+        pytest.param({"target": "10"}, "target", 7.0, id="target-annotation-replaces-total"),
+        pytest.param({"target": "50", ANNOTATION_CONTAINER_CONCURRENCY: "10"}, "total_target", 10.0, id="target-capped-at-cc"),
+        pytest.param({"target": "0.01", "target-utilization-percentage": "1"}, "target", 0.01, id="never-below-0.01"),
+        pytest.param({"metric": "rps"}, "target", 140.0, id="rps-default-200-at-70pct"),
+        pytest.param({"metric": "rps", ANNOTATION_CONTAINER_CONCURRENCY: "10"}, "target", 140.0, id="rps-ignores-cc"),
+        pytest.param({"window": "2m"}, "stable_window_s", 120.0, id="window"),
+        pytest.param({"window": "2m"}, "panic_window_s", 12.0, id="panic-window-follows-window"),
+        pytest.param({"panic-window-percentage": "50"}, "panic_window_s", 30.0, id="panic-window-percentage"),
+        pytest.param({"window": "6s", "panic-window-percentage": "1"}, "panic_window_s", 1.0, id="panic-window-at-least-1s"),
+        pytest.param({"panic-threshold-percentage": "150"}, "panic_threshold", 1.5, id="threshold-as-ratio"),
+        pytest.param({"target-burst-capacity": "-1"}, "target_burst_capacity", -1.0, id="tbc"),
+        pytest.param({"scale-down-delay": "1m"}, "scale_down_delay_s", 60.0, id="scale-down-delay"),
+        pytest.param({"scale-to-zero-pod-retention-period": "1m30s"}, "scale_to_zero_pod_retention_period_s", 90.0, id="retention"),
+        pytest.param({"min-scale": "1", "max-scale": "3"}, "max_scale", 3, id="max-scale"),
+        pytest.param({"min-scale": "1", "max-scale": "3"}, "min_scale", 1, id="min-scale"),
+        pytest.param({"initial-scale": "4"}, "initial_scale", 4, id="initial-scale"),
+        pytest.param({"activation-scale": "3"}, "activation_scale", 3, id="activation-scale"),
+        pytest.param({"metric-aggregation-algorithm": "weightedExponential"}, "aggregation", AGGREGATION_WEIGHTED_EXPONENTIAL, id="knative-spelling"),
+        pytest.param({"metric-aggregation-algorithm": "weighted-exponential"}, "aggregation", AGGREGATION_WEIGHTED_EXPONENTIAL, id="kebab-spelling"),
+        pytest.param({}, "aggregation", AGGREGATION_LINEAR, id="linear-by-default"),
+        pytest.param({ANNOTATION_TIMEOUT_SECONDS: "30"}, "timeout_s", 30.0, id="timeout"),
+        pytest.param({}, "timeout_s", 300.0, id="default-timeout"),
+        pytest.param({}, "container_concurrency", 0, id="default-cc-unlimited"),
+        pytest.param({KNATIVE_ANNOTATION_PREFIX + "class": "kpa.autoscaling.knative.dev"}, "target", 70.0, id="kpa-class-accepted"),
+        pytest.param({"other.io/window": "bad"}, "stable_window_s", 60.0, id="foreign-annotations-ignored"),
+    ],
+)
+def test_annotations_override_global(annotations: dict[str, str], field: str, expected: object) -> None:
+    config, errors = service_config(AutoscalerConfig.default(), spec(annotations))
+    assert errors == []
+    assert getattr(config, field) == pytest.approx(expected) if isinstance(expected, float) else getattr(config, field) == expected
+
+
+def test_service_inherits_global_values() -> None:
+    global_config, _ = AutoscalerConfig.from_mapping({"stable-window": "30s", "scale-to-zero-grace-period": "10s", "max-scale-up-rate": "3"})
+    config, errors = service_config(global_config, spec({}))
+    assert errors == []
+    assert (config.stable_window_s, config.panic_window_s, config.scale_to_zero_grace_period_s, config.max_scale_up_rate) == (30.0, 3.0, 10.0, 3.0)
+    assert config.key == KEY
+
+
+@pytest.mark.parametrize(
+    ("annotation", "value", "field", "fallback"),
+    [
+        ("window", "-5s", "stable_window_s", 60.0),
+        ("window", "abc", "stable_window_s", 60.0),
+        ("window", "3s", "stable_window_s", 60.0),
+        ("panic-threshold-percentage", "5000", "panic_threshold", 2.0),
+        ("panic-threshold-percentage", "x", "panic_threshold", 2.0),
+        ("panic-window-percentage", "0", "panic_window_s", 6.0),
+        ("target", "0", "target", 70.0),
+        ("target", "ten", "target", 70.0),
+        ("target-utilization-percentage", "0", "target", 70.0),
+        ("target-burst-capacity", "-7", "target_burst_capacity", 211.0),
+        ("scale-down-delay", "-1s", "scale_down_delay_s", 0.0),
+        ("scale-to-zero-pod-retention-period", "forever", "scale_to_zero_pod_retention_period_s", 0.0),
+        ("min-scale", "-1", "min_scale", 0),
+        ("max-scale", "2.5", "max_scale", 0),
+        ("initial-scale", "-3", "initial_scale", 1),
+        ("activation-scale", "0", "activation_scale", 1),
+        ("metric", "memory", "metric", "concurrency"),
+        ("metric-aggregation-algorithm", "median", "aggregation", AGGREGATION_LINEAR),
+    ],
+)
+def test_invalid_annotations_name_key_and_service_and_use_the_global_value(annotation: str, value: str, field: str, fallback: object) -> None:
+    config, errors = service_config(AutoscalerConfig.default(), spec({annotation: value}))
+    assert getattr(config, field) == fallback
+    assert len(errors) == 1
+    assert (errors[0].key, errors[0].service) == (knative_annotation(annotation), "shop/cart")
+    assert "shop/cart" in str(errors[0]) and knative_annotation(annotation) in str(errors[0])
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "field", "fallback"),
+    [
+        (ANNOTATION_CONTAINER_CONCURRENCY, "-1", "container_concurrency", 0),
+        (ANNOTATION_CONTAINER_CONCURRENCY, "many", "container_concurrency", 0),
+        (ANNOTATION_CONTAINER_CONCURRENCY, "2000", "container_concurrency", 0),
+        (ANNOTATION_TIMEOUT_SECONDS, "0", "timeout_s", 300.0),
+        (ANNOTATION_TIMEOUT_SECONDS, "601", "timeout_s", 300.0),
+        (KNATIVE_ANNOTATION_PREFIX + "minScale", "1", "min_scale", 0),
+        (KNATIVE_ANNOTATION_PREFIX + "class", "hpa.autoscaling.knative.dev", "metric", "concurrency"),
+    ],
+)
+def test_other_rejected_annotations(name: str, value: str, field: str, fallback: object) -> None:
+    config, errors = service_config(AutoscalerConfig.default(), spec({name: value}))
+    assert getattr(config, field) == fallback
+    assert [(error.key, error.service) for error in errors] == [(name, "shop/cart")]
+
+
+@pytest.mark.parametrize(
+    ("global_keys", "annotations", "key", "field", "expected"),
+    [
+        pytest.param({}, {"initial-scale": "0"}, "initial-scale", "initial_scale", 1, id="zero-initial-scale-needs-global-allow"),
+        pytest.param({}, {"min-scale": "4", "max-scale": "3"}, "min-scale", "min_scale", 0, id="min-above-max"),
+        pytest.param({"min-scale": "2"}, {"min-scale": "4", "max-scale": "3"}, "min-scale", "min_scale", 2, id="min-falls-back-to-global"),
+        pytest.param({"max-scale-limit": "5", "max-scale": "5"}, {"max-scale": "8"}, "max-scale", "max_scale", 5, id="max-above-limit"),
+    ],
+)
+def test_annotation_rules_between_keys(global_keys: dict[str, str], annotations: dict[str, str], key: str, field: str, expected: int) -> None:
+    global_config, global_errors = AutoscalerConfig.from_mapping(global_keys)
+    assert global_errors == []
+    config, errors = service_config(global_config, spec(annotations))
+    assert [(error.key, error.service) for error in errors] == [(knative_annotation(key), "shop/cart")]
+    assert getattr(config, field) == expected
+
+
+def test_zero_initial_scale_annotation_when_allowed_globally() -> None:
+    global_config, _ = AutoscalerConfig.from_mapping({"allow-zero-initial-scale": "true"})
+    config, errors = service_config(global_config, spec({"initial-scale": "0"}))
+    assert errors == [] and config.initial_scale == 0
