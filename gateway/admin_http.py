@@ -20,7 +20,7 @@ from kapa.log import get_logger
 from kapa.services import Endpoint, ServiceKey
 
 from gateway.control import Gateway
-from gateway.routing import RoutingError, ServiceRoute, parse_endpoint, parse_mode
+from gateway.routing import RoutingError, ServiceRoute, check_endpoint, parse_endpoint, parse_mode
 
 log = get_logger(__name__)
 
@@ -54,10 +54,11 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _endpoints(value: object) -> list[Endpoint]:
+def _endpoints(value: object, ip_only: bool) -> list[Endpoint]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise RoutingError('"endpoints" must be a list of "HOST:PORT" strings')
-    return [parse_endpoint(item) for item in value]
+    endpoints = [parse_endpoint(item) for item in value]
+    return [check_endpoint(endpoint) for endpoint in endpoints] if ip_only else endpoints
 
 
 async def put_route(request: web.Request) -> web.Response:
@@ -71,7 +72,7 @@ async def put_route(request: web.Request) -> web.Response:
         if not body:
             raise RoutingError('give "mode" and/or "endpoints"')
         mode = parse_mode(body["mode"]) if "mode" in body else None
-        endpoints = _endpoints(body["endpoints"]) if "endpoints" in body else None
+        endpoints = _endpoints(body["endpoints"], ip_only=True) if "endpoints" in body else None
     except RoutingError as error:
         return _bad_request(str(error))
     try:
@@ -95,7 +96,7 @@ async def put_activator(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY_KEY]
     try:
         body = await _json_body(request)
-        endpoints = _endpoints(body.get("endpoints"))
+        endpoints = _endpoints(body.get("endpoints"), ip_only=False)  # the activator may be a DNS name
     except RoutingError as error:
         return _bad_request(str(error))
     gateway.set_activator(endpoints)

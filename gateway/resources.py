@@ -32,7 +32,6 @@ Timeouts and retries:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -286,7 +285,3 @@ def build_resources(state: RoutingState, listener_config: ListenerConfig) -> Res
         ENDPOINT_TYPE: assignments,
     }
 
-
-def resource_names(resources: Mapping[str, Mapping[str, Message]]) -> dict[str, list[str]]:
-    """Names per type, sorted: a readable summary for logs and the admin API."""
-    return {type_url: sorted(items) for type_url, items in resources.items()}
