@@ -1,0 +1,51 @@
+"""A fast HTTP relay on asyncio protocols (uvloop + httptools), shared by the queue-proxy and the activator.
+
+It knows nothing about counting, limits or routing: a `Handler` decides those. The pieces:
+
+- `RelayServer(handler, pool)`: pass `relay.protocol` to `loop.create_server`. Each request's head is
+  parsed into an `Exchange`; `handler.request_received(exchange)` then calls `exchange.forward((host,
+  port))` (relay to an upstream, bodies streamed both ways with flow control) or `exchange.respond(status,
+  body)`, now or later. `handler.request_finished(exchange)` follows exactly once however it ends, with
+  `exchange.status` set to what the client got. `handler.malformed_request(status)` reports a 400/431.
+- `UpstreamPool`: keep-alive upstream connections keyed by (host, port).
+- WebSocket and other upgrades: when the upstream answers 101 the connection becomes a byte `Pipe`; the
+  exchange finishes when the pipe closes.
+- h2c (prior knowledge, or `Upgrade: h2c`): `handler.h2c_connection(tunnel)` picks the upstream with
+  `tunnel.forward(address)`; frames are relayed unchanged and each stream is reported through
+  `handler.stream_opened(stream)` / `handler.stream_closed(stream)` (`H2Stream`, see `stream_status`).
+- `serve_routes`: a small HTTP server for a proxy's own GET endpoints (metrics, readiness).
+"""
+
+from __future__ import annotations
+
+from kapa.relay.h2c import H2cTunnel, H2Stream, stream_status
+from kapa.relay.http1 import (
+    FAILURE_CLIENT_GONE,
+    FAILURE_UPSTREAM,
+    MAX_HEAD_BYTES,
+    Exchange,
+    Handler,
+    RelayServer,
+    local_response,
+)
+from kapa.relay.pool import Address, UpstreamPool
+from kapa.relay.routes import Route, serve_routes
+from kapa.relay.tunnel import Pipe
+
+__all__ = [
+    "FAILURE_CLIENT_GONE",
+    "FAILURE_UPSTREAM",
+    "MAX_HEAD_BYTES",
+    "Address",
+    "Exchange",
+    "H2Stream",
+    "H2cTunnel",
+    "Handler",
+    "Pipe",
+    "RelayServer",
+    "Route",
+    "UpstreamPool",
+    "local_response",
+    "serve_routes",
+    "stream_status",
+]

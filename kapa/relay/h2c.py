@@ -1,0 +1,292 @@
+"""HTTP/2 cleartext (h2c, and so gRPC) relayed at frame level: bytes pass unchanged, only the 9-byte frame
+headers are read, to count each stream as one request.
+
+A stream is opened by the client's first HEADERS frame on a new odd stream id and closed when both sides
+have sent END_STREAM or either sent RST_STREAM (RFC 9113 section 5.1), or when the connection ends.
+The response status is read from the first bytes of the server's HEADERS block when HPACK encodes it in
+the usual way (a static-table index, or a literal with the `:status` name); a status the encoder put in
+its dynamic table cannot be read without decoding every header block, and is reported as 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from kapa.relay.tunnel import Pipe
+
+if TYPE_CHECKING:
+    from kapa.relay.http1 import Exchange, RelayServer
+    from kapa.relay.pool import Address
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+_DATA, _HEADERS, _RST_STREAM = 0x0, 0x1, 0x3
+_END_STREAM, _PADDED, _PRIORITY = 0x1, 0x8, 0x20
+#: HPACK static table indexes 8..14 are `:status` with these values (RFC 7541 appendix A).
+_STATIC_STATUS = {8: 200, 9: 204, 10: 206, 11: 304, 12: 400, 13: 404, 14: 500}
+_CLIENT, _SERVER = "client", "server"
+
+
+class H2Stream:
+    """One HTTP/2 request/response through the relay."""
+
+    __slots__ = ("stream_id", "started_at", "status", "reset_by", "client_ended", "server_ended", "tag", "exchange")
+
+    def __init__(self, stream_id: int, started_at: float) -> None:
+        self.stream_id = stream_id
+        self.started_at = started_at
+        #: Response status when it could be read, else 0.
+        self.status = 0
+        #: "client" or "server" when the stream ended with RST_STREAM (or the connection closed under it).
+        self.reset_by: str | None = None
+        self.client_ended = False
+        self.server_ended = False
+        #: Free for the handler (the queue-proxy marks what it counted).
+        self.tag: object = None
+        #: For stream 1 of a connection upgraded from HTTP/1.1: the exchange that asked for the upgrade.
+        self.exchange: Exchange | None = None
+
+
+def stream_status(stream: H2Stream) -> int:
+    """The status to record for a finished stream: the response's when it was read; else 200 for a stream
+    both sides ended normally, 499 (client closed request) or 502 for one reset by the client or server."""
+    if stream.status:
+        return stream.status
+    if stream.reset_by is None:
+        return 200
+    return 499 if stream.reset_by == _CLIENT else 502
+
+
+def read_status(block: bytes) -> int:
+    """The `:status` of a response header block's first field, or 0 when HPACK hides it.
+
+    `block` is the start of the header block fragment. Only the status class is exact for Huffman-coded
+    literals (the first digit is decoded; 200, 300, 400 or 500 is returned).
+    """
+    pos = 0
+    while pos < len(block):
+        first = block[pos]
+        if first & 0x80:  # indexed field
+            return _STATIC_STATUS.get(first & 0x7F, 0)
+        if first & 0xE0 == 0x20:  # dynamic table size update: skip it (and its integer continuation)
+            pos += 1
+            if first & 0x1F == 0x1F:
+                while pos < len(block) and block[pos] & 0x80:
+                    pos += 1
+                pos += 1
+            continue
+        name_index = first & 0x3F if first & 0xC0 == 0x40 else first & 0x0F
+        if name_index not in _STATIC_STATUS or pos + 1 >= len(block):
+            return 0
+        length_byte = block[pos + 1]
+        value = block[pos + 2 : pos + 2 + (length_byte & 0x7F)]
+        if not value:
+            return 0
+        if not length_byte & 0x80:
+            return int(value[:3]) if value[:3].isdigit() else 0
+        # Huffman: '1' and '2' are 5-bit codes 00001, 00010; '3'..'5' are 6-bit 011001..011011.
+        top = value[0]
+        if top >> 3 == 0b00001:
+            return 100
+        if top >> 3 == 0b00010:
+            return 200
+        return {0b011001: 300, 0b011010: 400, 0b011011: 500}.get(top >> 2, 0)
+    return 0
+
+
+class _FrameScanner:
+    """Follows frame boundaries in one direction's byte stream; calls `on_frame` per frame header."""
+
+    __slots__ = ("_skip", "_partial", "_on_frame")
+
+    def __init__(self, on_frame: Callable[[int, int, int, bytes], None], skip: int = 0) -> None:
+        self._skip = skip
+        self._partial = b""
+        self._on_frame = on_frame
+
+    def feed(self, data: bytes) -> None:
+        if self._partial:
+            data = self._partial + data
+            self._partial = b""
+        size = len(data)
+        pos = self._skip
+        if pos >= size:
+            self._skip = pos - size
+            return
+        while pos + 9 <= size:
+            length = int.from_bytes(data[pos : pos + 3], "big")
+            frame_type = data[pos + 3]
+            flags = data[pos + 4]
+            stream_id = int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+            pos += 9
+            # Only a HEADERS frame's payload is looked at (its first bytes, for the status).
+            self._on_frame(frame_type, flags, stream_id, data[pos : pos + min(length, 64)] if frame_type == _HEADERS else b"")
+            pos += length
+        if pos > size:
+            self._skip = pos - size
+        else:
+            self._skip = 0
+            self._partial = data[pos:]
+
+
+class H2cRelay:
+    """Relays one h2c connection and keeps its streams' books; see the module docstring."""
+
+    def __init__(self, server: RelayServer, client: asyncio.Transport, upgraded: Exchange | None = None) -> None:
+        self.server = server
+        self.client = client
+        self.streams: dict[int, H2Stream] = {}
+        self._last_client_stream = 0
+        self._pipe: Pipe | None = None
+        self._closed = False
+        self._client_scanner = _FrameScanner(self._client_frame, skip=len(PREFACE))
+        self._server_scanner = _FrameScanner(self._server_frame)
+        if upgraded is not None:
+            # RFC 7540 3.2: the request that carried `Upgrade: h2c` becomes stream 1, half-closed by the client.
+            stream = H2Stream(1, upgraded.started_at)
+            stream.client_ended = True
+            stream.exchange = upgraded
+            self.streams[1] = stream
+            self._last_client_stream = 1
+
+    @property
+    def idle(self) -> bool:
+        return not self.streams
+
+    def start(self, upstream: asyncio.Transport, to_upstream: bytes = b"", upstream_sent: bytes = b"") -> None:
+        """Relay between the client and a connected upstream transport. `to_upstream`: client bytes not yet
+        forwarded; `upstream_sent`: upstream bytes already forwarded to the client (only scanned)."""
+        if upstream_sent:
+            self._server_scanner.feed(upstream_sent)
+        self._pipe = Pipe(
+            self.client, upstream, self._pipe_closed,
+            watch_client=self._client_scanner.feed, watch_upstream=self._server_scanner.feed,
+        )
+        self._pipe.start(to_upstream)
+
+    def close(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
+        else:
+            self.client.close()
+
+    # --- frame bookkeeping ------------------------------------------------------------------------------
+
+    def _client_frame(self, frame_type: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if frame_type == _HEADERS:
+            stream = self.streams.get(stream_id)
+            if stream is None:
+                if not stream_id & 1 or stream_id <= self._last_client_stream:
+                    return  # trailers of a closed stream or a protocol error the upstream will answer
+                self._last_client_stream = stream_id
+                stream = H2Stream(stream_id, time.monotonic())
+                self.streams[stream_id] = stream
+                self.server.handler.stream_opened(stream)
+            if flags & _END_STREAM:
+                self._ended(stream, _CLIENT)
+        elif frame_type == _DATA:
+            if flags & _END_STREAM:
+                stream = self.streams.get(stream_id)
+                if stream is not None:
+                    self._ended(stream, _CLIENT)
+        elif frame_type == _RST_STREAM:
+            self._reset(stream_id, _CLIENT)
+
+    def _server_frame(self, frame_type: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if frame_type == _HEADERS:
+            stream = self.streams.get(stream_id)
+            if stream is None:
+                return
+            if stream.status == 0:
+                start = 0
+                if flags & _PADDED:
+                    start += 1
+                if flags & _PRIORITY:
+                    start += 5
+                stream.status = read_status(payload[start:])
+            if flags & _END_STREAM:
+                self._ended(stream, _SERVER)
+        elif frame_type == _DATA:
+            if flags & _END_STREAM:
+                stream = self.streams.get(stream_id)
+                if stream is not None:
+                    self._ended(stream, _SERVER)
+        elif frame_type == _RST_STREAM:
+            self._reset(stream_id, _SERVER)
+
+    def _ended(self, stream: H2Stream, side: str) -> None:
+        if side == _CLIENT:
+            stream.client_ended = True
+        else:
+            stream.server_ended = True
+        if stream.client_ended and stream.server_ended:
+            self._close_stream(stream)
+
+    def _reset(self, stream_id: int, side: str) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.reset_by = side
+            self._close_stream(stream)
+
+    def _close_stream(self, stream: H2Stream) -> None:
+        del self.streams[stream.stream_id]
+        if stream.exchange is not None:
+            stream.exchange.h2c_stream_finished(stream)
+        else:
+            self.server.handler.stream_closed(stream)
+
+    def _pipe_closed(self) -> None:
+        """The connection is gone: every stream still open ends with it."""
+        self._closed = True
+        for stream in list(self.streams.values()):
+            if stream.reset_by is None:
+                stream.reset_by = _SERVER if stream.client_ended else _CLIENT
+            self._close_stream(stream)
+        self.server.connection_closed(self)
+
+
+class _Held(asyncio.Protocol):
+    """Holds a fresh upstream connection unread until the pipe takes it over (h2c servers speak first)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.pause_reading()  # type: ignore[attr-defined]
+
+
+class H2cTunnel:
+    """A client connection that opened with the h2c preface, waiting for the handler to pick its upstream.
+
+    The handler's `h2c_connection(tunnel)` must call `forward(address)` (or `close()`); until the upstream
+    answers, the client is not read and what it sent so far is held.
+    """
+
+    def __init__(self, server: RelayServer, client: asyncio.Transport, received: bytes) -> None:
+        self.server = server
+        self.client = client
+        self.relay = H2cRelay(server, client)
+        self._received = received
+        client.pause_reading()
+
+    def forward(self, address: Address) -> None:
+        """Connect to `address` and relay the connection there."""
+        asyncio.get_running_loop().create_task(self._connect(address))
+
+    async def _connect(self, address: Address) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            upstream, _ = await loop.create_connection(_Held, address[0], address[1])
+        except OSError:
+            self.close()  # the client sees the connection close, as from an unreachable server
+            return
+        if self.client.is_closing():
+            upstream.close()
+            self.close()
+            return
+        received, self._received = self._received, b""
+        self.relay.start(upstream, to_upstream=received)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.connection_closed(self.relay)
