@@ -210,8 +210,8 @@ class Scaler:
         ready = self.ready_pod_counter.ready_pods(key)
         if ready is None:  # unknown: keep what the last decision saw
             ready = service.latest.ready_pods if service.latest is not None else 0
-        stable = observed_value(self._snapshot, WindowQuery(config.metric, config.stable_window_s), key, ready)
-        panic = observed_value(self._snapshot, WindowQuery(config.metric, config.panic_window_s), key, ready)
+        stable = observed_value(self._snapshot, WindowQuery.for_window(config.metric, config.stable_window_s), key, ready)
+        panic = observed_value(self._snapshot, WindowQuery.for_window(config.metric, config.panic_window_s), key, ready)
         return Observation(stable_value=stable, panic_value=panic, ready_pods=ready, poked=poked)
 
     def _decide(self, key: ServiceKey, at: float, poked: bool) -> Decision | None:
@@ -239,8 +239,8 @@ class Scaler:
         """The distinct (metric, window) pairs the services need: one Prometheus query each per tick."""
         queries: set[WindowQuery] = set()
         for service in self._services.values():
-            queries.add(WindowQuery(service.config.metric, service.config.stable_window_s))
-            queries.add(WindowQuery(service.config.metric, service.config.panic_window_s))
+            queries.add(WindowQuery.for_window(service.config.metric, service.config.stable_window_s))
+            queries.add(WindowQuery.for_window(service.config.metric, service.config.panic_window_s))
         return queries
 
     async def tick(self, at: float | None = None) -> dict[ServiceKey, Decision]:

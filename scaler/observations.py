@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
+from kapa import contract
 from kapa.services import ServiceKey
+
+#: rate() needs two samples inside its range, and with scrapes every SCALING_SCRAPE_INTERVAL_S a range much
+#: shorter than three intervals often holds only one. Shorter windows (a 6 s stable window at 10 % gives a
+#: 0.6 s panic window) are widened to this, rather than never having data.
+MIN_QUERY_WINDOW_S = 3.0 * contract.SCALING_SCRAPE_INTERVAL_S
 
 
 @dataclass(frozen=True, order=True)
@@ -22,6 +28,11 @@ class WindowQuery:
 
     metric: str
     window_s: float
+
+    @classmethod
+    def for_window(cls, metric: str, window_s: float) -> WindowQuery:
+        """The query for a configured window, widened to MIN_QUERY_WINDOW_S if shorter."""
+        return cls(metric, max(window_s, MIN_QUERY_WINDOW_S))
 
 
 @dataclass(frozen=True)

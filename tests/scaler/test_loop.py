@@ -1,0 +1,183 @@
+"""The Scaler loop in-process over a real Prometheus: decisions, pokes, subscriptions, errors, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from kapa import contract
+from kapa.prometheus_server import PrometheusServer, ScrapeTarget
+from kapa.services import ServiceKey, ServiceSpec
+from scaler.catalog import FileCatalog, StaticCatalog
+from scaler.config import AutoscalerConfig
+from scaler.decision import Decision
+from scaler.loop import Scaler, UnknownService
+from scaler.prometheus_source import PrometheusMetrics
+from tests.scaler.conftest import ExporterControl, query, wait_until
+
+HELLO = ServiceKey("default", "hello")
+IDLE = ServiceKey("default", "idle")
+SLEEPY = ServiceKey("default", "sleepy")
+BROKEN = ServiceKey("default", "broken")
+
+
+def annotations(**values: str) -> dict[str, str]:
+    return {contract.knative_annotation(key.replace("_", "-")): value for key, value in values.items()}
+
+
+#: Short windows so the test sees a full stable window quickly: stable 6 s, panic 3 s; target 1 per pod.
+FAST = annotations(window="6s", panic_window_percentage="50", target="1", target_utilization_percentage="100")
+CONFIG, _ = AutoscalerConfig.from_mapping({"allow-zero-initial-scale": "true"})
+
+
+class RecordingActuator:
+    """An Actuator that remembers what it was asked to apply (the test's view of the local backend)."""
+
+    def __init__(self) -> None:
+        self.applied: list[dict[ServiceKey, Decision]] = []
+
+    async def apply(self, decisions: Mapping[ServiceKey, Decision]) -> None:
+        self.applied.append(dict(decisions))
+
+
+def wait_for_full_windows(prometheus: PrometheusServer, pods: set[str]) -> None:
+    """Wait until the last 8 s of data hold exactly these pods' series, each scraped 8 times."""
+
+    def settled() -> bool:
+        counts = query(prometheus.url, f"count_over_time({contract.CONCURRENCY_SECONDS}[8s])")
+        return {c["metric"]["pod"] for c in counts} == pods and all(float(c["value"][1]) >= 8 for c in counts)
+
+    wait_until(settled, 25, f"eight scrapes of exactly the series of {sorted(pods)}")
+
+
+async def test_tick_poke_subscribe_and_config_errors(
+    prometheus: PrometheusServer, exporter: ExporterControl, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    exporter.set(
+        [
+            {"namespace": "default", "service": "hello", "pod": "tick-a", "concurrency": 2.5},
+            {"namespace": "default", "service": "hello", "pod": "tick-b", "concurrency": 2.0},
+        ]
+    )
+    catalog = StaticCatalog(
+        [
+            ServiceSpec(HELLO, FAST),
+            ServiceSpec(IDLE, FAST),
+            ServiceSpec(SLEEPY, {**FAST, contract.knative_annotation("initial-scale"): "0"}),
+            ServiceSpec(BROKEN, {**FAST, contract.knative_annotation("target"): "lots"}),
+        ]
+    )
+    source = PrometheusMetrics(prometheus.url)
+    actuator = RecordingActuator()
+    scaler = Scaler(CONFIG, catalog, source, ready_pods=source, actuators=[actuator])
+    assert scaler.latest(HELLO) is None
+    wait_for_full_windows(prometheus, {"tick-a", "tick-b"})
+    try:
+        with scaler.subscribe() as every_change:
+            decisions = await scaler.tick(time.time())
+            changes = {change.key: change for change in await every_change.next()}
+        assert set(changes) == {HELLO, IDLE, SLEEPY, BROKEN}  # first decisions are changes
+        hello = decisions[HELLO]
+        assert hello.stable_value == pytest.approx(4.5, rel=0.05)
+        assert hello.ready_pods == 2 and not hello.stale
+        assert hello.desired_pods == 5  # ceil(4.5 / 1)
+        assert actuator.applied == [decisions]
+        # No pods and no series anywhere: truly idle (not "no data"); initial-scale keeps 1 / allows 0.
+        assert decisions[IDLE].stable_value == 0.0 and decisions[IDLE].desired_pods == 1
+        assert decisions[SLEEPY].desired_pods == 0 and decisions[SLEEPY].mode == "proxy"
+        # The bad annotation: logged naming key and service, the default used (target 100 x 100 %).
+        assert scaler.service_config(BROKEN).target == pytest.approx(100.0)
+        assert decisions[BROKEN].desired_pods == 1
+
+        # A poke decides at once for that service, applies it, and reaches its subscribers as a poke.
+        with scaler.subscribe([SLEEPY]) as sleepy_changes:
+            poked = await scaler.poke(SLEEPY)
+            assert poked is not None and poked.desired_pods == 1
+            (change,) = await asyncio.wait_for(sleepy_changes.next(), 1)
+        assert change.poked and change.key == SLEEPY and change.decision.desired_pods == 1
+        assert actuator.applied[-1] == {SLEEPY: poked}
+        assert scaler.history(SLEEPY)[-1].poked
+        with pytest.raises(UnknownService):
+            await scaler.poke(ServiceKey("default", "nobody"))
+
+        await scaler.tick(time.time())
+        bad_lines = [r for r in caplog.records if "invalid autoscaling setting" in r.getMessage()]
+        assert len(bad_lines) == 1  # once per service, not per tick
+        fields = bad_lines[0].kapa_fields  # type: ignore[attr-defined]
+        assert fields["service"] == str(BROKEN) and fields["key"] == contract.knative_annotation("target")
+
+        exposition = scaler.telemetry.exposition().decode()
+        assert f'{contract.SCALER_DESIRED_PODS}{{kapa_namespace="default",kapa_service="hello"}} 5.0' in exposition
+        assert f'{contract.SCALER_POKES}{{kapa_namespace="default",kapa_service="sleepy"}} 1.0' in exposition
+        assert f"{contract.SCALER_METRICS_SOURCE_STALE} 0.0" in exposition
+        assert f"{contract.SCALER_TICK_DURATION}_count 2.0" in exposition
+    finally:
+        await source.close()
+
+
+async def test_same_prometheus_data_gives_same_decisions_in_two_scalers(
+    prometheus: PrometheusServer, exporter: ExporterControl
+) -> None:
+    exporter.set([{"namespace": "default", "service": "hello", "pod": "same-a", "concurrency": 6.5}])
+    wait_for_full_windows(prometheus, {"same-a"})
+    sources = [PrometheusMetrics(prometheus.url) for _ in range(2)]
+    scalers = [Scaler(CONFIG, StaticCatalog([ServiceSpec(HELLO, FAST)]), s, ready_pods=s) for s in sources]
+    try:
+        at = float(int(time.time()) // 2 * 2)
+        first, second = [await scaler.tick(at) for scaler in scalers]
+        assert first[HELLO] == second[HELLO]
+        assert first[HELLO].desired_pods == 7
+    finally:
+        for source in sources:
+            await source.close()
+
+
+async def test_prometheus_outage_holds_decision_then_recovers(exporter: ExporterControl, tmp_path: Path) -> None:
+    exporter.set([{"namespace": "default", "service": "hello", "pod": "outage-a", "concurrency": 2.5}])
+    prometheus = PrometheusServer(workdir=tmp_path / "prometheus", targets=[ScrapeTarget(exporter.address)])
+    await prometheus.start()
+    source = PrometheusMetrics(prometheus.url, timeout_s=0.5)
+    scaler = Scaler(CONFIG, StaticCatalog([ServiceSpec(HELLO, FAST)]), source, ready_pods=source)
+    try:
+        wait_for_full_windows(prometheus, {"outage-a"})
+        decision = (await scaler.tick(time.time()))[HELLO]
+        assert decision.desired_pods == 3 and not decision.stale
+
+        await prometheus.stop()
+        for _ in range(3):  # several ticks without Prometheus: held, never scaled to zero
+            held = (await scaler.tick(time.time()))[HELLO]
+            assert held.stale and held.desired_pods == 3 and held.ready_pods == 1
+        assert scaler.metrics_stale()
+        exposition = scaler.telemetry.exposition().decode()
+        assert f"{contract.SCALER_METRICS_SOURCE_STALE} 1.0" in exposition
+        assert f'{contract.SCALER_STALE}{{kapa_namespace="default",kapa_service="hello"}} 1.0' in exposition
+
+        await prometheus.start()
+        deadline = time.monotonic() + 20
+        while True:
+            recovered = (await scaler.tick(time.time()))[HELLO]
+            if not recovered.stale:
+                break
+            assert time.monotonic() < deadline, "the scaler did not recover after Prometheus came back"
+            await asyncio.sleep(0.5)
+        assert not scaler.metrics_stale() and recovered.desired_pods >= 1
+    finally:
+        await source.close()
+        await prometheus.close()
+
+
+def test_file_catalog_follows_the_file_and_keeps_the_last_good_list(tmp_path: Path) -> None:
+    path = tmp_path / "services.yaml"
+    path.write_text("services:\n  - name: hello\n")
+    catalog = FileCatalog(path)
+    assert list(catalog.services()) == [HELLO]
+    path.write_text("services:\n  - name: hello\n  - name: other\n    namespace: team-a\n")
+    assert set(catalog.services()) == {HELLO, ServiceKey("team-a", "other")}
+    path.write_text("services: [\n")  # a half-saved edit
+    assert set(catalog.services()) == {HELLO, ServiceKey("team-a", "other")}
