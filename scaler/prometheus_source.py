@@ -45,15 +45,26 @@ def promql_duration(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
+def _sum_rate(counter: str, window: str) -> str:
+    return f"sum by ({_BY}) (rate({counter}[{window}]))"
+
+
 def window_promql(query: WindowQuery) -> str:
-    """The query for one metric over one window: per-service totals, each request counted once."""
+    """The query for one metric over one window: per-service totals, each request counted once.
+
+    For rps, a pod that has answered no request yet exports no REQUESTS series (they are per code class),
+    so services whose queue-proxies are up but idle are filled in with 0 from the concurrency counter,
+    which every queue-proxy exports from its start: an idle service must read 0, not "no data".
+    """
     if query.metric not in _COUNTERS:
         raise ValueError(f"unknown scaling metric {query.metric!r}")
     counted, proxied = _COUNTERS[query.metric]
     window = promql_duration(query.window_s)
-    total = f"sum by ({_BY}) (rate({counted}[{window}]))"
-    total_proxied = f"sum by ({_BY}) (rate({proxied}[{window}]))"
-    return f"clamp_min({total} - {total_proxied}, 0) or {total}"
+    total, total_proxied = _sum_rate(counted, window), _sum_rate(proxied, window)
+    promql = f"clamp_min({total} - {total_proxied}, 0) or {total}"
+    if query.metric == contract.METRIC_RPS:
+        promql += f" or 0 * {_sum_rate(contract.CONCURRENCY_SECONDS, window)}"
+    return promql
 
 
 def ready_pods_promql() -> str:

@@ -2,7 +2,8 @@
 
 Run as `python -m tests.scaler.exporter PORT`. PUT /series with a JSON list of series
 ({namespace, service, pod, component, concurrency, proxied_concurrency, rps, proxied_rps}) sets what it
-exports: each counter grows at its rate from then on, so rate() over any window must equal the rate. This
+exports: each counter given grows at its rate from then on, so rate() over any window must equal the rate
+(a counter left out is not exported at all, as when no request went through the activator). This
 lets the query layer be checked against a real Prometheus with answers known in advance; the end-to-end
 test uses real queue-proxies instead.
 """
@@ -56,8 +57,8 @@ class Exporter:
             old = self.series.get(key)  # type: ignore[arg-type]
             if old is not None:
                 old.advance(now)
-            rates = {name: float(item.get(field, 0.0)) for name, field in _RATES.items()}
-            values = old.values if old is not None else {name: 0.0 for name in _RATES}
+            rates = {name: float(item[field]) for name, field in _RATES.items() if field in item}
+            values = {name: old.values.get(name, 0.0) if old else 0.0 for name in rates}
             wanted[key] = Series(labels, rates, values, now)  # type: ignore[index]
         self.series = wanted
         return web.Response(status=204)
@@ -68,9 +69,9 @@ class Exporter:
         for name in _RATES:
             lines.append(f"# TYPE {name.removesuffix('_total')} counter")
             for series in self.series.values():
+                if name not in series.rates:
+                    continue
                 series_value = series.values[name] + series.rates[name] * (now - series.since)
-                if series.labels[contract.LABEL_COMPONENT] == contract.COMPONENT_ACTIVATOR and "proxied" in name:
-                    continue  # the activator exports no proxied counters
                 labels = ",".join(f'{key}="{value}"' for key, value in series.labels.items())
                 lines.append(f"{name}{{{labels}}} {series_value:.6f}")
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")

@@ -36,7 +36,9 @@ def test_window_promql_subtracts_proxied_and_keeps_services_without_proxied_traf
     total = f"{by} (rate({contract.CONCURRENCY_SECONDS}[6000ms]))"
     proxied = f"{by} (rate({contract.PROXIED_CONCURRENCY_SECONDS}[6000ms]))"
     assert promql == f"clamp_min({total} - {proxied}, 0) or {total}"
-    assert contract.REQUESTS in window_promql(RPS) and contract.PROXIED_REQUESTS in window_promql(RPS)
+    rps = window_promql(RPS)
+    assert contract.REQUESTS in rps and contract.PROXIED_REQUESTS in rps
+    assert rps.endswith(f"or 0 * {by} (rate({contract.CONCURRENCY_SECONDS}[6000ms]))")
     with pytest.raises(ValueError, match="unknown scaling metric"):
         window_promql(WindowQuery("memory", 60.0))
 
@@ -103,6 +105,8 @@ async def test_observe_against_real_prometheus(prometheus: PrometheusServer, exp
         assert snapshot.values[PANIC][OTHER] == pytest.approx(0.5, rel=0.02)
         assert snapshot.values[PANIC][AT_ZERO] == pytest.approx(2.0, rel=0.02)
         assert snapshot.values[RPS][HELLO] == pytest.approx(18.0, rel=0.02)
+        assert snapshot.values[RPS][OTHER] == pytest.approx(1.0, rel=0.02)
+        assert snapshot.values[RPS][AT_ZERO] == 0.0  # activator holding, nothing answered yet
         assert snapshot.ready_pods == {HELLO: 2, OTHER: 1}
         assert source.ready_pods(HELLO) == 2
         assert source.ready_pods(AT_ZERO) == 0
