@@ -1,0 +1,96 @@
+"""Benchmark (not a test): requests/s through the Kapa-programmed Envoy in serve mode, beside the upstream alone.
+
+    .venv/bin/python -m tests.gateway.bench_envoy [--seconds 5] [--connections 50]
+
+The upstream is a minimal uvloop responder in its own process; wrk drives load; Envoy runs one worker.
+Envoy's CPU time is read from /proc to give requests per Envoy CPU-second. Figures on a shared 2-core
+machine are indicative only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+
+from kapa.services import Endpoint, ServiceKey
+
+from gateway.bootstrap import BootstrapConfig
+from gateway.control import Gateway, GatewayConfig
+from gateway.launcher import EnvoyProcess
+from gateway.resources import ListenerConfig
+from tests.support import free_port, running, wait_for_port
+
+RESPONDER = """
+import asyncio, sys, uvloop
+RESPONSE = b"HTTP/1.1 200 OK\\r\\nContent-Length: 5\\r\\nContent-Type: text/plain\\r\\n\\r\\npod-a"
+class Responder(asyncio.Protocol):
+    def connection_made(self, transport): self.transport = transport
+    def data_received(self, data):
+        self.transport.write(RESPONSE * data.count(b"\\r\\n\\r\\n"))
+async def main():
+    server = await asyncio.get_running_loop().create_server(Responder, "127.0.0.1", int(sys.argv[1]))
+    await server.serve_forever()
+uvloop.run(main())
+"""
+
+KEY = ServiceKey("bench", "svc")
+
+
+def wrk(url: str, seconds: int, connections: int, host: str | None = None) -> tuple[float, str, str]:
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if host:
+        args[1:1] = ["-H", f"Host: {host}"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"50%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+    p99 = re.search(r"99%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        print(f"  warning: {non2xx.group(1)} non-2xx responses")
+    return rps, p50, p99
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def bench(seconds: int, connections: int) -> None:
+    upstream_port, listener_port, xds_port = free_port(), free_port(), free_port()
+    with running([sys.executable, "-c", RESPONDER, str(upstream_port)]):
+        wait_for_port(upstream_port)
+        pod = Endpoint("127.0.0.1", upstream_port)
+        gateway = Gateway(GatewayConfig("127.0.0.1", xds_port, ListenerConfig("127.0.0.1", listener_port)))
+        gateway.set_service(KEY, "serve", [pod])
+        await gateway.start()
+        try:
+            async with EnvoyProcess(BootstrapConfig(xds_port=xds_port, admin_port=free_port())) as envoy:
+                url = f"http://127.0.0.1:{listener_port}/"
+                await asyncio.to_thread(wrk, url, 1, connections, "svc.bench")  # warm up
+                direct = await asyncio.to_thread(wrk, f"http://127.0.0.1:{upstream_port}/", seconds, connections)
+                pid = envoy._process.pid  # type: ignore[union-attr]
+                before = cpu_seconds(pid)
+                through = await asyncio.to_thread(wrk, url, seconds, connections, "svc.bench")
+                envoy_cpu = cpu_seconds(pid) - before
+        finally:
+            await gateway.stop()
+    print(f"wrk -t1 -c{connections} -d{seconds}s, Envoy --concurrency 1, upstream = uvloop responder")
+    print(f"  upstream direct:        {direct[0]:9.0f} req/s  p50 {direct[1]}  p99 {direct[2]}")
+    print(f"  Envoy, serve mode:      {through[0]:9.0f} req/s  p50 {through[1]}  p99 {through[2]}")
+    print(f"  Envoy CPU: {envoy_cpu:.2f} s -> {through[0] * seconds / max(envoy_cpu, 1e-9):.0f} requests per Envoy CPU-second")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=50)
+    args = parser.parse_args()
+    asyncio.run(bench(args.seconds, args.connections))
+
+
+if __name__ == "__main__":
+    main()
