@@ -173,6 +173,15 @@ class LocalStack:
         await _wait_http(f"http://{LOOPBACK}:{self.gateway_admin_port}{contract.READY_PATH}", self.gateway)
         await _wait_http(f"http://{LOOPBACK}:{self.envoy_admin_port}/ready", self.gateway)
 
+    def broken(self) -> str | None:
+        """Which part `kapa up` cannot run without has exited, with where its log is; None if all run."""
+        for child in (self.activator, self.gateway):
+            if child is not None and not child.running:
+                return f"{child.name} exited with {child.process.returncode}; its log: {child.log_path}"
+        if not self.prometheus.running:
+            return f"prometheus exited; its log: {self.prometheus.log_path}"
+        return None
+
     async def stop(self) -> None:
         await self.scaler.stop()
         if self._scaler_http is not None:

@@ -1,8 +1,7 @@
 """The two figures of the live view that the scaler does not decide with: requests/s and held requests.
 
-Requests/s comes from the Prometheus the scaler reads (one query for all services), counting what the
-queue-proxies answered: the activator's forwards reach a queue-proxy too, so counting the activator as well
-would count them twice. Held requests are a gauge of the activator's that Prometheus scrapes only every
+Requests/s comes from the Prometheus the scaler reads (one query for all services), with the scaler's own rps
+query: each request counted once, whether it went through the activator, straight to a replica, or both. Held requests are a gauge of the activator's that Prometheus scrapes only every
 15 s, so the view reads it from the activator's own metrics endpoint, every refresh.
 """
 
@@ -17,6 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kapa import contract
 from kapa.services import ServiceKey
+from scaler.observations import WindowQuery
+from scaler.prometheus_source import window_promql
 
 #: Requests/s over this window: long enough to be steady with a 1 s scrape, short enough to follow load.
 RPS_WINDOW_S = 5
@@ -43,9 +44,7 @@ class TelemetryReader:
         return Telemetry(rps, held)
 
     async def _rps(self, session: aiohttp.ClientSession) -> dict[ServiceKey, float] | None:
-        by = f"{contract.LABEL_NAMESPACE},{contract.LABEL_SERVICE}"
-        component = f'{contract.LABEL_COMPONENT}!="{contract.COMPONENT_ACTIVATOR}"'
-        query = f"sum by ({by}) (rate({contract.REQUESTS}{{{component}}}[{RPS_WINDOW_S}s]))"
+        query = window_promql(WindowQuery(contract.METRIC_RPS, RPS_WINDOW_S))
         try:
             async with session.get(self._query_url, params={"query": query}) as response:
                 body = await response.json()

@@ -100,8 +100,8 @@ async def _run(entries: list[ServiceEntry], apps: dict[ServiceKey, AppSpec], opt
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    stack = LocalStack(entries, apps, options, default_services_text())
     configure()
+    stack = LocalStack(entries, apps, options, default_services_text())
     if live_view:
         # The screen belongs to the view: logs go to a file next to the children's.
         logging.getLogger().handlers[0].setStream(open(stack.log_dir / "kapa-up.log", "a"))  # type: ignore[attr-defined]
@@ -120,11 +120,14 @@ async def _run(entries: list[ServiceEntry], apps: dict[ServiceKey, AppSpec], opt
         header = _banner(stack)
         for line in header:
             print(line, flush=True)
-        await _show(stack, stop, header, console if live_view else None)
+        broken = await _show(stack, stop, header, console if live_view else None)
     finally:
         print("kapa up: stopping: replicas, activator, scaler, Prometheus", flush=True)
         await stack.stop()
         print("kapa up: stopped", flush=True)
+    if broken:
+        print(f"kapa up: {broken}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -141,7 +144,8 @@ def _banner(stack: LocalStack) -> list[str]:
     return lines
 
 
-async def _show(stack: LocalStack, stop: asyncio.Event, header: list[str], console: Console | None) -> None:
+async def _show(stack: LocalStack, stop: asyncio.Event, header: list[str], console: Console | None) -> str | None:
+    """Refresh the view (or print changes) every REFRESH_S until stopped; returns what broke, if anything did."""
     telemetry_source = TelemetryReader(stack.prometheus.url, stack.activator_metrics_url)
     history = ReplicaHistory()
     previous: dict[ServiceKey, ServiceStatus] = {}
@@ -150,6 +154,9 @@ async def _show(stack: LocalStack, stop: asyncio.Event, header: list[str], conso
         if live:
             live.start()
         while not stop.is_set():
+            broken = stack.broken()
+            if broken:
+                return broken
             telemetry = await telemetry_source.read()
             statuses = [_status(stack, key, telemetry, history) for key in stack.backend.keys]
             if live:
@@ -164,6 +171,7 @@ async def _show(stack: LocalStack, stop: asyncio.Event, header: list[str], conso
                 await asyncio.wait_for(stop.wait(), REFRESH_S)
             except TimeoutError:
                 pass
+        return None
     finally:
         if live:
             live.stop()
