@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from scaler.config import ServiceConfig
 
@@ -38,6 +38,7 @@ MODE_SERVE: Final = "serve"
 MODE_PROXY: Final = "proxy"
 #: Float noise must not add a pod: 21 / 7.000000000000001 is 3, not 4.
 _CEIL_TOLERANCE = 1e-9
+_Frozen = TypeVar("_Frozen")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +55,7 @@ class Observation:
     poked: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Decision:
     """One service's decision at one tick, with the reasons that produced it.
 
@@ -91,7 +92,7 @@ class Decision:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class DecisionState:
     """Everything one service's decision carries from tick to tick."""
 
@@ -120,6 +121,19 @@ class DecisionState:
 
 
 _INITIAL_STATE = DecisionState()
+_new_object = object.__new__
+
+
+def _made(cls: type[_Frozen], **values: object) -> _Frozen:
+    """Build a frozen dataclass instance from all its fields, without its generated __init__.
+
+    A frozen dataclass's __init__ sets each field through object.__setattr__, about 0.2 us a field; the
+    scaler builds two such objects per service per tick (10,000 services in 200 ms), so the hot path fills
+    the instance dict in one step instead. The result is equal to, and as immutable as, cls(**values).
+    """
+    instance = _new_object(cls)
+    instance.__dict__.update(values)
+    return instance
 
 
 def decide(config: ServiceConfig, observation: Observation, state: DecisionState, now: float) -> tuple[Decision, DecisionState]:
@@ -148,8 +162,7 @@ def decide(config: ServiceConfig, observation: Observation, state: DecisionState
     ready = ready_pods if ready_pods > 1 else 1
     stable_pods = _pods_for(stable, target)
     panic_pods = _pods_for(panic, target)
-    notes.append(f"stable: ceil({stable:.4g}/{target:g})={stable_pods}")
-    notes.append(f"panic window: ceil({panic:.4g}/{target:g})={panic_pods}")
+    notes.append(f"stable: ceil({stable:.4g}/{target:g})={stable_pods}; panic window: ceil({panic:.4g}/{target:g})={panic_pods}")
 
     max_up = math.ceil(config.max_scale_up_rate * ready)
     max_down = int(ready / config.max_scale_down_rate)
@@ -214,11 +227,60 @@ def decide(config: ServiceConfig, observation: Observation, state: DecisionState
 
     excess = _excess_burst_capacity(config, ready_pods, panic)
     mode = MODE_PROXY if want == 0 or excess < 0 or ready_pods == 0 else MODE_SERVE
-    decision = Decision(
-        desired, excess, panic_since is not None, False, mode, stable, panic, target, ready_pods, now, tuple(notes)
+    decision = _decision(desired, excess, panic_since is not None, False, mode, stable, panic, target, ready_pods, now, notes)
+    return decision, _state(initialised, panic_since, max_panic, active_since, inactive_since, last_poke, delay_window, decision)
+
+
+def _decision(
+    desired: int,
+    excess: int,
+    panic_mode: bool,
+    stale: bool,
+    mode: str,
+    stable: float | None,
+    panic: float | None,
+    target: float,
+    ready_pods: int,
+    now: float,
+    notes: list[str],
+) -> Decision:
+    return _made(
+        Decision,
+        desired_pods=desired,
+        excess_burst_capacity=excess,
+        panic_mode=panic_mode,
+        stale=stale,
+        mode=mode,
+        stable_value=stable,
+        panic_value=panic,
+        target=target,
+        ready_pods=ready_pods,
+        at_s=now,
+        explanation=tuple(notes),
     )
-    return decision, DecisionState(
-        True, initialised, panic_since, max_panic, active_since, inactive_since, last_poke, delay_window, decision
+
+
+def _state(
+    initialised: bool,
+    panic_since: float | None,
+    max_panic: int,
+    active_since: float | None,
+    inactive_since: float | None,
+    last_poke: float | None,
+    delay_window: tuple[tuple[float, int], ...],
+    decision: Decision,
+) -> DecisionState:
+    return _made(
+        DecisionState,
+        started=True,
+        initialised=initialised,
+        panic_since_s=panic_since,
+        max_panic_pods=max_panic,
+        active_since_s=active_since,
+        inactive_since_s=inactive_since,
+        last_poke_s=last_poke,
+        delay_window=delay_window,
+        last=decision,
     )
 
 
@@ -343,19 +405,7 @@ def _hold(
     else:
         excess = _excess_burst_capacity(config, ready_pods, 0.0)
         mode = MODE_PROXY if desired == 0 or excess < 0 or ready_pods == 0 else MODE_SERVE
-    decision = Decision(
-        desired,
-        excess,
-        panic_since is not None,
-        True,
-        mode,
-        observation.stable_value,
-        observation.panic_value,
-        config.target,
-        ready_pods,
-        now,
-        tuple(notes),
+    decision = _decision(
+        desired, excess, panic_since is not None, True, mode, observation.stable_value, observation.panic_value, config.target, ready_pods, now, notes
     )
-    return decision, DecisionState(
-        True, initialised, panic_since, max_panic, active_since, inactive_since, last_poke, state.delay_window, decision
-    )
+    return decision, _state(initialised, panic_since, max_panic, active_since, inactive_since, last_poke, state.delay_window, decision)

@@ -396,7 +396,7 @@ def test_decision_to_json_carries_values_and_reasons() -> None:
     body = decision.to_json()
     assert body["desired_pods"] == 15 and body["target"] == 7.0 and body["ready_pods"] == 15 and body["at_s"] == 42.0
     assert body["mode"] in (MODE_SERVE, MODE_PROXY) and body["stale"] is False
-    assert "stable: ceil(100/7)=15" in body["explanation"]
+    assert body["explanation"][0].startswith("stable: ceil(100/7)=15; panic window: ceil(100/7)=15")
 
 
 def test_decide_does_not_mutate_its_inputs() -> None:
