@@ -41,14 +41,18 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._stream_ids = itertools.count(1)
 
     def status(self) -> dict[str, dict[str, TypeStatus]]:
-        """node id -> type URL -> what that Envoy's live stream has ACKed and rejected."""
-        return {
-            node: {
+        """node id -> type URL -> what that Envoy's live stream has ACKed and rejected.
+
+        Node ids should be unique per Envoy (`--node-id`, or Envoy's `--service-node`); streams that share
+        one are told apart as `NODE#STREAM`.
+        """
+        status: dict[str, dict[str, TypeStatus]] = {}
+        for stream_id, (node, stream) in sorted(self._streams.items()):
+            status[node if node not in status else f"{node}#{stream_id}"] = {
                 type_url: TypeStatus(book.acked_version, book.rejected_version, book.reject_reason)
                 for type_url, book in stream.types.items()
             }
-            for node, stream in self._streams.values()
-        }
+        return status
 
     async def StreamAggregatedResources(  # noqa: N802 - the name is the gRPC method's
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
@@ -89,7 +93,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             while not reader.done():
                 await wake.wait()
                 wake.clear()
-                for response in book.due_responses(self.cache.snapshot()):
+                for response in book.due_responses(self.cache.snapshot(), self.cache.order):
                     await context.write(
                         discovery_pb2.DiscoveryResponse(
                             version_info=response.version,

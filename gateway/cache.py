@@ -58,12 +58,22 @@ class SnapshotCache:
         self._types: dict[str, TypeSnapshot] = {}
         self._serial = 0
         self._watchers: set[asyncio.Event] = set()
+        self._order: tuple[str, ...] = TYPE_ORDER
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        """The order in which the latest change's types are to be sent (see resources.TYPE_ORDER)."""
+        return self._order
 
     def snapshot(self) -> Mapping[str, TypeSnapshot]:
         return MappingProxyType(dict(self._types))
 
-    def set_resources(self, resources: Mapping[str, Mapping[str, Message]]) -> list[str]:
+    def set_resources(
+        self, resources: Mapping[str, Mapping[str, Message]], order: tuple[str, ...] = TYPE_ORDER
+    ) -> list[str]:
         """Replace the resources of the given types; returns the types whose content (hence version) changed.
+
+        `order` is the order in which streams send the changed types, make before break.
 
         Versions are one counter shared by all types, so a version string never repeats across types and a
         log line "version 7" is unambiguous.
@@ -78,6 +88,7 @@ class SnapshotCache:
             self._types[type_url] = TypeSnapshot(str(self._serial), packed)
             changed.append(type_url)
         if changed:
+            self._order = order
             for event in self._watchers:
                 event.set()
         return changed
@@ -165,10 +176,10 @@ class StreamBook:
         book.acked_version = version_info
         return RequestOutcome(RequestKind.ACK, type_url, version_info)
 
-    def due_responses(self, snapshot: Mapping[str, TypeSnapshot]) -> list[Response]:
-        """The responses to send now, clusters first (a route must not name a cluster Envoy lacks yet)."""
+    def due_responses(self, snapshot: Mapping[str, TypeSnapshot], order: tuple[str, ...] = TYPE_ORDER) -> list[Response]:
+        """The responses to send now, in `order` (Envoy applies them in the order it receives them)."""
         responses = []
-        ordered = [t for t in TYPE_ORDER if t in self.types] + [t for t in self.types if t not in TYPE_ORDER]
+        ordered = [t for t in order if t in self.types] + [t for t in self.types if t not in order]
         for type_url in ordered:
             book = self.types[type_url]
             current = snapshot.get(type_url)

@@ -24,7 +24,7 @@ from kapa.services import Endpoint, ServiceEntry, ServiceKey
 
 from gateway.ads import TypeStatus, XdsServer
 from gateway.cache import SnapshotCache
-from gateway.resources import ListenerConfig, build_resources
+from gateway.resources import ROUTES_FIRST_ORDER, TYPE_ORDER, ListenerConfig, build_resources
 from gateway.routing import Mode, RoutingState, route_for_entry
 
 log = get_logger(__name__)
@@ -130,11 +130,21 @@ class Gateway:
     def _replace(self, state: RoutingState) -> None:
         if state == self._state:
             return
-        self._state = state
-        self._publish()
+        previous, self._state = self._state, state
+        self._publish(routes_first=_leaves_pods(previous, state))
 
-    def _publish(self) -> None:
-        changed = self.cache.set_resources(build_resources(self._state, self.config.listener))
+    def _publish(self, routes_first: bool = False) -> None:
+        changed = self.cache.set_resources(
+            build_resources(self._state, self.config.listener), ROUTES_FIRST_ORDER if routes_first else TYPE_ORDER
+        )
         if changed:
             versions = {type_url.rsplit(".", 1)[-1]: self.cache.snapshot()[type_url].version for type_url in changed}
             log.info("routing changed", services=len(self._state.services), **versions)
+
+
+def _leaves_pods(previous: RoutingState, state: RoutingState) -> bool:
+    """True when some service's traffic moves from its pods to the activator (see ROUTES_FIRST_ORDER)."""
+    return any(
+        route.serves_directly and key in state.services and not state.services[key].serves_directly
+        for key, route in previous.services.items()
+    )

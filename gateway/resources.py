@@ -56,8 +56,12 @@ LISTENER_TYPE: Final = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE_TYPE: Final = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER_TYPE: Final = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE: Final = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-#: The order in which a change reaches Envoy: clusters and their endpoints before the routes that use them.
+#: The order in which a change reaches Envoy, make before break. Usually clusters and their endpoints come
+#: before the routes that start using them...
 TYPE_ORDER: Final = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+#: ...but when a route moves off a cluster in the same change that empties it (every pod gone at once while
+#: serving), the route must move first, or requests in between get 503 "no healthy upstream".
+ROUTES_FIRST_ORDER: Final = (CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE, ENDPOINT_TYPE)
 
 LISTENER_NAME: Final = "kapa_http"
 ROUTE_CONFIG_NAME: Final = "kapa_routes"

@@ -9,7 +9,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from gateway.cache import RequestKind, SnapshotCache, StreamBook
-from gateway.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from gateway.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, ROUTES_FIRST_ORDER
 
 
 def clusters(*names: str) -> dict[str, cluster_pb2.Cluster]:
@@ -154,6 +154,12 @@ def test_responses_send_clusters_before_endpoints_before_listener_before_routes(
     assert [r.type_url for r in book.due_responses(cache.snapshot())] == [
         CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE,
     ]
+    # A change published routes-first is sent routes-first.
+    changed = cache.set_resources(
+        {ROUTE_TYPE: clusters("x", "y"), ENDPOINT_TYPE: clusters("x", "z")}, order=ROUTES_FIRST_ORDER
+    )
+    assert (changed, cache.order) == ([ROUTE_TYPE, ENDPOINT_TYPE], ROUTES_FIRST_ORDER)
+    assert [r.type_url for r in book.due_responses(cache.snapshot(), cache.order)] == [ROUTE_TYPE, ENDPOINT_TYPE]
 
 
 def test_nonces_are_unique_within_a_stream() -> None:

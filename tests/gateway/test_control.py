@@ -11,7 +11,9 @@ from kapa.endpoints import LocalEndpointSource
 from kapa.services import Endpoint, ServiceEntry, ServiceKey, ServiceSpec
 
 from gateway.control import Gateway, GatewayConfig
-from gateway.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from gateway.resources import (
+    CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, ROUTES_FIRST_ORDER, TYPE_ORDER,
+)
 from gateway.routing import RoutingError
 
 HELLO = ServiceKey("default", "hello")
@@ -43,6 +45,17 @@ def test_decisions_change_only_the_route_table() -> None:
     with pytest.raises(RoutingError):
         gateway.apply_decision(HELLO, FakeDecision("sideways"))
     assert versions(gateway) == after
+
+
+def test_losing_every_pod_while_serving_moves_the_route_before_emptying_the_cluster() -> None:
+    gateway = Gateway(GatewayConfig(), [ServiceEntry(ServiceSpec(HELLO))])
+    gateway.set_service(HELLO, "serve", [POD])  # endpoints arrive with the decision: endpoints first
+    assert gateway.cache.order == TYPE_ORDER
+    gateway.set_endpoints(HELLO, [])  # every pod gone at once: the route must leave first
+    assert gateway.cache.order == ROUTES_FIRST_ORDER
+    assert not gateway.state.services[HELLO].serves_directly
+    gateway.set_endpoints(HELLO, [POD])
+    assert gateway.cache.order == TYPE_ORDER
 
 
 def test_add_service_keeps_what_the_scaler_and_endpoints_said() -> None:
