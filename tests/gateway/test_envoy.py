@@ -10,8 +10,11 @@ from collections import Counter
 import aiohttp
 import pytest
 
+from gateway.bootstrap import BootstrapConfig
+from gateway.launcher import EnvoyProcess
 from gateway.resources import ROUTE_TYPE, ListenerConfig, build_resources
 from tests.gateway.conftest import HOST, KEY, Rig, eventually
+from tests.support import free_port
 
 
 def answered_by(rig: Rig, name: str):  # type: ignore[no-untyped-def]
@@ -158,3 +161,27 @@ async def test_nack_keeps_the_last_good_config(rig: Rig, caplog: pytest.LogCaptu
     await eventually(accepted, what="good config after the NACK")
     assert rig.gateway.xds_status()["kapa-gateway"][ROUTE_TYPE].acked_version == fixed
     assert await rig.responders(10) == Counter({"activator": 10})
+
+
+async def test_every_connected_envoy_gets_each_change(rig: Rig) -> None:
+    xds_port = int(rig.gateway.xds.address.rsplit(":", 1)[1])
+    second = EnvoyProcess(BootstrapConfig(xds_port=xds_port, admin_port=free_port(), node_id="second"))
+    async with second:
+        assert set(rig.gateway.xds_status()) == {"kapa-gateway", "second"}
+        for mode in ("serve", "proxy", "serve"):
+            rig.gateway.set_service(KEY, mode, [rig.pods["pod-a"].endpoint])  # type: ignore[arg-type]
+            version = rig.gateway.cache.snapshot()[ROUTE_TYPE].version
+
+            async def both_run_it() -> bool:
+                status = rig.gateway.xds_status()
+                return all(status[node][ROUTE_TYPE].acked_version == version for node in ("kapa-gateway", "second"))
+
+            await eventually(both_run_it, what=f"both Envoys on route version {version}")
+        async with rig.session.get(second.admin_url + "/config_dump?resource=dynamic_route_configs") as response:
+            (config,) = (await response.json())["configs"]
+        assert config["version_info"] == version
+
+    async def forgotten() -> bool:  # the stopped Envoy's stream is closed and dropped
+        return set(rig.gateway.xds_status()) == {"kapa-gateway"}
+
+    await eventually(forgotten, what="stream of the stopped Envoy dropped")
