@@ -1,0 +1,209 @@
+"""`kapa simulate`: replays of small synthetic traces with known outcomes, the shared real trace, the CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from kapa.contract import ANNOTATION_CONTAINER_CONCURRENCY, knative_annotation
+from kapa.services import ServiceKey, ServiceSpec
+from scaler.config import AutoscalerConfig, ServiceConfig, service_config
+from scaler.simulate import ArrivalTrace, ConcurrencyTrace, TraceError, load_trace, main, simulate
+
+SHARED_TRACE = Path(__file__).resolve().parents[2] / "examples" / "traces" / "azure-llm-2023-conv-arrivals.csv"
+
+
+def make_config(annotations: dict[str, str] | None = None) -> ServiceConfig:
+    full = {name if "/" in name else knative_annotation(name): value for name, value in (annotations or {}).items()}
+    config, errors = service_config(AutoscalerConfig.default(), ServiceSpec(ServiceKey("sim", "test"), full))
+    assert errors == []
+    return config
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# --- traces ----------------------------------------------------------------------------------------------------
+
+
+def test_load_concurrency_trace_fills_gaps_with_zero(tmp_path: Path) -> None:
+    trace = load_trace(write(tmp_path / "c.csv", "time_s,concurrency\n0,1\n1,2.5\n4,3\n"))
+    assert trace == ConcurrencyTrace((1.0, 2.5, 0.0, 0.0, 3.0))
+
+
+def test_load_arrival_trace_sorts_arrivals(tmp_path: Path) -> None:
+    trace = load_trace(write(tmp_path / "a.csv", "time_s,duration_s\n2.0,0.5\n1.0,1.5\n\n"))
+    assert trace == ArrivalTrace(((1.0, 1.5), (2.0, 0.5)))
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        pytest.param("time,load\n0,1\n", "header must be", id="unknown-header"),
+        pytest.param("time_s,concurrency\n0,1\n1,lots\n", ":3: not numbers", id="not-a-number-names-the-line"),
+        pytest.param("time_s,duration_s\n0,-1\n", ":2: values must be finite and non-negative", id="negative"),
+        pytest.param("time_s,duration_s\n0,1,2\n", ":2: expected 2 columns", id="extra-column"),
+        pytest.param("time_s,duration_s\n", "no rows", id="header-only"),
+        pytest.param("", "empty trace", id="empty"),
+    ],
+)
+def test_malformed_traces_are_rejected_with_the_place(tmp_path: Path, content: str, problem: str) -> None:
+    with pytest.raises(TraceError, match=problem):
+        load_trace(write(tmp_path / "t.csv", content))
+
+
+def test_missing_trace_file(tmp_path: Path) -> None:
+    with pytest.raises(TraceError, match="cannot read trace"):
+        load_trace(tmp_path / "nope.csv")
+
+
+# --- concurrency traces ------------------------------------------------------------------------------------------------
+
+
+def test_steady_load_reaches_ceil_of_load_over_target_and_ready_follows_after_startup_delay() -> None:
+    trace = ConcurrencyTrace((70.0,) * 120)
+    result = simulate(make_config({"target": "10"}), trace, startup_delay_s=4.0)
+    by_time = {record.time_s: record for record in result.ticks}
+    assert by_time[100.0].desired == 10 and by_time[100.0].ready == 10
+    # The first scale-up to 10 comes from panic at t=2 (70 / 7 per pod against 1 ready); the pods are
+    # ready one start-up delay later.
+    assert by_time[2.0].desired == 10 and by_time[2.0].panic_mode
+    assert by_time[4.0].ready == 1 and by_time[6.0].ready == 10
+    assert result.summary["max_replicas"] == 10
+    assert result.summary["seconds_in_panic"] > 0
+
+
+def test_scale_to_zero_after_the_trace_ends() -> None:
+    trace = ConcurrencyTrace((30.0,) * 10)
+    result = simulate(make_config(), trace)
+    first_zero = next(record.time_s for record in result.ticks if record.desired == 0)
+    # Last traffic in second 9: the stable window is empty from t=70, then the 30 s grace period.
+    assert first_zero == 100.0
+    assert all(record.desired == 0 and record.ready == 0 for record in result.ticks if record.time_s >= 100.0)
+    assert result.summary["trace_end_s"] == 10.0 and result.summary["duration_s"] == 104.0
+    # One pod from t=2 (ready after the 2 s start-up) until it is removed at t=100.
+    assert result.summary["pod_seconds"] == pytest.approx(100.0)
+
+
+def test_load_at_zero_pokes_at_once() -> None:
+    trace = ConcurrencyTrace((1.0,) * 2 + (0.0,) * 150 + (5.0,) * 10)
+    result = simulate(make_config(), trace)
+    # At zero since t=92 (stable window empty at 62, grace 30 s). At t=152 the tick still sees no load;
+    # the load of second 152 is held by the activator, whose poke decides at once.
+    assert [record.desired for record in result.ticks if record.time_s == 152.0] == [0, 1]
+    assert any(record.desired == 0 for record in result.ticks if record.time_s < 152.0)
+
+
+# --- arrival traces -------------------------------------------------------------------------------------------------------
+
+
+def test_first_request_waits_for_the_cold_start() -> None:
+    result = simulate(make_config(), ArrivalTrace(((0.5, 1.0),)), startup_delay_s=2.0)
+    assert result.summary["requests_waited_for_cold_start"] == 1
+    assert result.summary["queueing_delay_p50_s"] == pytest.approx(1.5)  # held from 0.5 until the pod at 2.0
+
+
+def test_request_after_scale_to_zero_pokes_and_waits_one_startup_delay() -> None:
+    result = simulate(make_config(), ArrivalTrace(((0.5, 1.0), (200.5, 1.0))), startup_delay_s=2.0)
+    poke = next(record for record in result.ticks if record.time_s == 200.5)
+    assert poke.desired == 1 and poke.ready == 0
+    assert result.summary["requests_waited_for_cold_start"] == 2
+    assert result.summary["queueing_delay_max_s"] == pytest.approx(2.0)
+    zero_times = [record.time_s for record in result.ticks if record.desired == 0]
+    assert zero_times and zero_times[0] == 94.0  # request ran 2.0-3.0; stable window empty at 64; grace 30 s
+
+
+def test_full_pods_queue_requests_when_container_concurrency_is_set() -> None:
+    config = make_config({ANNOTATION_CONTAINER_CONCURRENCY: "1"})
+    result = simulate(config, ArrivalTrace(((1.0, 4.0), (1.0, 4.0))), startup_delay_s=0.0)
+    # One pod from t=0; the second request waits until the tick at t=2 asks for 2 pods (ready at once).
+    assert result.summary["queueing_delay_p50_s"] == 0.0
+    assert result.summary["queueing_delay_p99_s"] == pytest.approx(1.0)
+    assert result.summary["requests_waited_for_cold_start"] == 0
+    assert result.load[1] == pytest.approx(2.0)  # both requests are in the system during second 1
+
+
+def test_unlimited_concurrency_never_queues_on_a_ready_pod() -> None:
+    requests = tuple((0.1 * i, 3.0) for i in range(50))
+    result = simulate(make_config(), ArrivalTrace(requests), startup_delay_s=0.0)
+    assert result.summary["queueing_delay_max_s"] == 0.0
+
+
+def test_weighted_exponential_aggregation_runs_through_the_windows() -> None:
+    trace = ConcurrencyTrace((0.0,) * 30 + (70.0,) * 30)
+    linear = simulate(make_config({"target": "10"}), trace)
+    weighted = simulate(make_config({"target": "10", "metric-aggregation-algorithm": "weightedExponential"}), trace)
+    at = {record.time_s: record.stable for record in linear.ticks}
+    weighted_at = {record.time_s: record.stable for record in weighted.ticks}
+    assert weighted_at[40.0] > at[40.0]  # recent load weighs more than in the plain average
+
+
+def test_shared_trace_replays_in_seconds() -> None:
+    trace = load_trace(SHARED_TRACE)
+    assert isinstance(trace, ArrivalTrace) and len(trace.requests) == 19366
+    started = time.perf_counter()
+    default = simulate(make_config(), trace)
+    targeted = simulate(make_config({"target": "10"}), trace)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 20.0, elapsed
+    assert default.summary["requests"] == targeted.summary["requests"] == 19366
+    # About 24 requests in flight on average: 1 pod at target 70, several at target 7.
+    assert default.summary["max_replicas"] < targeted.summary["max_replicas"]
+    assert default.summary["pod_seconds"] < targeted.summary["pod_seconds"]
+
+
+# --- the command ---------------------------------------------------------------------------------------------------------
+
+
+def test_cli_writes_ticks_plot_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = write(tmp_path / "arrivals.csv", "time_s,duration_s\n" + "".join(f"{i * 0.25:.2f},2.0\n" for i in range(200)))
+    config = write(tmp_path / "autoscaler.yaml", "stable-window: 20s\nscale-to-zero-grace-period: 10s\n")
+    out, png = tmp_path / "ticks.csv", tmp_path / "plot.png"
+    code = main(
+        ["--trace", str(trace), "--annotation", "autoscaling.knative.dev/target=2", "--config", str(config),
+         "--startup-delay", "1s", "--tick", "2s", "--out", str(out), "--plot", str(png)]
+    )  # fmt: skip
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["requests"] == 200 and summary["target"] == pytest.approx(1.4)
+    assert {"pod_seconds", "max_replicas", "seconds_in_panic", "scale_events", "queueing_delay_p50_s", "queueing_delay_p99_s", "requests_waited_for_cold_start"} <= set(summary)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "time_s,stable,panic,desired,ready,panic_mode"
+    assert len(lines) - 1 == summary["decisions"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # 2 requests in flight at target 1.4 need 2 pods; idle after the trace with a 20 s window + 10 s grace.
+    assert lines[-1].endswith(",0,0,0")
+
+
+def test_cli_reports_bad_annotation_values_and_carries_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = write(tmp_path / "c.csv", "time_s,concurrency\n0,5\n")
+    assert main(["--trace", str(trace), "--annotation", "autoscaling.knative.dev/window=-5s"]) == 0
+    captured = capsys.readouterr()
+    assert "key=autoscaling.knative.dev/window" in captured.err and "service=simulate/c" in captured.err
+    assert json.loads(captured.out)["decisions"] > 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["--annotation", "no-equals-sign"], id="annotation-without-value"),
+        pytest.param(["--tick", "0s"], id="zero-tick"),
+        pytest.param(["--startup-delay", "soon"], id="bad-duration"),
+    ],
+)
+def test_cli_usage_errors(tmp_path: Path, argv: list[str]) -> None:
+    trace = write(tmp_path / "c.csv", "time_s,concurrency\n0,5\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--trace", str(trace), *argv])
+    assert exit_info.value.code == 2
+
+
+def test_cli_bad_trace_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = write(tmp_path / "bad.csv", "when,what\n")
+    assert main(["--trace", str(trace)]) == 2
+    assert "header must be" in capsys.readouterr().err
