@@ -120,19 +120,18 @@ def _socket_address(endpoint: Endpoint) -> address_pb2.Address:
 
 
 def _load_assignment(cluster_name: str, endpoints: tuple[Endpoint, ...]) -> endpoint_pb2.ClusterLoadAssignment:
-    return endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=cluster_name,
-        endpoints=[
-            endpoint_components_pb2.LocalityLbEndpoints(
-                lb_endpoints=[
-                    endpoint_components_pb2.LbEndpoint(
-                        endpoint=endpoint_components_pb2.Endpoint(address=_socket_address(endpoint))
-                    )
-                    for endpoint in endpoints
-                ]
-            )
-        ],
-    )
+    """All endpoints in one locality (Kapa does not do zone-aware routing); none at all when empty."""
+    localities = [
+        endpoint_components_pb2.LocalityLbEndpoints(
+            lb_endpoints=[
+                endpoint_components_pb2.LbEndpoint(
+                    endpoint=endpoint_components_pb2.Endpoint(address=_socket_address(endpoint))
+                )
+                for endpoint in endpoints
+            ]
+        )
+    ]
+    return endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster_name, endpoints=localities if endpoints else [])
 
 
 def _upstream_cluster(name: str) -> cluster_pb2.Cluster:
@@ -258,6 +257,10 @@ def listener(config: ListenerConfig) -> listener_pb2.Listener:
         http_filters=[hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=_packed(router_pb2.Router()))],
         # Host "svc.ns:8081" must match domain "svc.ns" whatever port the client put in the header.
         strip_any_host_port=True,
+        # The edge: append the client's address to X-Forwarded-For instead of trusting what it sent.
+        use_remote_address=wrappers_pb2.BoolValue(value=True),
+        # WebSocket upgrades pass through to the queue-proxy, which relays them to the app.
+        upgrade_configs=[hcm_pb2.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
     )
     return listener_pb2.Listener(
         name=LISTENER_NAME,
