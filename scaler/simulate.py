@@ -7,7 +7,8 @@ Two kinds of trace, told apart by their CSV header:
 * `time_s,duration_s` -- one row per request arrival with its service time. The simulator queues requests
   itself: a request waits while no pod is ready (a cold start, held by the activator, which pokes the
   scaler) and, when containerConcurrency is set, while every pod is full. Observed concurrency counts
-  waiting and running requests, as the activator and queue-proxy report them.
+  waiting and running requests, as the activator and queue-proxy report them; with the rps metric the
+  scaler observes arrivals per second instead.
 
 Pods asked for become ready after --startup-delay; pods taken away go at once (a request already running
 finishes). After the trace's last request the replay runs on, idle, for long enough to show the scale-down
@@ -28,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kapa.contract import METRIC_RPS
 from kapa.log import configure, get_logger
 from kapa.services import ServiceKey, ServiceSpec
 from scaler.config import AutoscalerConfig, ConfigError, ServiceConfig, parse_duration_s, service_config
@@ -79,7 +81,7 @@ class TickRecord:
 @dataclass(frozen=True)
 class SimulationResult:
     ticks: tuple[TickRecord, ...]
-    #: Observed concurrency per second, as the windows saw it.
+    #: The observed metric per second (concurrency, or arrivals for rps), as the windows saw it.
     load: tuple[float, ...]
     summary: dict[str, object]
 
@@ -209,6 +211,8 @@ def simulate(config: ServiceConfig, trace: Trace, startup_delay_s: float = 2.0, 
         raise ValueError("start-up delay must not be negative")
     replay = _Replay(config, startup_delay_s, tick_s)
     if isinstance(trace, ConcurrencyTrace):
+        if config.metric == METRIC_RPS:
+            raise TraceError("the rps metric needs an arrival trace (time_s,duration_s), not observed concurrency")
         summary = _replay_concurrency(replay, trace)
     else:
         summary = _replay_arrivals(replay, trace)
@@ -257,6 +261,8 @@ def _replay_arrivals(replay: _Replay, trace: ArrivalTrace) -> dict[str, object]:
     delays: list[float] = []
     cold_start_waits = 0
     in_system = 0
+    observe_rps = replay.config.metric == METRIC_RPS
+    arrivals_this_second = 0
     bucket_start, bucket_integral = 0.0, 0.0
     next_request = 0
     tick_index = 0
@@ -265,12 +271,12 @@ def _replay_arrivals(replay: _Replay, trace: ArrivalTrace) -> dict[str, object]:
 
     def account(until: float) -> None:
         """Integrate the number of requests in the system up to `until`, closing whole seconds."""
-        nonlocal bucket_start, bucket_integral
+        nonlocal bucket_start, bucket_integral, arrivals_this_second
         second_end = len(replay.series) + 1.0
         while until >= second_end - _TIME_TOLERANCE:
             bucket_integral += in_system * (second_end - bucket_start)
-            replay.series.append(bucket_integral)
-            bucket_start, bucket_integral = second_end, 0.0
+            replay.series.append(float(arrivals_this_second) if observe_rps else bucket_integral)
+            bucket_start, bucket_integral, arrivals_this_second = second_end, 0.0, 0
             second_end += 1.0
         bucket_integral += in_system * (until - bucket_start)
         bucket_start = until
@@ -316,6 +322,7 @@ def _replay_arrivals(replay: _Replay, trace: ArrivalTrace) -> dict[str, object]:
             next_request += 1
             waiting.append((arrival, duration, replay.ready == 0))
             in_system += 1
+            arrivals_this_second += 1
             if replay.ready == 0 and replay.wants_zero():
                 replay.decide_at(now, poked=True)
             start_waiting(now)
@@ -358,8 +365,8 @@ def write_ticks_csv(path: str | Path, ticks: Sequence[TickRecord]) -> None:
             )
 
 
-def plot(path: str | Path, result: SimulationResult, title: str) -> None:
-    """Load (per-second concurrency and the stable average) above replicas asked for and ready."""
+def plot(path: str | Path, result: SimulationResult, title: str, metric: str) -> None:
+    """Load (the per-second metric and its window averages) above replicas asked for and ready."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -367,10 +374,10 @@ def plot(path: str | Path, result: SimulationResult, title: str) -> None:
 
     figure, (load_axes, pods_axes) = pyplot.subplots(2, 1, sharex=True, figsize=(12, 6.5), height_ratios=(1, 1))
     times = [record.time_s / 60 for record in result.ticks]
-    load_axes.plot([second / 60 for second in range(len(result.load))], result.load, lw=0.5, color="0.6", label="concurrency (1 s)")
+    load_axes.plot([second / 60 for second in range(len(result.load))], result.load, lw=0.5, color="0.6", label=f"{metric} (1 s)")
     load_axes.plot(times, [record.stable or 0.0 for record in result.ticks], lw=1.2, color="tab:blue", label="stable window average")
     load_axes.plot(times, [record.panic or 0.0 for record in result.ticks], lw=0.8, color="tab:orange", alpha=0.7, label="panic window average")
-    load_axes.set_ylabel("concurrent requests")
+    load_axes.set_ylabel("requests per second" if metric == METRIC_RPS else "concurrent requests")
     load_axes.legend(loc="upper right", fontsize="small")
     load_axes.set_title(title, fontsize="medium")
     pods_axes.step(times, [record.desired for record in result.ticks], where="post", lw=1.2, color="tab:red", label="desired")
@@ -430,11 +437,15 @@ def main(argv: list[str]) -> int:
         print(f"kapa simulate: {error}", file=sys.stderr)
         return 2
 
-    result = simulate(config, trace, startup_delay_s, tick_s)
+    try:
+        result = simulate(config, trace, startup_delay_s, tick_s)
+    except TraceError as error:
+        print(f"kapa simulate: {error}", file=sys.stderr)
+        return 2
     if args.out:
         write_ticks_csv(args.out, result.ticks)
     if args.plot:
         settings = ", ".join(f"{name}={value}" for name, value in annotations.items()) or "defaults"
-        plot(args.plot, result, f"{Path(args.trace).name} ({settings}; target {config.target:g}/pod, start-up {startup_delay_s:g}s)")
+        plot(args.plot, result, f"{Path(args.trace).name} ({settings}; target {config.target:g}/pod, start-up {startup_delay_s:g}s)", config.metric)
     print(json.dumps({"trace": str(args.trace), "target": config.target, **result.summary}, indent=2))
     return 0

@@ -207,3 +207,16 @@ def test_cli_bad_trace_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
     trace = write(tmp_path / "bad.csv", "when,what\n")
     assert main(["--trace", str(trace)]) == 2
     assert "header must be" in capsys.readouterr().err
+
+
+def test_rps_metric_observes_arrivals_per_second() -> None:
+    requests = tuple((i / 300.0, 0.01) for i in range(300 * 30))  # 300 requests per second for 30 s
+    result = simulate(make_config({"metric": "rps"}), ArrivalTrace(requests), startup_delay_s=0.0)
+    assert result.load[5] == pytest.approx(300.0, abs=1.0)
+    by_time = {record.time_s: record for record in result.ticks}
+    assert by_time[20.0].desired == 3  # ceil(300 / (200 × 70 %))
+
+
+def test_rps_metric_needs_an_arrival_trace() -> None:
+    with pytest.raises(TraceError, match="needs an arrival trace"):
+        simulate(make_config({"metric": "rps"}), ConcurrencyTrace((1.0,)))
