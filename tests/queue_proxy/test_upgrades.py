@@ -1,0 +1,104 @@
+"""WebSocket and h2c (gRPC) through the queue-proxy, each counted as in-flight requests while open."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+from hpack import Encoder
+
+from kapa import contract
+from kapa.relay.h2c import read_status
+from tests.queue_proxy.conftest import Proxy, queue_proxy
+from tests.support import free_port
+
+
+async def _metric(proxy: Proxy, name: str, **labels: str) -> float:
+    return await asyncio.to_thread(proxy.metric, name, **labels)
+
+
+async def test_websocket_echo_is_one_request_while_open(proxy: Proxy) -> None:
+    before = await _metric(proxy, contract.REQUESTS, code_class="1xx")
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{proxy.url}/ws") as socket:
+            for index in range(50):
+                await socket.send_str(f"hello {index}")
+                assert (await socket.receive_str()) == f"echo:hello {index}"
+            await socket.send_bytes(b"\x00" * 300_000)
+            assert (await socket.receive_bytes()) == b"\x00" * 300_000
+            assert await _metric(proxy, contract.REQUESTS_IN_FLIGHT) == 1
+    for _ in range(50):
+        if await _metric(proxy, contract.REQUESTS_IN_FLIGHT) == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert await _metric(proxy, contract.REQUESTS_IN_FLIGHT) == 0
+    assert await _metric(proxy, contract.REQUESTS, code_class="1xx") == before + 1
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+class _Greeter:
+    """A gRPC service without generated code: bytes in, bytes out."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def unary(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return b"hello " + request
+
+    async def held(self, request: bytes, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        yield b"first"
+        await self.release.wait()
+        yield b"second"
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler("kapa.test.Greeter", {
+            "Unary": grpc.unary_unary_rpc_method_handler(self.unary, _identity, _identity),
+            "Held": grpc.unary_stream_rpc_method_handler(self.held, _identity, _identity),
+        })
+
+
+async def test_grpc_over_h2c_is_relayed_and_each_stream_counted(tmp_path: Path) -> None:
+    greeter = _Greeter()
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((greeter.handler(),))
+    app_port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{app_port}")
+    await server.start()
+    try:
+        with queue_proxy(tmp_path, app_port) as proxy:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
+                unary = channel.unary_unary("/kapa.test.Greeter/Unary", _identity, _identity)
+                held = channel.unary_stream("/kapa.test.Greeter/Held", _identity, _identity)
+                for index in range(20):
+                    assert await unary(b"%d" % index, timeout=5) == b"hello %d" % index
+                assert await _metric(proxy, contract.REQUESTS, code_class="2xx") == 20
+                assert await _metric(proxy, contract.REQUESTS_IN_FLIGHT) == 0
+
+                call = held(b"", timeout=10)
+                assert await call.read() == b"first"
+                assert await _metric(proxy, contract.REQUESTS_IN_FLIGHT) == 1
+                await asyncio.sleep(0.3)
+                greeter.release.set()
+                assert await call.read() == b"second"
+                assert await call.read() == grpc.aio.EOF
+                await asyncio.sleep(0.05)
+                assert await _metric(proxy, contract.REQUESTS_IN_FLIGHT) == 0
+                assert await _metric(proxy, contract.REQUESTS, code_class="2xx") == 21
+                # The held stream was in flight for its ~0.3 s.
+                assert await _metric(proxy, contract.CONCURRENCY_SECONDS) >= 0.3
+    finally:
+        await server.stop(None)
+
+
+@pytest.mark.parametrize("status", ["200", "204", "404", "500", "503", "302", "201", "429"])
+@pytest.mark.parametrize("huffman", [True, False])
+def test_read_status_from_an_hpack_block(status: str, huffman: bool) -> None:
+    block = Encoder().encode([(":status", status), ("content-type", "text/plain")], huffman=huffman)
+    read = read_status(block)
+    assert read == int(status) or (huffman and read == int(status[0]) * 100)
