@@ -61,6 +61,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         book = StreamBook()
         wake = asyncio.Event()
         node = "?"
+        self._streams[stream_id] = (node, book)
         self.cache.watch(wake)
 
         async def read() -> None:

@@ -114,7 +114,7 @@ class Gateway:
 
     def apply_decision(self, key: ServiceKey, decision: Decision) -> None:
         """Follow a scaler decision: its `.mode` picks pods ("serve") or the activator ("proxy")."""
-        self.set_mode(key, decision.mode)  # type: ignore[arg-type] - validated by RoutingState
+        self.set_mode(key, decision.mode)  # type: ignore[arg-type]  # RoutingState validates it
 
     def apply_endpoints(self, update: EndpointsChange) -> None:
         """Take a service's new endpoint set. A source may report every Service of a cluster; only the

@@ -135,13 +135,12 @@ class RoutingState:
         self, key: ServiceKey, mode: Mode | None = None, endpoints: Iterable[Endpoint] | None = None
     ) -> RoutingState:
         """Change a service's mode and/or endpoints; an unknown service is added with its default hosts."""
-        current = self.services.get(key) or ServiceRoute(key, key.hosts())
-        changes: dict[str, object] = {}
+        route = self.services.get(key) or ServiceRoute(key, key.hosts())
         if mode is not None:
-            changes["mode"] = parse_mode(mode)
+            route = replace(route, mode=parse_mode(mode))
         if endpoints is not None:
-            changes["endpoints"] = frozenset(endpoints)
-        return self.with_route(replace(current, **changes))  # type: ignore[arg-type]
+            route = replace(route, endpoints=frozenset(endpoints))
+        return self.with_route(route)
 
     def without_service(self, key: ServiceKey) -> RoutingState:
         return replace(self, services={k: v for k, v in self.services.items() if k != key})
