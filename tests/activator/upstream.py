@@ -51,7 +51,7 @@ class Upstream:
             if "die" in request.query:
                 assert request.transport is not None
                 request.transport.abort()  # the pod fails mid-request
-                await asyncio.sleep(3600)
+                raise ConnectionResetError("died on purpose")
             request_id = request.query.get("id", "")
             self.served[request_id] += 1
             return web.Response(text=f"id={request_id} port={self.port} body={len(body)}\n")

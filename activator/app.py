@@ -1,0 +1,117 @@
+"""The running activator: services, endpoint source, probing, pokes, the proxy and the admin port, wired,
+plus the drain that ends it.
+
+Drain (SIGTERM): readiness turns false at once so the gateway and Kubernetes stop sending; after
+`drain_delay_s` the listener closes (no new connections); requests held or in flight are finished (each is
+bounded by its service's timeout); then the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client.registry import CollectorRegistry
+
+from kapa.endpoints import EndpointSource
+from kapa.log import get_logger
+
+from activator.admin import admin_app
+from activator.backends import Backends
+from activator.config import ServiceSettings
+from activator.metrics import ActivatorCollector
+from activator.poke import Poker
+from activator.proxy import ActivatorProxy
+from activator.routing import Router
+from activator.service import Service
+
+log = get_logger(__name__)
+
+#: How often the drain checks whether everything held has finished.
+DRAIN_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+    admin_port: int
+    #: Where /metrics is served besides the admin port (None: the admin port only).
+    metrics_port: int | None = None
+
+
+class Activator:
+    def __init__(
+        self,
+        settings: Sequence[ServiceSettings],
+        source: EndpointSource,
+        scaler_urls: Sequence[str],
+        drain_delay_s: float,
+    ) -> None:
+        self.services = {item.key: Service.from_settings(item) for item in settings}
+        self.router = Router(settings)
+        self.source = source
+        self.drain_delay_s = drain_delay_s
+        self.backends = Backends(source, {key: service.throttler for key, service in self.services.items()})
+        self.poker = Poker(scaler_urls)
+        self.proxy = ActivatorProxy(self.services, self.router, self.backends, self.poker)
+        self.draining = False
+        self._runner: web.AppRunner | None = None
+
+    def registries(self) -> tuple[CollectorRegistry, CollectorRegistry]:
+        full, scaling = CollectorRegistry(auto_describe=False), CollectorRegistry(auto_describe=False)
+        full.register(ActivatorCollector(self.services.values, self.poker.sent))
+        scaling.register(ActivatorCollector(self.services.values, self.poker.sent, scaling_only=True))
+        return full, scaling
+
+    async def start(self, listen: Listen) -> None:
+        await self.source.start()
+        self.backends.start()
+        full, scaling = self.registries()
+        app = admin_app(lambda: not self.draining, self.services.keys(), self.source, full, scaling)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        ports = [listen.admin_port] + ([listen.metrics_port] if listen.metrics_port not in (None, listen.admin_port) else [])
+        for port in ports:
+            await web.TCPSite(self._runner, listen.host, port).start()
+        await self.proxy.start(listen.host, listen.port)
+        log.info("activator listening", host=listen.host, port=listen.port, admin_port=listen.admin_port,
+                 metrics_port=listen.metrics_port, services=len(self.services))
+
+    def busy(self) -> int:
+        return sum(service.throttler.held + service.throttler.in_flight for service in self.services.values())
+
+    async def drain(self) -> None:
+        """Readiness false, then no new connections, then finish what is held and in flight."""
+        self.draining = True
+        log.info("draining: readiness false", delay_s=self.drain_delay_s, busy=self.busy())
+        await asyncio.sleep(self.drain_delay_s)
+        self.proxy.stop_accepting()
+        log.info("draining: listener closed", busy=self.busy())
+        while self.busy() or self.proxy.busy():
+            await asyncio.sleep(DRAIN_POLL_S)
+        log.info("drained")
+
+    async def close(self) -> None:
+        await self.proxy.close()
+        await self.backends.close()
+        await self.poker.close()
+        await self.source.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def run(self, listen: Listen) -> None:
+        """Serve until SIGTERM or SIGINT, then drain and stop."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await self.start(listen)
+        try:
+            await stop.wait()
+            await self.drain()
+        finally:
+            await self.close()

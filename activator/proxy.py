@@ -1,0 +1,211 @@
+"""The activator's serving side: a `kapa.relay` handler that routes, holds, forwards and counts.
+
+For each request: route it (path prefix, then Host) to a service, else 404. Ask the service's throttler
+for a pod slot: if one is free it is forwarded at once, on the relay's pooled connection, marked with
+PROXY_HEADER. If not, the request is held (503 with Retry-After when the queue is full): a service with
+no ready pod is an activation, and the scaler is poked. A held request is forwarded the moment a slot
+appears, or gets 504 at the service's timeout. When the exchange ends, however it ends (answered, client
+gone, pod gone), the relay calls `request_finished` exactly once: the slot goes back, the response is
+counted, and a pod whose request failed is taken out and probed again.
+
+The relay does the HTTP itself (parsing, streaming bodies with flow control, upgrades, keep-alive); a
+held request's body waits in the relay's bounded buffer, and the client is not read beyond it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+
+from kapa import contract
+from kapa.log import get_logger
+from kapa.relay import FAILURE_UPSTREAM, Exchange, H2cTunnel, H2Stream, RelayServer, local_response
+from kapa.services import ServiceKey
+
+from activator.backends import Backends
+from activator.lb_policy import PodTracker
+from activator.poke import Poker
+from activator.routing import Router
+from activator.service import Service
+from activator.throttler import HoldTimeout, QueueFull
+
+log = get_logger(__name__)
+
+_PROXY_LINE = f"{contract.PROXY_HEADER}: {contract.PROXY_HEADER_VALUE}\r\n".encode()
+_HOST = b"\r\nhost:"
+#: Seconds a client is told to wait before retrying when a service's queue is full.
+RETRY_AFTER_S = 1
+
+
+class _Ticket:
+    """The handler's state of one exchange (kept in `exchange.tag`)."""
+
+    __slots__ = ("service", "pod", "waiter", "cold", "arrived_at")
+
+    def __init__(self, service: Service, arrived_at: float) -> None:
+        self.service = service
+        self.pod: PodTracker | None = None
+        self.waiter: asyncio.Task[None] | None = None
+        #: Arrived while the service had no ready pod: its wait is a cold-start wait.
+        self.cold = False
+        self.arrived_at = arrived_at
+
+
+def request_host(head_lower: bytes) -> bytes | None:
+    """The Host header's value from a lower-cased request head."""
+    start = head_lower.find(_HOST)
+    if start < 0:
+        return None
+    start += len(_HOST)
+    return head_lower[start : head_lower.index(b"\r\n", start)].strip()
+
+
+def mark_proxied(head: bytes) -> bytes:
+    """The request head with PROXY_HEADER added, so the queue-proxy counts the request as proxied."""
+    return head[:-2] + _PROXY_LINE + b"\r\n"
+
+
+class ActivatorProxy:
+    """The relay handler (see kapa.relay.http1.Handler) and the listener it serves."""
+
+    def __init__(
+        self, services: Mapping[ServiceKey, Service], router: Router, backends: Backends, poker: Poker
+    ) -> None:
+        self._services = services
+        self._router = router
+        self._backends = backends
+        self._poker = poker
+        self.relay = RelayServer(self)
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self.relay.protocol, host, port, reuse_address=True, backlog=4096)
+
+    def stop_accepting(self) -> None:
+        """No new connections; open ones close once idle (responses say nothing, the close tells)."""
+        if self._server is not None:
+            self._server.close()
+        self.relay.close_idle()
+
+    def busy(self) -> int:
+        """Client connections with an exchange under way (or upgraded)."""
+        return sum(1 for connection in self.relay.connections if not connection.idle)
+
+    async def close(self) -> None:
+        self.stop_accepting()
+        self.relay.close_all()
+
+    # --- kapa.relay Handler ------------------------------------------------------------------------
+
+    def request_received(self, exchange: Exchange) -> None:
+        key = self._router.route(request_host(exchange.head_lower), exchange.url)
+        if key is None:
+            host = request_host(exchange.head_lower) or b"(none)"
+            exchange.respond(404, b"kapa activator: no service for host %s and path %s\n" % (host, exchange.url))
+            return
+        service = self._services[key]
+        ticket = _Ticket(service, exchange.started_at)
+        exchange.tag = ticket
+        throttler = service.throttler
+        pod = throttler.try_acquire()
+        if pod is not None:
+            self._forward(exchange, ticket, pod)
+            return
+        if throttler.ready_count == 0:
+            ticket.cold = True
+            self._poker.activate(key)
+        ticket.waiter = asyncio.get_running_loop().create_task(self._hold(exchange, ticket))
+
+    async def _hold(self, exchange: Exchange, ticket: _Ticket) -> None:
+        service = ticket.service
+        try:
+            pod = await service.throttler.acquire()
+        except QueueFull:
+            service.stats.count_rejected(contract.REASON_QUEUE_FULL)
+            respond_with_headers(
+                exchange, 503,
+                b"kapa activator: %d requests are already waiting for service %s; retry later\n"
+                % (service.throttler.held, str(service.settings.key).encode()),
+                b"Retry-After: %d\r\n" % RETRY_AFTER_S,
+            )
+            return
+        except HoldTimeout:
+            service.stats.count_rejected(contract.REASON_TIMEOUT)
+            exchange.respond(504, b"kapa activator: no pod of service %s took the request within %gs\n"
+                             % (str(service.settings.key).encode(), service.settings.timeout_s))
+            return
+        finally:
+            ticket.waiter = None
+            self._end_activation_when_idle(service)
+        if ticket.cold:
+            service.stats.observe_cold_start(time.monotonic() - ticket.arrived_at)
+        self._forward(exchange, ticket, pod)
+
+    def _forward(self, exchange: Exchange, ticket: _Ticket, pod: PodTracker) -> None:
+        ticket.pod = pod
+        exchange.head = mark_proxied(exchange.head)
+        endpoint = pod.endpoint
+        exchange.forward((endpoint.host, endpoint.port))
+
+    def request_finished(self, exchange: Exchange) -> None:
+        ticket: _Ticket | None = exchange.tag  # type: ignore[assignment]
+        if ticket is None:  # answered by the router (404)
+            return
+        exchange.tag = None
+        service = ticket.service
+        service.stats.count_response(exchange.status)
+        if ticket.waiter is not None:  # the client left while its request was held
+            ticket.waiter.cancel()
+        pod = ticket.pod
+        if pod is not None:
+            ticket.pod = None
+            service.throttler.release(pod)
+            if exchange.failure == FAILURE_UPSTREAM:
+                self._backends.suspect(service.settings.key, pod.endpoint)
+
+    def _end_activation_when_idle(self, service: Service) -> None:
+        if service.throttler.held == 0:
+            self._poker.end(service.settings.key)
+
+    def malformed_request(self, status: int) -> None:
+        return None  # answered by the relay; not attributable to a service
+
+    def h2c_connection(self, tunnel: H2cTunnel) -> None:
+        # Prior-knowledge h2c multiplexes requests whose :authority sits in HPACK-coded frames, so a
+        # connection cannot be routed to one service without decoding them; refuse it plainly.
+        log.warning("h2c prior-knowledge connection refused: the activator routes HTTP/1.1 only")
+        tunnel.close()
+
+    def stream_opened(self, stream: H2Stream) -> None:
+        return None
+
+    def stream_closed(self, stream: H2Stream) -> None:
+        return None
+
+
+def respond_with_headers(exchange: Exchange, status: int, body: bytes, extra_headers: bytes) -> None:
+    """`exchange.respond` with extra response headers (the relay's local responses carry none).
+
+    Only for a request that has no upstream and no response yet (a refusal before forwarding): the
+    response is written whole and the exchange finished exactly as `respond` does, keeping the connection
+    only when the request was read completely (otherwise its body would be taken for the next request).
+    """
+    if exchange.done:
+        return
+    keep = exchange.keep_alive and exchange.request_complete and not exchange.upgrade
+    response = local_response_with_headers(status, body, keep, extra_headers, head_only=exchange.method == b"HEAD")
+    exchange.status = status
+    exchange.response_started = True
+    exchange.server.transport.write(response)
+    exchange._finish(keep)
+
+
+def local_response_with_headers(
+    status: int, body: bytes, keep_alive: bool, extra_headers: bytes, head_only: bool
+) -> bytes:
+    """The relay's plain-text local response with `extra_headers` (CRLF-terminated lines) after the status line."""
+    plain = local_response(status, body, keep_alive, head_only)
+    head_end = plain.index(b"\r\n") + 2
+    return plain[:head_end] + extra_headers + plain[head_end:]
