@@ -400,7 +400,7 @@ def service_config(global_config: AutoscalerConfig, spec: ServiceSpec) -> tuple[
         try:
             values[field_name] = parse(raw_value)
         except ValueError as error:
-            errors.append(ConfigError(name, service, f"{error}; using {_describe_default(values[field_name])}"))
+            errors.append(ConfigError(name, service, f"{error}; using {_describe_default(field_name, values[field_name])}"))
 
     container_concurrency = _kapa_annotation(
         spec, ANNOTATION_CONTAINER_CONCURRENCY, _int_at_least(0, MAX_CONTAINER_CONCURRENCY), DEFAULT_CONTAINER_CONCURRENCY, errors
@@ -452,8 +452,12 @@ def service_config(global_config: AutoscalerConfig, spec: ServiceSpec) -> tuple[
     )
 
 
-def _describe_default(value: object) -> str:
-    return "the global value" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+def _describe_default(field_name: str, value: object) -> str:
+    if value is None:
+        return "the global value"
+    if isinstance(value, float):
+        return f"{value:g}s" if field_name.endswith("_s") else f"{value:g}"
+    return str(value)
 
 
 def _kapa_annotation(spec: ServiceSpec, name: str, parse: Callable[[str], Any], default: Any, errors: list[ConfigError]) -> Any:

@@ -10,7 +10,8 @@ Two kinds of trace, told apart by their CSV header:
   waiting and running requests, as the activator and queue-proxy report them; with the rps metric the
   scaler observes arrivals per second instead.
 
-Pods asked for become ready after --startup-delay; pods taken away go at once (a request already running
+The replay starts with no pod, so its first tick (no data yet) asks for initial-scale pods. Pods asked
+for become ready after --startup-delay; pods taken away go at once (a request already running
 finishes). After the trace's last request the replay runs on, idle, for long enough to show the scale-down
 (stable window + max(grace, retention) + scale-down-delay + two ticks), so pod-seconds include that tail. Every tick (and every poke) calls `scaler.decision.decide` with averages from
 `scaler.windows`, so a what-if run exercises exactly the production decision.
@@ -188,6 +189,8 @@ class _Replay:
         return self.last is not None and self.last.desired_pods == 0
 
     def summary(self, end_s: float) -> dict[str, object]:
+        """pod_seconds counts pods from the moment they are asked for (start-up included) until removed;
+        max_replicas is the most pods the scaler asked for at once."""
         seconds_in_panic = 0.0
         for record, following in zip(self.ticks, [*self.ticks[1:], None]):
             if record.panic_mode:
