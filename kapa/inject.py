@@ -28,6 +28,7 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -324,11 +325,27 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="kapa inject",
         description="Add the queue-proxy sidecar to enrolled Deployments and Pods (label or annotation "
-        f"{contract.ANNOTATION_ENABLED}: \"true\") in a multi-document YAML manifest; print the result.",
+        f"{contract.ANNOTATION_ENABLED}: \"true\") in a multi-document YAML manifest; print the result. "
+        "With --serve, do the same as a mutating admission webhook.",
     )
-    parser.add_argument("-f", "--filename", required=True, help="manifest file, or - for stdin")
+    parser.add_argument("-f", "--filename", help="manifest file, or - for stdin")
     parser.add_argument("--image", default=DEFAULT_IMAGE, help=f"the Kapa image (default {DEFAULT_IMAGE})")
+    parser.add_argument("--serve", action="store_true", help="serve the admission webhook instead")
+    parser.add_argument("--host", default="0.0.0.0", help="webhook: address to bind")
+    parser.add_argument("--port", type=int, default=8443, help="webhook: port (default 8443)")
+    parser.add_argument("--tls-cert", type=Path, help="webhook: PEM certificate (with --tls-key; else plain HTTP)")
+    parser.add_argument("--tls-key", type=Path, help="webhook: PEM private key")
     args = parser.parse_args(list(argv))
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.serve:
+        from kapa import log as kapa_log
+        from kapa.webhook import serve
+
+        kapa_log.configure()
+        return serve(args.host, args.port, args.tls_cert, args.tls_key, args.image)
+    if args.filename is None:
+        parser.error("-f/--filename is required (or --serve)")
     try:
         text = sys.stdin.read() if args.filename == "-" else open(args.filename, encoding="utf-8").read()
     except (OSError, UnicodeDecodeError) as error:

@@ -1,0 +1,125 @@
+"""The admission webhook (`kapa inject --serve`) over real HTTPS: AdmissionReview in, the JSON patch of the
+same injection `kapa inject` makes out."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import shutil
+import ssl
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from kapa import contract
+from kapa.inject import inject_document
+from kapa.webhook import review_response
+from tests.support import free_port, running, wait_for_port
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a test certificate")
+
+
+def apply_patch(document: dict[str, Any], patch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Apply the `add` operations the webhook emits (RFC 6902: add replaces an existing member)."""
+    result = copy.deepcopy(document)
+    for op in patch:
+        assert op["op"] == "add"
+        *parents, last = op["path"].strip("/").split("/")
+        target = result
+        for key in parents:
+            target = target.setdefault(key, {})
+        target[last] = op["value"]
+    return result
+
+
+def pod(labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    # As the ReplicaSet controller creates it: no name yet, an owner and the pod-template-hash label.
+    metadata: dict[str, Any] = {
+        "generateName": "hello-7c9f5-",
+        "labels": {contract.ANNOTATION_ENABLED: "true", "pod-template-hash": "7c9f5", **(labels or {})},
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "hello-7c9f5", "uid": "u1"}],
+    }
+    if annotations is not None:
+        metadata["annotations"] = annotations
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": {"containers": [{"name": "app", "image": "hello:1", "ports": [{"containerPort": 8000}]}]},
+    }
+
+
+def review(obj: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {"uid": str(uuid.uuid4()), "namespace": "shop", "operation": "CREATE", "object": obj},
+    }
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "tls.crt", directory / "tls.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
+
+
+async def test_webhook_patches_an_enrolled_pod_like_kapa_inject(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    port = free_port()
+    command = [sys.executable, "-m", "kapa", "inject", "--serve", "--host", "127.0.0.1", "--port", str(port),
+               "--tls-cert", str(cert), "--tls-key", str(key), "--image", "kapa:hook"]
+    client_tls = ssl.create_default_context(cafile=str(cert))
+    base = f"https://127.0.0.1:{port}"
+    with running(command):
+        wait_for_port(port, timeout_s=30)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_tls)) as session:
+            for path in (contract.READY_PATH, contract.LIVE_PATH):
+                async with session.get(f"{base}{path}") as response:
+                    assert response.status == 200
+            submitted = pod(annotations={contract.ANNOTATION_TIMEOUT_SECONDS: "never"})
+            sent = review(submitted)
+            async with session.post(f"{base}/mutate", json=sent) as response:
+                assert response.status == 200
+                answer = await response.json()
+            async with session.post(f"{base}/mutate", data=b"{not json") as response:
+                assert response.status == 400
+                assert "kapa webhook" in await response.text()
+            async with session.post(f"{base}/mutate", json={"kind": "AdmissionReview"}) as response:
+                assert response.status == 400
+    assert answer["apiVersion"] == "admission.k8s.io/v1" and answer["kind"] == "AdmissionReview"
+    result = answer["response"]
+    assert result["uid"] == sent["request"]["uid"] and result["allowed"] is True
+    assert result["patchType"] == "JSONPatch"
+    patched = apply_patch(submitted, json.loads(base64.b64decode(result["patch"])))
+    assert patched == inject_document(submitted, "kapa:hook").document
+    assert [c["name"] for c in patched["spec"]["containers"]] == ["app", "queue-proxy"]
+    assert {"name": contract.ENV_SERVING_SERVICE, "value": "hello"} in patched["spec"]["containers"][1]["env"]
+    (warning,) = result["warnings"]
+    assert contract.ANNOTATION_TIMEOUT_SECONDS in warning and "'never'" in warning
+
+
+def test_already_injected_or_unenrolled_pods_are_allowed_without_a_patch() -> None:
+    injected = inject_document(pod()).document
+    for obj in (injected, {**pod(), "metadata": {"generateName": "x-"}}):
+        result = review_response(review(obj), "kapa:hook")["response"]
+        assert result["allowed"] is True and "patch" not in result
+
+
+def test_a_pod_that_cannot_carry_the_sidecar_is_allowed_with_a_warning() -> None:
+    clash = pod()
+    clash["spec"]["containers"][0]["ports"] = [{"containerPort": contract.QUEUE_SERVING_PORT}]
+    result = review_response(review(clash), "kapa:hook")["response"]
+    assert result["allowed"] is True and "patch" not in result
+    assert "not injected" in result["warnings"][0] and "reserved for the queue-proxy" in result["warnings"][0]
