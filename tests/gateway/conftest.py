@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -87,10 +88,17 @@ class Rig:
         return seen
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0, what: str = "condition") -> float:
-    """Poll `check` until true; the seconds it took. Fails the test after `timeout_s`."""
+async def eventually(
+    check: Callable[[], Awaitable[bool] | bool], timeout_s: float = 5.0, what: str = "condition"
+) -> float:
+    """Poll `check` (plain or async) until true; the seconds it took. Fails the test after `timeout_s`."""
     start = time.monotonic()
-    while not await check():
+
+    async def holds() -> bool:
+        result = check()
+        return await result if inspect.isawaitable(result) else result
+
+    while not await holds():
         if time.monotonic() - start > timeout_s:
             pytest.fail(f"{what} not reached within {timeout_s}s")
         await asyncio.sleep(0.02)

@@ -185,3 +185,30 @@ async def test_every_connected_envoy_gets_each_change(rig: Rig) -> None:
         return set(rig.gateway.xds_status()) == {"kapa-gateway"}
 
     await eventually(forgotten, what="stream of the stopped Envoy dropped")
+
+
+async def test_requests_in_flight_finish_when_their_pod_is_removed_or_the_mode_switches(rig: Rig) -> None:
+    a, b = rig.pods["pod-a"].endpoint, rig.pods["pod-b"].endpoint
+    rig.gateway.set_service(KEY, "serve", [a])
+    await eventually(answered_by(rig, "pod-a"), what="serve mode")
+    slow_on_a = asyncio.create_task(rig.get(path="/slow?delay_ms=1000"))
+    await eventually(lambda: rig.pods["pod-a"].in_flight == 1, what="slow request at pod-a")
+    rig.gateway.set_service(KEY, "serve", [b])  # pod-a leaves EDS while serving the slow request
+    await eventually(answered_by(rig, "pod-b"), what="pod-b serving")
+    slow_on_b = asyncio.create_task(rig.get(path="/slow?delay_ms=1000"))
+    await eventually(lambda: rig.pods["pod-b"].in_flight == 1, what="slow request at pod-b")
+    rig.gateway.set_mode(KEY, "proxy")  # the route leaves pod-b while it serves the other one
+    await eventually(answered_by(rig, "activator"), what="proxy mode")
+    assert await slow_on_a == (200, "pod-a")
+    assert await slow_on_b == (200, "pod-b")
+
+
+async def test_envoy_keeps_serving_while_the_xds_server_is_away(rig: Rig) -> None:
+    rig.gateway.set_service(KEY, "serve", [rig.pods["pod-a"].endpoint])
+    await eventually(answered_by(rig, "pod-a"), what="serve mode")
+    await rig.gateway.stop()
+    assert await rig.responders(20) == Counter({"pod-a": 20})  # last config stays in force
+    # The control plane back on its port, with a decision made while it was away: Envoy reconnects and obeys.
+    rig.gateway.set_mode(KEY, "proxy")
+    await rig.gateway.start()
+    await eventually(answered_by(rig, "activator"), timeout_s=15, what="reconnect to the xDS server")
