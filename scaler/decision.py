@@ -10,7 +10,9 @@ It reproduces Knative's KPA (decider and scale-to-zero handling) from its docume
   it, and ends only once a full stable window has passed without crossing; in panic the count is
   max(stable, panic) and never goes down; a restarted scaler starts in panic holding the ready pods;
 * scale-down-delay applies the largest count of the last delay seconds;
-* initial-scale holds until the service first has that many ready pods; min-scale and max-scale clamp;
+* initial-scale holds until the service first has that many ready pods; min-scale and max-scale clamp
+  (min-scale always: Knative drops it only for revisions no route reaches, and every service Kapa
+  manages is reachable);
 * scale to zero only when enabled and min-scale is 0: after the service has been idle for a stable window
   it becomes inactive (the activator steps into the path) and keeps one pod for max(grace period, pod
   retention period) before going to zero;
@@ -116,11 +118,18 @@ class DecisionState:
     last: Decision | None = None
 
     @classmethod
-    def initial(cls) -> DecisionState:
-        return _INITIAL_STATE
+    def initial(cls, initialised: bool = False) -> DecisionState:
+        """The state of a service the scaler has not decided for yet.
+
+        `initialised=True` says the service reached its initial scale before (Knative keeps this in the
+        PodAutoscaler's status): a scaler restarting in front of a service at zero then leaves it at zero
+        instead of starting initial-scale pods for it.
+        """
+        return _INITIAL_STATE_INITIALISED if initialised else _INITIAL_STATE
 
 
 _INITIAL_STATE = DecisionState()
+_INITIAL_STATE_INITIALISED = DecisionState(initialised=True)
 _new_object = object.__new__
 
 

@@ -405,3 +405,12 @@ def test_decide_does_not_mutate_its_inputs() -> None:
     before = replace(state)
     decide(config, steady(500.0, 1), state, 0.0)
     assert state == before
+
+
+@pytest.mark.parametrize(
+    ("initialised", "expected"),
+    [pytest.param(False, 1, id="new-service-gets-initial-scale"), pytest.param(True, 0, id="known-service-at-zero-stays-at-zero")],
+)
+def test_initial_state_for_a_service_at_zero(initialised: bool, expected: int) -> None:
+    decision, _ = decide(make_config(), Observation(0.0, 0.0, 0), DecisionState.initial(initialised=initialised), 0.0)
+    assert decision.desired_pods == expected
