@@ -86,3 +86,40 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
         if all(f'{key}="{value}"' in line for key, value in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+@dataclass
+class Pod:
+    """A real pod stand-in: `python -m queue_proxy` in front of `kapa sample-app`, on loopback ports."""
+
+    serving_port: int
+    metrics_port: int
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint("127.0.0.1", self.serving_port)
+
+    async def metrics(self, session: aiohttp.ClientSession) -> str:
+        async with session.get(f"http://127.0.0.1:{self.metrics_port}{contract.METRICS_PATH}") as response:
+            return await response.text()
+
+
+@asynccontextmanager
+async def pod(tmp_path: Path, key: ServiceKey, startup_delay_s: float = 0.0) -> AsyncIterator[Pod]:
+    """Start the app and its queue-proxy now; the queue-proxy turns ready once the app listens."""
+    app_port, serving_port, metrics_port, admin_port = free_port(), free_port(), free_port(), free_port()
+    env = {
+        contract.ENV_QUEUE_SERVING_PORT: str(serving_port),
+        contract.ENV_USER_PORT: str(app_port),
+        contract.ENV_METRICS_PORT: str(metrics_port),
+        contract.ENV_ADMIN_PORT: str(admin_port),
+        contract.ENV_BIND_ADDRESS: "127.0.0.1",
+        contract.ENV_SERVING_NAMESPACE: key.namespace,
+        contract.ENV_SERVING_SERVICE: key.name,
+        contract.ENV_DRAIN_SECONDS: "0",
+    }
+    app = [sys.executable, "-m", "kapa", "sample-app", "--port", str(app_port), "--startup-delay", str(startup_delay_s)]
+    with running(app, log=tmp_path / f"app-{app_port}.log"), running(
+        [sys.executable, "-m", "queue_proxy"], env=env, log=tmp_path / f"queue-proxy-{serving_port}.log"
+    ):
+        yield Pod(serving_port, metrics_port)

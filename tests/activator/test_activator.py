@@ -14,7 +14,7 @@ import pytest
 from kapa import contract
 from kapa.services import ServiceKey
 
-from tests.activator.harness import activator, metric_value
+from tests.activator.harness import activator, metric_value, pod
 from tests.activator.test_poke import Scaler
 from tests.activator.upstream import Upstream
 
@@ -183,3 +183,17 @@ async def test_sigterm_turns_unready_stops_accepting_and_finishes_held_requests(
             assert await asyncio.get_running_loop().run_in_executor(None, act.process.wait, 10) == 0
     finally:
         await upstream.stop()
+
+
+async def test_scale_from_zero_through_a_real_queue_proxy_and_app(tmp_path: Path) -> None:
+    """The pod is known before it is ready (as Kubernetes publishes a starting pod): the activator probes
+    its queue-proxy and forwards the held requests once the app is up; the queue-proxy counts them proxied."""
+    async with activator(tmp_path, [hello()]) as act, session() as client:
+        requests = [asyncio.create_task(get(client, f"{act.url}/?sleep=10", headers=HOST)) for _ in range(50)]
+        async with pod(tmp_path, HELLO, startup_delay_s=1.0) as started:
+            await act.set_endpoints(client, HELLO, [started.endpoint])
+            results = await asyncio.gather(*requests)
+            assert [status for status, _, _ in results] == [200] * 50
+            text = await started.metrics(client)
+            assert metric_value(text, contract.REQUESTS, code_class="2xx") == 50
+            assert metric_value(text, contract.PROXIED_REQUESTS) == 50
