@@ -62,7 +62,7 @@ def app_process(port: int) -> Iterator[Popen[bytes]]:
 
 @contextmanager
 def queue_proxy(tmp_path: Path, app_port: int, wait_ready: bool = True, **env: str) -> Iterator[Proxy]:
-    """Run `kapa queue-proxy` in front of `app_port` with extra env (drain 1 s unless given)."""
+    """Run `kapa queue-proxy` in front of `app_port` with extra env (no drain quiet period unless given)."""
     port, admin_port, metrics_port = free_port(), free_port(), free_port()
     full_env = {
         contract.ENV_QUEUE_SERVING_PORT: str(port),
@@ -72,7 +72,7 @@ def queue_proxy(tmp_path: Path, app_port: int, wait_ready: bool = True, **env: s
         contract.ENV_BIND_ADDRESS: "127.0.0.1",
         contract.ENV_SERVING_NAMESPACE: "tests",
         contract.ENV_SERVING_SERVICE: "app",
-        contract.ENV_DRAIN_SECONDS: "1",
+        contract.ENV_DRAIN_SECONDS: "0",
         **env,
     }
     log = tmp_path / f"queue-proxy-{port}.log"

@@ -1,0 +1,55 @@
+"""Graceful drain: SIGTERM mid-load loses no request; the process exits 0 after a quiet period."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+
+from kapa import contract
+from tests.queue_proxy.conftest import queue_proxy
+
+
+def _ready_status(admin_port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}{contract.READY_PATH}", timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+async def test_sigterm_mid_load_fails_no_request(app_port: int, tmp_path: Path) -> None:
+    with queue_proxy(tmp_path, app_port, KAPA_DRAIN_SECONDS="1") as proxy:
+        outcomes: list[int | str] = []
+        load_until = time.monotonic() + 2.5
+
+        async def worker(session: aiohttp.ClientSession) -> None:
+            while time.monotonic() < load_until:
+                try:
+                    async with session.get(f"{proxy.url}/sleep?ms=20") as response:
+                        await response.read()
+                        outcomes.append(response.status)
+                except aiohttp.ClientError as error:
+                    outcomes.append(repr(error))
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            load = asyncio.gather(*(worker(session) for _ in range(20)))
+            await asyncio.sleep(0.7)
+            proxy.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            assert await asyncio.to_thread(_ready_status, proxy.admin_port) == 503  # unready at once
+            await load
+            load_ended = time.monotonic()
+            # New connections were still accepted during the drain (the load kept arriving).
+            assert proxy.process.poll() is None
+        exit_code = await asyncio.to_thread(proxy.process.wait, 10)
+        exited_after = time.monotonic() - load_ended
+        assert exit_code == 0
+        assert 0.8 <= exited_after < 2.5  # the quiet period of 1 s after the last request
+        failures = [o for o in outcomes if o != 200]
+        assert len(outcomes) > 500 and failures == []
