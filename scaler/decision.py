@@ -48,7 +48,8 @@ class Observation:
     """What the scaler saw for one service at one tick.
 
     Values are service totals averaged over each window (concurrency, or requests per second when the
-    metric is rps). None means no data (Prometheus unreachable, no series): it is never read as zero.
+    metric is rps). None means no data (Prometheus unreachable, no series): it is never read as zero;
+    NaN and infinity count as no data too.
     """
 
     stable_value: float | None
@@ -131,6 +132,7 @@ class DecisionState:
 _INITIAL_STATE = DecisionState()
 _INITIAL_STATE_INITIALISED = DecisionState(initialised=True)
 _new_object = object.__new__
+_isfinite = math.isfinite
 
 
 def _made(cls: type[_Frozen], **values: object) -> _Frozen:
@@ -164,7 +166,8 @@ def decide(config: ServiceConfig, observation: Observation, state: DecisionState
 
     stable = observation.stable_value
     panic = observation.panic_value
-    if stable is None or panic is None:
+    # NaN or infinity (a 0/0 in a query) is no more a measurement than a missing series.
+    if stable is None or panic is None or not (_isfinite(stable) and _isfinite(panic)):
         return _hold(config, observation, state, now, notes, initialised, panic_since, max_panic, active_since, last_poke)
 
     target = config.target
@@ -414,7 +417,6 @@ def _hold(
     else:
         excess = _excess_burst_capacity(config, ready_pods, 0.0)
         mode = MODE_PROXY if desired == 0 or excess < 0 or ready_pods == 0 else MODE_SERVE
-    decision = _decision(
-        desired, excess, panic_since is not None, True, mode, observation.stable_value, observation.panic_value, config.target, ready_pods, now, notes
-    )
+    stable, panic = (value if value is not None and _isfinite(value) else None for value in (observation.stable_value, observation.panic_value))
+    decision = _decision(desired, excess, panic_since is not None, True, mode, stable, panic, config.target, ready_pods, now, notes)
     return decision, _state(initialised, panic_since, max_panic, active_since, inactive_since, last_poke, state.delay_window, decision)

@@ -282,6 +282,14 @@ def test_no_data_holds_the_last_decision_and_says_so() -> None:
     assert "no data: holds the last decision of 5 pods" in decisions[1].explanation
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_unusable_values_count_as_no_data(bad: float) -> None:
+    config = make_config()
+    decisions = run(config, running(desired=3, ready=3), [(0.0, Observation(bad, 1.0, 3)), (2.0, Observation(1.0, bad, 3))])
+    assert [(d.desired_pods, d.stale) for d in decisions] == [(3, True), (3, True)]
+    assert (decisions[0].stable_value, decisions[1].panic_value) == (None, None)  # JSON has no NaN
+
+
 def test_no_data_is_never_zero_traffic() -> None:
     config = make_config()
     steps = [(0.0, steady(0.0, 1))] + [(t, Observation(None, None, 1)) for t in range(2, 400, 2)]
