@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import concurrent.futures
+import signal
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -222,3 +224,14 @@ def test_port_from_env() -> None:
 )
 def test_invalid_arguments_exit_2(argv: list[str]) -> None:
     assert sample_app.main(argv) == 2
+
+
+@pytest.mark.parametrize(("delay", "logged"), [("0", "msg=listening"), ("30", 'msg="delaying start-up"')])
+def test_sigterm_stops_it_promptly_even_during_the_startup_delay(delay: str, logged: str, tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    with running([*KAPA, "sample-app", "--port", str(free_port()), "--startup-delay", delay], log=log) as process:
+        deadline = time.monotonic() + 10
+        while logged not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(5) == 0
