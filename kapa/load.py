@@ -99,7 +99,8 @@ class LoadResult:
     latencies_s: tuple[float, ...]
     status_counts: Mapping[int, int]
     error_counts: Mapping[str, int]
-    #: Requests still in flight when the duration ended (cancelled, neither responses nor errors).
+    #: Requests still in flight when the duration ended or the run was stopped (cancelled, neither
+    #: responses nor errors).
     unfinished: int = 0
 
     @property
@@ -339,7 +340,7 @@ class _Run:
     async def _request(self, connection: _ClientConnection | None, sent: float) -> tuple[_ClientConnection | None, int]:
         """One request on `connection` (or a new one); returns the connection to reuse and the status."""
         fresh = connection is None or not connection.open
-        if connection is None or fresh:
+        if connection is None or not connection.open:
             connection = await self._connect(sent)
         try:
             try:
