@@ -42,13 +42,24 @@ class Supervisor:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self._children: set[Child] = set()
+        self._spawning: set[asyncio.Future[Child]] = set()
 
     @property
     def children(self) -> frozenset[Child]:
         return frozenset(self._children)
 
     async def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Child:
-        """Start `argv` with os.environ plus `env`; stdout and stderr go to LOG_DIR/NAME.log."""
+        """Start `argv` with os.environ plus `env`; stdout and stderr go to LOG_DIR/NAME.log.
+
+        The spawn itself is shielded: a caller cancelled mid-spawn (kapa up stopping) must not lose track of
+        a process that does get started, so stop_all() waits for spawns in progress and stops their children.
+        """
+        spawn = asyncio.ensure_future(self._spawn(name, argv, env))
+        self._spawning.add(spawn)
+        spawn.add_done_callback(self._spawning.discard)
+        return await asyncio.shield(spawn)
+
+    async def _spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None) -> Child:
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as out:
             process = await asyncio.create_subprocess_exec(
@@ -82,7 +93,8 @@ class Supervisor:
         return await child.process.wait()
 
     async def stop_all(self, grace_s: float) -> None:
-        """Stop every child still known, all at once."""
+        """Stop every child still known, all at once (after any spawn in progress has finished)."""
+        await asyncio.gather(*self._spawning, return_exceptions=True)
         await asyncio.gather(*(self.stop(child, grace_s) for child in list(self._children)))
 
 

@@ -146,11 +146,11 @@ class KapaUp:
     def descendants(self) -> set[int]:
         return descendants(self.process.pid)
 
-    async def stop(self, check: bool = True, timeout_s: float = 30.0) -> int:
-        """SIGTERM, as a user's Ctrl-C would; then (with check) nothing kapa up started may be left running."""
+    async def stop(self, check: bool = True, timeout_s: float = 30.0, sig: signal.Signals = signal.SIGTERM) -> int:
+        """SIGTERM (or Ctrl-C's SIGINT); then (with check) nothing kapa up started may be left running."""
         started = self.descendants() if self.process.returncode is None else set()
         if self.process.returncode is None:
-            os.kill(self.process.pid, signal.SIGTERM)
+            os.kill(self.process.pid, sig)
         try:
             code = await asyncio.wait_for(self.process.wait(), timeout_s)
         finally:
