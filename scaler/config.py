@@ -325,7 +325,9 @@ def _check_global_consistency(values: dict[str, Any]) -> list[ConfigError]:
         errors.append(ConfigError("max-scale", GLOBAL, f"must be between 1 and max-scale-limit {limit}; using {limit}"))
         values["max_scale"] = limit
     if values["max_scale"] > 0 and values["min_scale"] > values["max_scale"]:
-        errors.append(ConfigError("min-scale", GLOBAL, f"{values['min_scale']} exceeds max-scale {values['max_scale']}; using 0"))
+        errors.append(
+            ConfigError("min-scale", GLOBAL, f"{values['min_scale']} exceeds max-scale {values['max_scale']}; using 0")
+        )
         values["min_scale"] = 0
     return errors
 
@@ -400,20 +402,34 @@ def service_config(global_config: AutoscalerConfig, spec: ServiceSpec) -> tuple[
         try:
             values[field_name] = parse(raw_value)
         except ValueError as error:
-            errors.append(ConfigError(name, service, f"{error}; using {_describe_default(field_name, values[field_name])}"))
+            errors.append(
+                ConfigError(name, service, f"{error}; using {_describe_default(field_name, values[field_name])}")
+            )
 
     container_concurrency = _kapa_annotation(
-        spec, ANNOTATION_CONTAINER_CONCURRENCY, _int_at_least(0, MAX_CONTAINER_CONCURRENCY), DEFAULT_CONTAINER_CONCURRENCY, errors
+        spec,
+        ANNOTATION_CONTAINER_CONCURRENCY,
+        _int_at_least(0, MAX_CONTAINER_CONCURRENCY),
+        DEFAULT_CONTAINER_CONCURRENCY,
+        errors,
     )
     timeout_s = _kapa_annotation(
-        spec, ANNOTATION_TIMEOUT_SECONDS, _float_at_least(0.0, exclusive=True, high=MAX_TIMEOUT_S), float(DEFAULT_REVISION_TIMEOUT_SECONDS), errors
+        spec,
+        ANNOTATION_TIMEOUT_SECONDS,
+        _float_at_least(0.0, exclusive=True, high=MAX_TIMEOUT_S),
+        float(DEFAULT_REVISION_TIMEOUT_SECONDS),
+        errors,
     )
     errors += _check_service_consistency(global_config, values, service)
 
     if values["metric"] == METRIC_RPS:
         total = global_config.requests_per_second_target_default
     else:
-        total = float(container_concurrency) if container_concurrency > 0 else global_config.container_concurrency_target_default
+        total = (
+            float(container_concurrency)
+            if container_concurrency > 0
+            else global_config.container_concurrency_target_default
+        )
     if values["target"] is not None:
         total = values["target"]
         # Knative: a concurrency target above containerConcurrency could never be reached; cap it.
@@ -460,7 +476,9 @@ def _describe_default(field_name: str, value: object) -> str:
     return str(value)
 
 
-def _kapa_annotation(spec: ServiceSpec, name: str, parse: Callable[[str], Any], default: Any, errors: list[ConfigError]) -> Any:
+def _kapa_annotation(
+    spec: ServiceSpec, name: str, parse: Callable[[str], Any], default: Any, errors: list[ConfigError]
+) -> Any:
     raw_value = spec.annotations.get(name)
     if raw_value is None:
         return default
@@ -471,21 +489,31 @@ def _kapa_annotation(spec: ServiceSpec, name: str, parse: Callable[[str], Any], 
         return default
 
 
-def _check_service_consistency(global_config: AutoscalerConfig, values: dict[str, Any], service: str) -> list[ConfigError]:
+def _check_service_consistency(
+    global_config: AutoscalerConfig, values: dict[str, Any], service: str
+) -> list[ConfigError]:
     """Rules between a service's values (Knative's revision validation); the offending key is reset."""
     errors: list[ConfigError] = []
     prefix = KNATIVE_ANNOTATION_PREFIX
     if values["initial_scale"] == 0 and not global_config.allow_zero_initial_scale:
-        errors.append(ConfigError(prefix + "initial-scale", service, "0 needs allow-zero-initial-scale: true globally; using 1"))
+        errors.append(
+            ConfigError(prefix + "initial-scale", service, "0 needs allow-zero-initial-scale: true globally; using 1")
+        )
         values["initial_scale"] = max(1, global_config.initial_scale)
     limit = global_config.max_scale_limit
     if limit > 0 and (values["max_scale"] == 0 or values["max_scale"] > limit):
-        errors.append(ConfigError(prefix + "max-scale", service, f"must be between 1 and max-scale-limit {limit}; using {limit}"))
+        errors.append(
+            ConfigError(prefix + "max-scale", service, f"must be between 1 and max-scale-limit {limit}; using {limit}")
+        )
         values["max_scale"] = limit
     if values["max_scale"] > 0 and values["min_scale"] > values["max_scale"]:
         fallback = global_config.min_scale if global_config.min_scale <= values["max_scale"] else 0
         errors.append(
-            ConfigError(prefix + "min-scale", service, f"{values['min_scale']} exceeds max-scale {values['max_scale']}; using {fallback}")
+            ConfigError(
+                prefix + "min-scale",
+                service,
+                f"{values['min_scale']} exceeds max-scale {values['max_scale']}; using {fallback}",
+            )
         )
         values["min_scale"] = fallback
     return errors

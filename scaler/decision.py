@@ -147,7 +147,9 @@ def _made(cls: type[_Frozen], **values: object) -> _Frozen:
     return instance
 
 
-def decide(config: ServiceConfig, observation: Observation, state: DecisionState, now: float) -> tuple[Decision, DecisionState]:
+def decide(
+    config: ServiceConfig, observation: Observation, state: DecisionState, now: float
+) -> tuple[Decision, DecisionState]:
     """Decide one service's pod count at time `now` (seconds, monotonic) and return the state to carry on."""
     notes: list[str] = []
     ready_pods = observation.ready_pods
@@ -168,13 +170,17 @@ def decide(config: ServiceConfig, observation: Observation, state: DecisionState
     panic = observation.panic_value
     # NaN or infinity (a 0/0 in a query) is no more a measurement than a missing series.
     if stable is None or panic is None or not (_isfinite(stable) and _isfinite(panic)):
-        return _hold(config, observation, state, now, notes, initialised, panic_since, max_panic, active_since, last_poke)
+        return _hold(
+            config, observation, state, now, notes, initialised, panic_since, max_panic, active_since, last_poke
+        )
 
     target = config.target
     ready = ready_pods if ready_pods > 1 else 1
     stable_pods = _pods_for(stable, target)
     panic_pods = _pods_for(panic, target)
-    notes.append(f"stable: ceil({stable:.4g}/{target:g})={stable_pods}; panic window: ceil({panic:.4g}/{target:g})={panic_pods}")
+    notes.append(
+        f"stable: ceil({stable:.4g}/{target:g})={stable_pods}; panic window: ceil({panic:.4g}/{target:g})={panic_pods}"
+    )
 
     max_up = math.ceil(config.max_scale_up_rate * ready)
     max_down = int(ready / config.max_scale_down_rate)
@@ -239,8 +245,12 @@ def decide(config: ServiceConfig, observation: Observation, state: DecisionState
 
     excess = _excess_burst_capacity(config, ready_pods, panic)
     mode = MODE_PROXY if want == 0 or excess < 0 or ready_pods == 0 else MODE_SERVE
-    decision = _decision(desired, excess, panic_since is not None, False, mode, stable, panic, target, ready_pods, now, notes)
-    return decision, _state(initialised, panic_since, max_panic, active_since, inactive_since, last_poke, delay_window, decision)
+    decision = _decision(
+        desired, excess, panic_since is not None, False, mode, stable, panic, target, ready_pods, now, notes
+    )
+    return decision, _state(
+        initialised, panic_since, max_panic, active_since, inactive_since, last_poke, delay_window, decision
+    )
 
 
 def _decision(
@@ -307,7 +317,9 @@ def _wake_pods(config: ServiceConfig) -> int:
     return min(pods, config.max_scale) if config.max_scale > 0 else pods
 
 
-def _record_delay(window: tuple[tuple[float, int], ...], now: float, desired: int, delay_s: float) -> tuple[tuple[float, int], ...]:
+def _record_delay(
+    window: tuple[tuple[float, int], ...], now: float, desired: int, delay_s: float
+) -> tuple[tuple[float, int], ...]:
     """Add (now, desired) to the scale-down-delay window; its first record is then the window's maximum.
 
     Records older than the delay drop off the front; records not above the new count drop off the back
@@ -417,6 +429,13 @@ def _hold(
     else:
         excess = _excess_burst_capacity(config, ready_pods, 0.0)
         mode = MODE_PROXY if desired == 0 or excess < 0 or ready_pods == 0 else MODE_SERVE
-    stable, panic = (value if value is not None and _isfinite(value) else None for value in (observation.stable_value, observation.panic_value))
-    decision = _decision(desired, excess, panic_since is not None, True, mode, stable, panic, config.target, ready_pods, now, notes)
-    return decision, _state(initialised, panic_since, max_panic, active_since, inactive_since, last_poke, state.delay_window, decision)
+    stable, panic = (
+        value if value is not None and _isfinite(value) else None
+        for value in (observation.stable_value, observation.panic_value)
+    )
+    decision = _decision(
+        desired, excess, panic_since is not None, True, mode, stable, panic, config.target, ready_pods, now, notes
+    )
+    return decision, _state(
+        initialised, panic_since, max_panic, active_since, inactive_since, last_poke, state.delay_window, decision
+    )

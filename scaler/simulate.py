@@ -12,9 +12,11 @@ Two kinds of trace, told apart by their CSV header:
 
 The replay starts with no pod, so its first tick (no data yet) asks for initial-scale pods. Pods asked
 for become ready after --startup-delay; pods taken away go at once (a request already running
-finishes). After the trace's last request the replay runs on, idle, for long enough to show the scale-down
-(stable window + max(grace, retention) + scale-down-delay + two ticks), so pod-seconds include that tail. Every tick (and every poke) calls `scaler.decision.decide` with averages from
-`scaler.windows`, so a what-if run exercises exactly the production decision.
+finishes). After the trace's last request the replay runs on, idle, long enough to show the scale-down
+(stable window + max(grace, retention) + scale-down-delay + two ticks), so pod-seconds include that tail.
+
+Every tick (and every poke) calls `scaler.decision.decide` with averages from `scaler.windows`, so a
+what-if run exercises exactly the production decision.
 """
 
 from __future__ import annotations
@@ -98,7 +100,10 @@ def load_trace(path: str | Path) -> Trace:
         raise TraceError(f"{path}: empty trace")
     header = tuple(cell.strip() for cell in rows[0])
     if header not in (CONCURRENCY_COLUMNS, ARRIVAL_COLUMNS):
-        raise TraceError(f"{path}: header must be {','.join(CONCURRENCY_COLUMNS)} or {','.join(ARRIVAL_COLUMNS)}, got {','.join(header)}")
+        raise TraceError(
+            f"{path}: header must be {','.join(CONCURRENCY_COLUMNS)} or {','.join(ARRIVAL_COLUMNS)},"
+            f" got {','.join(header)}"
+        )
     pairs: list[tuple[float, float]] = []
     for line_number, row in enumerate(rows[1:], start=2):
         if not row or all(not cell.strip() for cell in row):
@@ -162,7 +167,14 @@ class _Replay:
         self.last = decision
         self.apply(decision.desired_pods, now)
         self.ticks.append(
-            TickRecord(now, observation.stable_value, observation.panic_value, decision.desired_pods, self.ready, decision.panic_mode)
+            TickRecord(
+                now,
+                observation.stable_value,
+                observation.panic_value,
+                decision.desired_pods,
+                self.ready,
+                decision.panic_mode,
+            )
         )
 
     def apply(self, desired: int, now: float) -> None:
@@ -192,7 +204,7 @@ class _Replay:
         """pod_seconds counts pods from the moment they are asked for (start-up included) until removed;
         max_replicas is the most pods the scaler asked for at once."""
         seconds_in_panic = 0.0
-        for record, following in zip(self.ticks, [*self.ticks[1:], None]):
+        for record, following in zip(self.ticks, [*self.ticks[1:], None], strict=True):
             if record.panic_mode:
                 seconds_in_panic += (following.time_s if following else end_s) - record.time_s
         return {
@@ -206,7 +218,9 @@ class _Replay:
         }
 
 
-def simulate(config: ServiceConfig, trace: Trace, startup_delay_s: float = 2.0, tick_s: float = TICK_INTERVAL_S) -> SimulationResult:
+def simulate(
+    config: ServiceConfig, trace: Trace, startup_delay_s: float = 2.0, tick_s: float = TICK_INTERVAL_S
+) -> SimulationResult:
     """Replay `trace` with `config`; pure apart from CPU time."""
     if tick_s <= 0:
         raise ValueError("tick must be positive")
@@ -377,16 +391,44 @@ def plot(path: str | Path, result: SimulationResult, title: str, metric: str) ->
 
     figure, (load_axes, pods_axes) = pyplot.subplots(2, 1, sharex=True, figsize=(12, 6.5), height_ratios=(1, 1))
     times = [record.time_s / 60 for record in result.ticks]
-    load_axes.plot([second / 60 for second in range(len(result.load))], result.load, lw=0.5, color="0.6", label=f"{metric} (1 s)")
-    load_axes.plot(times, [record.stable or 0.0 for record in result.ticks], lw=1.2, color="tab:blue", label="stable window average")
-    load_axes.plot(times, [record.panic or 0.0 for record in result.ticks], lw=0.8, color="tab:orange", alpha=0.7, label="panic window average")
+    load_axes.plot(
+        [second / 60 for second in range(len(result.load))], result.load, lw=0.5, color="0.6", label=f"{metric} (1 s)"
+    )
+    load_axes.plot(
+        times,
+        [record.stable or 0.0 for record in result.ticks],
+        lw=1.2,
+        color="tab:blue",
+        label="stable window average",
+    )
+    load_axes.plot(
+        times,
+        [record.panic or 0.0 for record in result.ticks],
+        lw=0.8,
+        color="tab:orange",
+        alpha=0.7,
+        label="panic window average",
+    )
     load_axes.set_ylabel("requests per second" if metric == METRIC_RPS else "concurrent requests")
     load_axes.legend(loc="upper right", fontsize="small")
     load_axes.set_title(title, fontsize="medium")
-    pods_axes.step(times, [record.desired for record in result.ticks], where="post", lw=1.2, color="tab:red", label="desired")
-    pods_axes.step(times, [record.ready for record in result.ticks], where="post", lw=1.0, color="tab:green", label="ready")
+    pods_axes.step(
+        times, [record.desired for record in result.ticks], where="post", lw=1.2, color="tab:red", label="desired"
+    )
+    pods_axes.step(
+        times, [record.ready for record in result.ticks], where="post", lw=1.0, color="tab:green", label="ready"
+    )
     top = max((record.desired for record in result.ticks), default=1) + 1
-    pods_axes.fill_between(times, 0, top, where=[record.panic_mode for record in result.ticks], step="post", color="tab:red", alpha=0.12, label="panic mode")
+    pods_axes.fill_between(
+        times,
+        0,
+        top,
+        where=[record.panic_mode for record in result.ticks],
+        step="post",
+        color="tab:red",
+        alpha=0.12,
+        label="panic mode",
+    )
     pods_axes.set_ylim(0, top)
     pods_axes.set_ylabel("pods")
     pods_axes.set_xlabel("minutes")
@@ -397,12 +439,24 @@ def plot(path: str | Path, result: SimulationResult, title: str, metric: str) ->
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kapa simulate", description="Replay a trace through the KPA decision on a virtual clock.")
+    parser = argparse.ArgumentParser(
+        prog="kapa simulate", description="Replay a trace through the KPA decision on a virtual clock."
+    )
     parser.add_argument("--trace", required=True, help="CSV with time_s,concurrency or time_s,duration_s")
-    parser.add_argument("--annotation", action="append", default=[], metavar="KEY=VALUE", help="a service annotation, e.g. autoscaling.knative.dev/target=10 (repeatable)")
+    parser.add_argument(
+        "--annotation",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a service annotation, e.g. autoscaling.knative.dev/target=10 (repeatable)",
+    )
     parser.add_argument("--config", help="config-autoscaler YAML: a flat mapping of keys or a ConfigMap")
-    parser.add_argument("--startup-delay", default="2s", help="time from asking for a pod to its being ready (default 2s)")
-    parser.add_argument("--tick", default=f"{TICK_INTERVAL_S:g}s", help=f"decision interval (default {TICK_INTERVAL_S:g}s)")
+    parser.add_argument(
+        "--startup-delay", default="2s", help="time from asking for a pod to its being ready (default 2s)"
+    )
+    parser.add_argument(
+        "--tick", default=f"{TICK_INTERVAL_S:g}s", help=f"decision interval (default {TICK_INTERVAL_S:g}s)"
+    )
     parser.add_argument("--out", help="write one CSV row per decision: " + ",".join(OUTPUT_COLUMNS))
     parser.add_argument("--plot", help="draw load and replicas over time into this PNG")
     return parser
@@ -433,7 +487,9 @@ def main(argv: list[str]) -> int:
     key = ServiceKey("simulate", Path(args.trace).stem or "trace")
     config, service_errors = service_config(global_config, ServiceSpec(key, annotations))
     for error in [*errors, *service_errors]:
-        log.warning("invalid autoscaling setting, using the default", key=error.key, service=error.service, error=error.message)
+        log.warning(
+            "invalid autoscaling setting, using the default", key=error.key, service=error.service, error=error.message
+        )
     try:
         trace = load_trace(args.trace)
     except TraceError as error:
@@ -449,6 +505,11 @@ def main(argv: list[str]) -> int:
         write_ticks_csv(args.out, result.ticks)
     if args.plot:
         settings = ", ".join(f"{name}={value}" for name, value in annotations.items()) or "defaults"
-        plot(args.plot, result, f"{Path(args.trace).name} ({settings}; target {config.target:g}/pod, start-up {startup_delay_s:g}s)", config.metric)
+        plot(
+            args.plot,
+            result,
+            f"{Path(args.trace).name} ({settings}; target {config.target:g}/pod, start-up {startup_delay_s:g}s)",
+            config.metric,
+        )
     print(json.dumps({"trace": str(args.trace), "target": config.target, **result.summary}, indent=2))
     return 0

@@ -54,10 +54,22 @@ def test_defaults_are_knatives() -> None:
     config, errors = AutoscalerConfig.from_mapping({})
     assert errors == []
     assert config == AutoscalerConfig.default()
-    assert (config.metric, config.target_utilization_percentage, config.container_concurrency_target_default) == ("concurrency", 70.0, 100.0)
-    assert (config.stable_window_s, config.panic_window_percentage, config.panic_threshold_percentage) == (60.0, 10.0, 200.0)
+    assert (config.metric, config.target_utilization_percentage, config.container_concurrency_target_default) == (
+        "concurrency",
+        70.0,
+        100.0,
+    )
+    assert (config.stable_window_s, config.panic_window_percentage, config.panic_threshold_percentage) == (
+        60.0,
+        10.0,
+        200.0,
+    )
     assert (config.max_scale_up_rate, config.max_scale_down_rate, config.target_burst_capacity) == (1000.0, 2.0, 211.0)
-    assert (config.scale_to_zero_grace_period_s, config.scale_to_zero_pod_retention_period_s, config.scale_down_delay_s) == (30.0, 0.0, 0.0)
+    assert (
+        config.scale_to_zero_grace_period_s,
+        config.scale_to_zero_pod_retention_period_s,
+        config.scale_down_delay_s,
+    ) == (30.0, 0.0, 0.0)
     assert (config.initial_scale, config.min_scale, config.max_scale, config.activation_scale) == (1, 0, 0, 1)
     assert config.enable_scale_to_zero and not config.allow_zero_initial_scale
     assert config.requests_per_second_target_default == 200.0 and config.activator_capacity == 100.0
@@ -145,7 +157,9 @@ def test_invalid_global_values_give_an_error_and_keep_the_default(key: str, valu
 
 
 def test_several_errors_keep_the_valid_keys() -> None:
-    config, errors = AutoscalerConfig.from_mapping({"stable-window": "-5s", "panic-threshold-percentage": "abc", "max-scale": "4"})
+    config, errors = AutoscalerConfig.from_mapping(
+        {"stable-window": "-5s", "panic-threshold-percentage": "abc", "max-scale": "4"}
+    )
     assert sorted(error.key for error in errors) == ["panic-threshold-percentage", "stable-window"]
     assert config.max_scale == 4 and config.stable_window_s == 60.0
 
@@ -189,7 +203,11 @@ def test_load_file_flat_mapping_with_yaml_types(tmp_path: Path) -> None:
     path.write_text("stable-window: 30s\nenable-scale-to-zero: false\ncontainer-concurrency-target-percentage: 80\n")
     config, errors = AutoscalerConfig.load_file(path)
     assert errors == []
-    assert (config.stable_window_s, config.enable_scale_to_zero, config.target_utilization_percentage) == (30.0, False, 80.0)
+    assert (config.stable_window_s, config.enable_scale_to_zero, config.target_utilization_percentage) == (
+        30.0,
+        False,
+        80.0,
+    )
 
 
 def test_load_file_configmap_manifest(tmp_path: Path) -> None:
@@ -242,46 +260,83 @@ def spec(annotations: dict[str, str]) -> ServiceSpec:
     [
         pytest.param({}, "target", 70.0, id="default-total-100-at-70pct"),
         pytest.param({ANNOTATION_CONTAINER_CONCURRENCY: "10"}, "target", 7.0, id="containerConcurrency-is-total"),
-        pytest.param({ANNOTATION_CONTAINER_CONCURRENCY: "10"}, "total_target", 10.0, id="total-is-containerConcurrency"),
+        pytest.param(
+            {ANNOTATION_CONTAINER_CONCURRENCY: "10"}, "total_target", 10.0, id="total-is-containerConcurrency"
+        ),
         pytest.param({"target": "10", "target-utilization-percentage": "100"}, "target", 10.0, id="target-at-100pct"),
         pytest.param({"target": "10"}, "target", 7.0, id="target-annotation-replaces-total"),
-        pytest.param({"target": "50", ANNOTATION_CONTAINER_CONCURRENCY: "10"}, "total_target", 10.0, id="target-capped-at-cc"),
+        pytest.param(
+            {"target": "50", ANNOTATION_CONTAINER_CONCURRENCY: "10"}, "total_target", 10.0, id="target-capped-at-cc"
+        ),
         pytest.param({"target": "0.01", "target-utilization-percentage": "1"}, "target", 0.01, id="never-below-0.01"),
         pytest.param({"metric": "rps"}, "target", 140.0, id="rps-default-200-at-70pct"),
         pytest.param({"metric": "rps", ANNOTATION_CONTAINER_CONCURRENCY: "10"}, "target", 140.0, id="rps-ignores-cc"),
         pytest.param({"window": "2m"}, "stable_window_s", 120.0, id="window"),
         pytest.param({"window": "2m"}, "panic_window_s", 12.0, id="panic-window-follows-window"),
         pytest.param({"panic-window-percentage": "50"}, "panic_window_s", 30.0, id="panic-window-percentage"),
-        pytest.param({"window": "6s", "panic-window-percentage": "1"}, "panic_window_s", 1.0, id="panic-window-at-least-1s"),
+        pytest.param(
+            {"window": "6s", "panic-window-percentage": "1"}, "panic_window_s", 1.0, id="panic-window-at-least-1s"
+        ),
         pytest.param({"panic-threshold-percentage": "150"}, "panic_threshold", 1.5, id="threshold-as-ratio"),
         pytest.param({"target-burst-capacity": "-1"}, "target_burst_capacity", -1.0, id="tbc"),
         pytest.param({"scale-down-delay": "1m"}, "scale_down_delay_s", 60.0, id="scale-down-delay"),
-        pytest.param({"scale-to-zero-pod-retention-period": "1m30s"}, "scale_to_zero_pod_retention_period_s", 90.0, id="retention"),
+        pytest.param(
+            {"scale-to-zero-pod-retention-period": "1m30s"},
+            "scale_to_zero_pod_retention_period_s",
+            90.0,
+            id="retention",
+        ),
         pytest.param({"min-scale": "1", "max-scale": "3"}, "max_scale", 3, id="max-scale"),
         pytest.param({"min-scale": "1", "max-scale": "3"}, "min_scale", 1, id="min-scale"),
         pytest.param({"initial-scale": "4"}, "initial_scale", 4, id="initial-scale"),
         pytest.param({"activation-scale": "3"}, "activation_scale", 3, id="activation-scale"),
-        pytest.param({"metric-aggregation-algorithm": "weightedExponential"}, "aggregation", AGGREGATION_WEIGHTED_EXPONENTIAL, id="knative-spelling"),
-        pytest.param({"metric-aggregation-algorithm": "weighted-exponential"}, "aggregation", AGGREGATION_WEIGHTED_EXPONENTIAL, id="kebab-spelling"),
+        pytest.param(
+            {"metric-aggregation-algorithm": "weightedExponential"},
+            "aggregation",
+            AGGREGATION_WEIGHTED_EXPONENTIAL,
+            id="knative-spelling",
+        ),
+        pytest.param(
+            {"metric-aggregation-algorithm": "weighted-exponential"},
+            "aggregation",
+            AGGREGATION_WEIGHTED_EXPONENTIAL,
+            id="kebab-spelling",
+        ),
         pytest.param({}, "aggregation", AGGREGATION_LINEAR, id="linear-by-default"),
         pytest.param({ANNOTATION_TIMEOUT_SECONDS: "30"}, "timeout_s", 30.0, id="timeout"),
         pytest.param({}, "timeout_s", 300.0, id="default-timeout"),
         pytest.param({}, "container_concurrency", 0, id="default-cc-unlimited"),
-        pytest.param({KNATIVE_ANNOTATION_PREFIX + "class": "kpa.autoscaling.knative.dev"}, "target", 70.0, id="kpa-class-accepted"),
+        pytest.param(
+            {KNATIVE_ANNOTATION_PREFIX + "class": "kpa.autoscaling.knative.dev"},
+            "target",
+            70.0,
+            id="kpa-class-accepted",
+        ),
         pytest.param({"other.io/window": "bad"}, "stable_window_s", 60.0, id="foreign-annotations-ignored"),
     ],
 )
 def test_annotations_override_global(annotations: dict[str, str], field: str, expected: object) -> None:
     config, errors = service_config(AutoscalerConfig.default(), spec(annotations))
     assert errors == []
-    assert getattr(config, field) == pytest.approx(expected) if isinstance(expected, float) else getattr(config, field) == expected
+    assert (
+        getattr(config, field) == pytest.approx(expected)
+        if isinstance(expected, float)
+        else getattr(config, field) == expected
+    )
 
 
 def test_service_inherits_global_values() -> None:
-    global_config, _ = AutoscalerConfig.from_mapping({"stable-window": "30s", "scale-to-zero-grace-period": "10s", "max-scale-up-rate": "3"})
+    global_config, _ = AutoscalerConfig.from_mapping(
+        {"stable-window": "30s", "scale-to-zero-grace-period": "10s", "max-scale-up-rate": "3"}
+    )
     config, errors = service_config(global_config, spec({}))
     assert errors == []
-    assert (config.stable_window_s, config.panic_window_s, config.scale_to_zero_grace_period_s, config.max_scale_up_rate) == (30.0, 3.0, 10.0, 3.0)
+    assert (
+        config.stable_window_s,
+        config.panic_window_s,
+        config.scale_to_zero_grace_period_s,
+        config.max_scale_up_rate,
+    ) == (30.0, 3.0, 10.0, 3.0)
     assert config.key == KEY
 
 
@@ -308,7 +363,9 @@ def test_service_inherits_global_values() -> None:
         ("metric-aggregation-algorithm", "median", "aggregation", AGGREGATION_LINEAR),
     ],
 )
-def test_invalid_annotations_name_key_and_service_and_use_the_global_value(annotation: str, value: str, field: str, fallback: object) -> None:
+def test_invalid_annotations_name_key_and_service_and_use_the_global_value(
+    annotation: str, value: str, field: str, fallback: object
+) -> None:
     config, errors = service_config(AutoscalerConfig.default(), spec({annotation: value}))
     assert getattr(config, field) == fallback
     assert len(errors) == 1
@@ -337,13 +394,31 @@ def test_other_rejected_annotations(name: str, value: str, field: str, fallback:
 @pytest.mark.parametrize(
     ("global_keys", "annotations", "key", "field", "expected"),
     [
-        pytest.param({}, {"initial-scale": "0"}, "initial-scale", "initial_scale", 1, id="zero-initial-scale-needs-global-allow"),
+        pytest.param(
+            {}, {"initial-scale": "0"}, "initial-scale", "initial_scale", 1, id="zero-initial-scale-needs-global-allow"
+        ),
         pytest.param({}, {"min-scale": "4", "max-scale": "3"}, "min-scale", "min_scale", 0, id="min-above-max"),
-        pytest.param({"min-scale": "2"}, {"min-scale": "4", "max-scale": "3"}, "min-scale", "min_scale", 2, id="min-falls-back-to-global"),
-        pytest.param({"max-scale-limit": "5", "max-scale": "5"}, {"max-scale": "8"}, "max-scale", "max_scale", 5, id="max-above-limit"),
+        pytest.param(
+            {"min-scale": "2"},
+            {"min-scale": "4", "max-scale": "3"},
+            "min-scale",
+            "min_scale",
+            2,
+            id="min-falls-back-to-global",
+        ),
+        pytest.param(
+            {"max-scale-limit": "5", "max-scale": "5"},
+            {"max-scale": "8"},
+            "max-scale",
+            "max_scale",
+            5,
+            id="max-above-limit",
+        ),
     ],
 )
-def test_annotation_rules_between_keys(global_keys: dict[str, str], annotations: dict[str, str], key: str, field: str, expected: int) -> None:
+def test_annotation_rules_between_keys(
+    global_keys: dict[str, str], annotations: dict[str, str], key: str, field: str, expected: int
+) -> None:
     global_config, global_errors = AutoscalerConfig.from_mapping(global_keys)
     assert global_errors == []
     config, errors = service_config(global_config, spec(annotations))

@@ -18,7 +18,9 @@ def make_config(annotations: Mapping[str, str] | None = None, **global_keys: str
     full: dict[str, str] = {}
     for name, value in (annotations or {}).items():
         full[ANNOTATION_CONTAINER_CONCURRENCY if name == "container-concurrency" else knative_annotation(name)] = value
-    global_config, global_errors = AutoscalerConfig.from_mapping({k.replace("_", "-"): v for k, v in global_keys.items()})
+    global_config, global_errors = AutoscalerConfig.from_mapping(
+        {k.replace("_", "-"): v for k, v in global_keys.items()}
+    )
     config, errors = service_config(global_config, ServiceSpec(ServiceKey("default", "svc"), full))
     assert not global_errors and not errors, [str(e) for e in [*global_errors, *errors]]
     return config
@@ -49,17 +51,33 @@ def steady(value: float, ready: int, poked: bool = False) -> Observation:
     ("annotations", "concurrency", "ready", "expected"),
     [
         pytest.param({"container-concurrency": "10"}, 100.0, 15, 15, id="cc10-at-70pct-100-concurrent-gives-15"),
-        pytest.param({"target": "10", "target-utilization-percentage": "100"}, 50.0, 5, 5, id="target10-at-100pct-50-gives-5"),
+        pytest.param(
+            {"target": "10", "target-utilization-percentage": "100"}, 50.0, 5, 5, id="target10-at-100pct-50-gives-5"
+        ),
         pytest.param({"target": "10"}, 50.0, 8, 8, id="target10-at-default-70pct-50-gives-8"),
         pytest.param({}, 140.0, 2, 2, id="default-target-100-at-70pct"),
-        pytest.param({"target": "50", "container-concurrency": "10"}, 21.0, 3, 3, id="target-capped-at-containerConcurrency"),
+        pytest.param(
+            {"target": "50", "container-concurrency": "10"}, 21.0, 3, 3, id="target-capped-at-containerConcurrency"
+        ),
         pytest.param({"metric": "rps"}, 300.0, 3, 3, id="rps-default-200-at-70pct"),
-        pytest.param({"metric": "rps", "target": "50", "target-utilization-percentage": "100"}, 120.0, 3, 3, id="rps-target-annotation"),
-        pytest.param({"target": "7", "target-utilization-percentage": "100"}, 21.0, 3, 3, id="exact-multiple-no-extra-pod"),
-        pytest.param({"target": "7", "target-utilization-percentage": "100"}, 21.0001, 4, 4, id="just-above-multiple-adds-pod"),
+        pytest.param(
+            {"metric": "rps", "target": "50", "target-utilization-percentage": "100"},
+            120.0,
+            3,
+            3,
+            id="rps-target-annotation",
+        ),
+        pytest.param(
+            {"target": "7", "target-utilization-percentage": "100"}, 21.0, 3, 3, id="exact-multiple-no-extra-pod"
+        ),
+        pytest.param(
+            {"target": "7", "target-utilization-percentage": "100"}, 21.0001, 4, 4, id="just-above-multiple-adds-pod"
+        ),
     ],
 )
-def test_desired_pods_is_ceil_of_total_over_target(annotations: dict[str, str], concurrency: float, ready: int, expected: int) -> None:
+def test_desired_pods_is_ceil_of_total_over_target(
+    annotations: dict[str, str], concurrency: float, ready: int, expected: int
+) -> None:
     config = make_config(annotations)
     decision, _ = decide(config, steady(concurrency, ready), running(desired=ready, ready=ready), 0.0)
     assert decision.desired_pods == expected
@@ -69,7 +87,10 @@ def test_desired_pods_is_ceil_of_total_over_target(annotations: dict[str, str], 
 
 @pytest.mark.parametrize(
     ("concurrency", "expected"),
-    [pytest.param(1000.0, 3, id="under-load-at-most-max-scale-3"), pytest.param(0.0, 1, id="idle-at-least-min-scale-1")],
+    [
+        pytest.param(1000.0, 3, id="under-load-at-most-max-scale-3"),
+        pytest.param(0.0, 1, id="idle-at-least-min-scale-1"),
+    ],
 )
 def test_min_and_max_scale_clamp(concurrency: float, expected: int) -> None:
     config = make_config({"min-scale": "1", "max-scale": "3"})
@@ -87,14 +108,27 @@ def test_min_and_max_scale_clamp(concurrency: float, expected: int) -> None:
 @pytest.mark.parametrize(
     ("global_keys", "concurrency", "ready", "expected", "note"),
     [
-        pytest.param({"max-scale-up-rate": "2"}, 700.0, 3, 6, "max-scale-up-rate 2 limits to 6", id="up-rate-ceil-rate-times-ready"),
-        pytest.param({"max-scale-up-rate": "1.5"}, 700.0, 3, 5, "max-scale-up-rate 1.5 limits to 5", id="up-rate-rounds-up"),
+        pytest.param(
+            {"max-scale-up-rate": "2"},
+            700.0,
+            3,
+            6,
+            "max-scale-up-rate 2 limits to 6",
+            id="up-rate-ceil-rate-times-ready",
+        ),
+        pytest.param(
+            {"max-scale-up-rate": "1.5"}, 700.0, 3, 5, "max-scale-up-rate 1.5 limits to 5", id="up-rate-rounds-up"
+        ),
         pytest.param({}, 7.0, 10, 5, "max-scale-down-rate 2 keeps at least 5", id="down-rate-floor-ready-over-rate"),
-        pytest.param({"max-scale-down-rate": "4"}, 7.0, 10, 2, "max-scale-down-rate 4 keeps at least 2", id="down-rate-4"),
+        pytest.param(
+            {"max-scale-down-rate": "4"}, 7.0, 10, 2, "max-scale-down-rate 4 keeps at least 2", id="down-rate-4"
+        ),
         pytest.param({}, 7.0, 3, 1, None, id="down-rate-not-binding"),
     ],
 )
-def test_rate_bounds_per_tick(global_keys: dict[str, str], concurrency: float, ready: int, expected: int, note: str | None) -> None:
+def test_rate_bounds_per_tick(
+    global_keys: dict[str, str], concurrency: float, ready: int, expected: int, note: str | None
+) -> None:
     config = make_config(**global_keys)
     # The stable value drives the count; the panic value stays low so panic does not interfere.
     decision, _ = decide(config, Observation(concurrency, 0.0, ready), running(desired=ready, ready=ready), 0.0)
@@ -123,7 +157,9 @@ def test_rate_bounds_use_at_least_one_ready_pod() -> None:
 )
 def test_panic_entry_threshold(panic_value: float, ready: int, enters: bool) -> None:
     config = make_config(annotations={"target": "7", "target-utilization-percentage": "100"})
-    decision, state = decide(config, Observation(7.0, panic_value, ready), running(desired=max(1, ready), ready=ready), 0.0)
+    decision, state = decide(
+        config, Observation(7.0, panic_value, ready), running(desired=max(1, ready), ready=ready), 0.0
+    )
     assert decision.panic_mode is enters
     assert (state.panic_since_s == 0.0) is enters
 
@@ -149,7 +185,10 @@ def test_panic_is_left_only_after_a_full_stable_window_without_crossing() -> Non
     decisions = _panic_run({0.0}, 70.0)
     in_panic = [d.at_s for d in decisions if d.panic_mode]
     assert in_panic == [t for t in range(0, 61, 2)]
-    assert decisions[31].at_s == 62.0 and "panic left: below threshold for a 60s stable window" in decisions[31].explanation
+    assert (
+        decisions[31].at_s == 62.0
+        and "panic left: below threshold for a 60s stable window" in decisions[31].explanation
+    )
 
 
 def test_panic_is_renewed_by_every_tick_over_the_threshold() -> None:
@@ -175,7 +214,9 @@ def test_in_panic_a_larger_stable_count_wins() -> None:
 
 def test_a_restarted_scaler_starts_in_panic_holding_the_ready_pods() -> None:
     config = make_config()
-    decisions = run(config, DecisionState.initial(), [(0.0, steady(1.0, 5)), (2.0, steady(1.0, 5)), (62.0, steady(1.0, 5))])
+    decisions = run(
+        config, DecisionState.initial(), [(0.0, steady(1.0, 5)), (2.0, steady(1.0, 5)), (62.0, steady(1.0, 5))]
+    )
     assert [(d.desired_pods, d.panic_mode) for d in decisions] == [(5, True), (5, True), (2, False)]
     assert "restart: holds 5 ready pods in panic for a stable window" in decisions[0].explanation
 
@@ -195,7 +236,9 @@ def test_scale_down_delay_applies_the_largest_count_of_the_delay() -> None:
 
 def test_scale_down_delay_follows_increases_at_once() -> None:
     config = make_config({"scale-down-delay": "1m", "target": "1", "target-utilization-percentage": "100"})
-    decisions = run(config, running(desired=2, ready=2), [(0.0, Observation(2.0, 2.0, 2)), (2.0, Observation(3.0, 3.0, 2))])
+    decisions = run(
+        config, running(desired=2, ready=2), [(0.0, Observation(2.0, 2.0, 2)), (2.0, Observation(3.0, 3.0, 2))]
+    )
     assert [d.desired_pods for d in decisions] == [2, 3]
 
 
@@ -211,7 +254,9 @@ def test_scale_down_delay_holds_before_scale_to_zero() -> None:
 # --- scale to zero -----------------------------------------------------------------------------------------------
 
 
-def _first_zero(config: ServiceConfig, state: DecisionState, start: float = 0.0, until: float = 400.0) -> tuple[float | None, list[Decision]]:
+def _first_zero(
+    config: ServiceConfig, state: DecisionState, start: float = 0.0, until: float = 400.0
+) -> tuple[float | None, list[Decision]]:
     steps = []
     t = start
     while t <= until:
@@ -232,7 +277,9 @@ def _first_zero(config: ServiceConfig, state: DecisionState, start: float = 0.0,
         pytest.param({"min-scale": "1"}, {}, None, id="min-scale-1-keeps-1"),
     ],
 )
-def test_scale_to_zero_after_idle_and_grace(annotations: dict[str, str], global_keys: dict[str, str], zero_at: float | None) -> None:
+def test_scale_to_zero_after_idle_and_grace(
+    annotations: dict[str, str], global_keys: dict[str, str], zero_at: float | None
+) -> None:
     config = make_config(annotations, **global_keys)
     first_zero, decisions = _first_zero(config, running(since=-1000.0))
     assert first_zero == zero_at
@@ -277,7 +324,11 @@ def test_traffic_during_grace_keeps_the_service() -> None:
 
 def test_no_data_holds_the_last_decision_and_says_so() -> None:
     config = make_config({"target": "1", "target-utilization-percentage": "100"})
-    decisions = run(config, running(desired=5, ready=5), [(0.0, steady(5.0, 5)), (2.0, Observation(None, None, 5)), (4.0, Observation(None, 3.0, 5))])
+    decisions = run(
+        config,
+        running(desired=5, ready=5),
+        [(0.0, steady(5.0, 5)), (2.0, Observation(None, None, 5)), (4.0, Observation(None, 3.0, 5))],
+    )
     assert [(d.desired_pods, d.stale) for d in decisions] == [(5, False), (5, True), (5, True)]
     assert "no data: holds the last decision of 5 pods" in decisions[1].explanation
 
@@ -285,7 +336,9 @@ def test_no_data_holds_the_last_decision_and_says_so() -> None:
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_unusable_values_count_as_no_data(bad: float) -> None:
     config = make_config()
-    decisions = run(config, running(desired=3, ready=3), [(0.0, Observation(bad, 1.0, 3)), (2.0, Observation(1.0, bad, 3))])
+    decisions = run(
+        config, running(desired=3, ready=3), [(0.0, Observation(bad, 1.0, 3)), (2.0, Observation(1.0, bad, 3))]
+    )
     assert [(d.desired_pods, d.stale) for d in decisions] == [(3, True), (3, True)]
     assert (decisions[0].stable_value, decisions[1].panic_value) == (None, None)  # JSON has no NaN
 
@@ -302,13 +355,19 @@ def test_no_data_is_never_zero_traffic() -> None:
     [
         pytest.param({}, {}, 0, 1, id="new-service-starts-at-initial-scale"),
         pytest.param({"initial-scale": "3"}, {}, 0, 3, id="initial-scale-3"),
-        pytest.param({"initial-scale": "0"}, {"allow-zero-initial-scale": "true"}, 0, 0, id="zero-initial-scale-allowed"),
+        pytest.param(
+            {"initial-scale": "0"}, {"allow-zero-initial-scale": "true"}, 0, 0, id="zero-initial-scale-allowed"
+        ),
         pytest.param({"initial-scale": "5", "max-scale": "2"}, {}, 0, 2, id="initial-scale-capped-by-max"),
         pytest.param({}, {}, 1, 1, id="running-service-keeps-its-pod"),
     ],
 )
-def test_no_data_before_any_decision(annotations: dict[str, str], global_keys: dict[str, str], ready: int, expected: int) -> None:
-    decision, _ = decide(make_config(annotations, **global_keys), Observation(None, None, ready), DecisionState.initial(), 0.0)
+def test_no_data_before_any_decision(
+    annotations: dict[str, str], global_keys: dict[str, str], ready: int, expected: int
+) -> None:
+    decision, _ = decide(
+        make_config(annotations, **global_keys), Observation(None, None, ready), DecisionState.initial(), 0.0
+    )
     assert decision.stale and decision.desired_pods == expected
 
 
@@ -328,7 +387,11 @@ def test_initial_scale_holds_until_first_reached() -> None:
 
 @pytest.mark.parametrize(
     ("concurrency", "expected"),
-    [pytest.param(1.0, 3, id="small-load-raised-to-activation-scale"), pytest.param(35.0, 5, id="larger-load-unchanged"), pytest.param(0.0, 0, id="zero-stays-zero")],
+    [
+        pytest.param(1.0, 3, id="small-load-raised-to-activation-scale"),
+        pytest.param(35.0, 5, id="larger-load-unchanged"),
+        pytest.param(0.0, 0, id="zero-stays-zero"),
+    ],
 )
 def test_activation_scale(concurrency: float, expected: int) -> None:
     config = make_config({"activation-scale": "3", "target": "7", "target-utilization-percentage": "100"})
@@ -343,12 +406,21 @@ def test_activation_scale(concurrency: float, expected: int) -> None:
     ("annotations", "observation", "expected"),
     [
         pytest.param({}, Observation(0.0, 0.0, 0, poked=True), 1, id="poke-wakes-one"),
-        pytest.param({"activation-scale": "3"}, Observation(0.0, 0.0, 0, poked=True), 3, id="poke-wakes-activation-scale"),
+        pytest.param(
+            {"activation-scale": "3"}, Observation(0.0, 0.0, 0, poked=True), 3, id="poke-wakes-activation-scale"
+        ),
         pytest.param({}, Observation(None, None, 0, poked=True), 1, id="poke-without-data-wakes"),
-        pytest.param({"activation-scale": "3", "max-scale": "2"}, Observation(0.0, 0.0, 0, poked=True), 2, id="wake-capped-by-max-scale"),
+        pytest.param(
+            {"activation-scale": "3", "max-scale": "2"},
+            Observation(0.0, 0.0, 0, poked=True),
+            2,
+            id="wake-capped-by-max-scale",
+        ),
     ],
 )
-def test_poke_wakes_a_service_at_zero_at_once(annotations: dict[str, str], observation: Observation, expected: int) -> None:
+def test_poke_wakes_a_service_at_zero_at_once(
+    annotations: dict[str, str], observation: Observation, expected: int
+) -> None:
     decision, _ = decide(make_config(annotations), observation, running(desired=0, ready=0), 100.0)
     assert decision.desired_pods == expected
     assert decision.mode == MODE_PROXY  # no pod is ready yet: the activator holds the request
@@ -375,7 +447,9 @@ def test_poke_restarts_the_idle_clock() -> None:
         pytest.param("0", 1, 90.0, 0, MODE_SERVE, id="tbc-0-never-proxy"),
     ],
 )
-def test_excess_burst_capacity_and_mode(burst: str, ready: int, panic: float, expected_ebc: int, expected_mode: str) -> None:
+def test_excess_burst_capacity_and_mode(
+    burst: str, ready: int, panic: float, expected_ebc: int, expected_mode: str
+) -> None:
     config = make_config({"target-burst-capacity": burst})
     # A stable value that keeps the count at `ready` (target 70 per pod) and a panic value below threshold.
     decision, _ = decide(config, Observation(70.0 * ready, panic, ready), running(desired=ready, ready=ready), 0.0)
@@ -417,7 +491,10 @@ def test_decide_does_not_mutate_its_inputs() -> None:
 
 @pytest.mark.parametrize(
     ("initialised", "expected"),
-    [pytest.param(False, 1, id="new-service-gets-initial-scale"), pytest.param(True, 0, id="known-service-at-zero-stays-at-zero")],
+    [
+        pytest.param(False, 1, id="new-service-gets-initial-scale"),
+        pytest.param(True, 0, id="known-service-at-zero-stays-at-zero"),
+    ],
 )
 def test_initial_state_for_a_service_at_zero(initialised: bool, expected: int) -> None:
     decision, _ = decide(make_config(), Observation(0.0, 0.0, 0), DecisionState.initial(initialised=initialised), 0.0)

@@ -28,7 +28,7 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-# --- traces ----------------------------------------------------------------------------------------------------
+# --- traces -------------------------------------------------------------------------------------------------
 
 
 def test_load_concurrency_trace_fills_gaps_with_zero(tmp_path: Path) -> None:
@@ -62,7 +62,7 @@ def test_missing_trace_file(tmp_path: Path) -> None:
         load_trace(tmp_path / "nope.csv")
 
 
-# --- concurrency traces ------------------------------------------------------------------------------------------------
+# --- concurrency traces -------------------------------------------------------------------------------------
 
 
 def test_steady_load_reaches_ceil_of_load_over_target_and_ready_follows_after_startup_delay() -> None:
@@ -99,7 +99,7 @@ def test_load_at_zero_pokes_at_once() -> None:
     assert any(record.desired == 0 for record in result.ticks if record.time_s < 152.0)
 
 
-# --- arrival traces -------------------------------------------------------------------------------------------------------
+# --- arrival traces -----------------------------------------------------------------------------------------
 
 
 def test_first_request_waits_for_the_cold_start() -> None:
@@ -157,11 +157,13 @@ def test_shared_trace_replays_in_seconds() -> None:
     assert default.summary["pod_seconds"] < targeted.summary["pod_seconds"]
 
 
-# --- the command ---------------------------------------------------------------------------------------------------------
+# --- the command --------------------------------------------------------------------------------------------
 
 
 def test_cli_writes_ticks_plot_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    trace = write(tmp_path / "arrivals.csv", "time_s,duration_s\n" + "".join(f"{i * 0.25:.2f},2.0\n" for i in range(200)))
+    trace = write(
+        tmp_path / "arrivals.csv", "time_s,duration_s\n" + "".join(f"{i * 0.25:.2f},2.0\n" for i in range(200))
+    )
     config = write(tmp_path / "autoscaler.yaml", "stable-window: 20s\nscale-to-zero-grace-period: 10s\n")
     out, png = tmp_path / "ticks.csv", tmp_path / "plot.png"
     code = main(
@@ -171,7 +173,15 @@ def test_cli_writes_ticks_plot_and_summary(tmp_path: Path, capsys: pytest.Captur
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["requests"] == 200 and summary["target"] == pytest.approx(1.4)
-    assert {"pod_seconds", "max_replicas", "seconds_in_panic", "scale_events", "queueing_delay_p50_s", "queueing_delay_p99_s", "requests_waited_for_cold_start"} <= set(summary)
+    assert {
+        "pod_seconds",
+        "max_replicas",
+        "seconds_in_panic",
+        "scale_events",
+        "queueing_delay_p50_s",
+        "queueing_delay_p99_s",
+        "requests_waited_for_cold_start",
+    } <= set(summary)
     lines = out.read_text().splitlines()
     assert lines[0] == "time_s,stable,panic,desired,ready,panic_mode"
     assert len(lines) - 1 == summary["decisions"]

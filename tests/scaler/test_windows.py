@@ -51,7 +51,11 @@ def test_weighted_exponential_average(values: list[float], expected: float | Non
         assert weighted == pytest.approx(expected)
     else:
         assert weighted > linear  # the recent burst counts for more than a tenth
-        assert weighted == pytest.approx(10.0 * smoothing_coefficient(10) / sum((1 - smoothing_coefficient(10)) ** i * smoothing_coefficient(10) for i in range(10)))
+        assert weighted == pytest.approx(
+            10.0
+            * smoothing_coefficient(10)
+            / sum((1 - smoothing_coefficient(10)) ** i * smoothing_coefficient(10) for i in range(10))
+        )
 
 
 @pytest.mark.parametrize(("buckets", "low", "high"), [(6, 0.78, 0.79), (60, 0.2, 0.2), (1, 0.9999, 0.9999)])
