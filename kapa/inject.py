@@ -286,12 +286,14 @@ def _queue_proxy_container(
 _DOCUMENT_START = re.compile(r"^---(?=\s|$)", re.MULTILINE)
 
 
-def inject_stream(text: str, image: str = DEFAULT_IMAGE) -> tuple[str, list[str]]:
+def inject_stream(text: str, image: str = DEFAULT_IMAGE, scaler_address: str | None = None) -> tuple[str, list[str]]:
     """Inject every enrolled document of a multi-document YAML stream.
 
     Documents that are not changed come out byte for byte as they went in (comments and all); injected ones
-    are re-serialised. Returns the new stream and the warnings. Raises yaml.YAMLError or InjectionError
-    with the document's position in the message."""
+    are re-serialised. With scaler_address (the scaler's gRPC HOST:PORT), each enrolled Deployment is
+    followed by its KEDA ScaledObject (kapa.scaledobject), for GitOps repositories that hold those too.
+    Returns the new stream and the warnings. Raises yaml.YAMLError or InjectionError with the document's
+    position in the message."""
     starts = [m.start() for m in _DOCUMENT_START.finditer(text)]
     bounds = ([0] if not starts or starts[0] != 0 else []) + starts + [len(text)]
     out: list[str] = []
@@ -313,11 +315,18 @@ def inject_stream(text: str, image: str = DEFAULT_IMAGE) -> tuple[str, list[str]
         except InjectionError as error:
             raise InjectionError(f"document {index}: {error}") from error
         warnings += injection.warnings
-        if not injection.changed:
+        if injection.changed:
+            prefix = "---\n" if chunk.startswith("---") else ""
+            out.append(prefix + yaml.safe_dump(injection.document, sort_keys=False, default_flow_style=False))
+        else:
             out.append(chunk)
-            continue
-        prefix = "---\n" if chunk.startswith("---") else ""
-        out.append(prefix + yaml.safe_dump(injection.document, sort_keys=False, default_flow_style=False))
+        if scaler_address is not None and document.get("kind") == "Deployment" and is_enrolled(document):
+            from kapa.scaledobject import scaled_object
+
+            scaled = scaled_object(document, scaler_address)
+            warnings += scaled.warnings
+            separator = "" if out[-1].endswith("\n") else "\n"
+            out.append(separator + "---\n" + yaml.safe_dump(scaled.manifest, sort_keys=False))
     return "".join(out), warnings
 
 
@@ -330,6 +339,10 @@ def main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("-f", "--filename", help="manifest file, or - for stdin")
     parser.add_argument("--image", default=DEFAULT_IMAGE, help=f"the Kapa image (default {DEFAULT_IMAGE})")
+    parser.add_argument(
+        "--scaled-objects", metavar="SCALER_HOST:PORT",
+        help="also emit a KEDA ScaledObject after each enrolled Deployment, its trigger pointing at this scaler",
+    )
     parser.add_argument("--serve", action="store_true", help="serve the admission webhook instead")
     parser.add_argument("--host", default="0.0.0.0", help="webhook: address to bind")
     parser.add_argument("--port", type=int, default=8443, help="webhook: port (default 8443)")
@@ -352,7 +365,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"kapa inject: cannot read {args.filename}: {error}", file=sys.stderr)
         return 2
     try:
-        output, warnings = inject_stream(text, args.image)
+        output, warnings = inject_stream(text, args.image, args.scaled_objects)
     except (yaml.YAMLError, InjectionError) as error:
         print(f"kapa inject: {args.filename}: {error}", file=sys.stderr)
         return 2
