@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -499,3 +500,38 @@ def test_decide_does_not_mutate_its_inputs() -> None:
 def test_initial_state_for_a_service_at_zero(initialised: bool, expected: int) -> None:
     decision, _ = decide(make_config(), Observation(0.0, 0.0, 0), DecisionState.initial(initialised=initialised), 0.0)
     assert decision.desired_pods == expected
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_invariants_over_random_runs(seed: int) -> None:
+    """Whatever the load, data gaps and pokes: bounds hold, a poke is never answered with zero, no data is
+    never a change, zero pods always means the activator is in the path, and nothing raises."""
+    rng = random.Random(seed)
+    config = make_config(
+        rng.choice(
+            [
+                {},
+                {"min-scale": "1", "max-scale": "4"},
+                {"scale-down-delay": "10s", "container-concurrency": "5"},
+                {"activation-scale": "2", "target-burst-capacity": "0"},
+                {"target-burst-capacity": "-1", "window": "6s"},
+            ]
+        )
+    )
+    state, ready = DecisionState.initial(), 0
+    for tick in range(400):
+        roll = rng.random()
+        value = None if roll < 0.05 else 0.0 if roll < 0.4 else rng.uniform(0, 300)
+        poked = ready == 0 and rng.random() < 0.2
+        observation = Observation(value, None if value is None else value * rng.uniform(0.5, 2), ready, poked)
+        previous = state.last
+        decision, state = decide(config, observation, state, tick * TICK_INTERVAL_S)
+        assert decision.desired_pods >= config.min_scale
+        assert config.max_scale == 0 or decision.desired_pods <= config.max_scale
+        assert not poked or decision.desired_pods >= 1
+        assert decision.stale is (value is None)
+        if decision.stale and previous is not None and not poked:
+            assert decision.desired_pods == previous.desired_pods
+        if decision.desired_pods == 0 or ready == 0:
+            assert decision.mode == MODE_PROXY
+        ready = decision.desired_pods if rng.random() < 0.7 else ready
