@@ -59,6 +59,8 @@ class SnapshotCache:
         self._serial = 0
         self._watchers: set[asyncio.Event] = set()
         self._order: tuple[str, ...] = TYPE_ORDER
+        #: (type, name) -> (message object, its packing); see `_packed`.
+        self._pack_memo: dict[tuple[str, str], tuple[Message, any_pb2.Any]] = {}
 
     @property
     def order(self) -> tuple[str, ...]:
@@ -73,14 +75,19 @@ class SnapshotCache:
     ) -> list[str]:
         """Replace the resources of the given types; returns the types whose content (hence version) changed.
 
-        `order` is the order in which streams send the changed types, make before break.
+        `order` is the order in which streams send the changed types, make before break. The messages must
+        not be changed afterwards (the cache may reuse their packing when handed the same object again).
 
         Versions are one counter shared by all types, so a version string never repeats across types and a
         log line "version 7" is unambiguous.
         """
         changed: list[str] = []
         for type_url, messages in resources.items():
-            packed = {name: _pack(message) for name, message in messages.items()}
+            packed = {name: self._packed(type_url, name, message) for name, message in messages.items()}
+            self._pack_memo = {
+                memo_key: memo for memo_key, memo in self._pack_memo.items()
+                if memo_key[0] != type_url or memo_key[1] in messages
+            }
             current = self._types.get(type_url)
             if current is not None and dict(current.resources) == packed:
                 continue
@@ -92,6 +99,15 @@ class SnapshotCache:
             for event in self._watchers:
                 event.set()
         return changed
+
+    def _packed(self, type_url: str, name: str, message: Message) -> any_pb2.Any:
+        """`message` packed, reusing the last packing when handed the very same (shared, unchanged) object."""
+        memo = self._pack_memo.get((type_url, name))
+        if memo is not None and memo[0] is message:
+            return memo[1]
+        packed = _pack(message)
+        self._pack_memo[(type_url, name)] = (message, packed)
+        return packed
 
     def watch(self, event: asyncio.Event) -> None:
         """Set `event` whenever resources change (until `unwatch`)."""

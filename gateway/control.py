@@ -128,7 +128,7 @@ class Gateway:
             self.apply_endpoints(update)
 
     def _replace(self, state: RoutingState) -> None:
-        if state == self._state:
+        if state is self._state:  # RoutingState returns itself for a no-op change
             return
         previous, self._state = self._state, state
         self._publish(routes_first=_leaves_pods(previous, state))

@@ -118,9 +118,20 @@ class RoutingState:
         object.__setattr__(self, "services", MappingProxyType(dict(self.services)))
 
     def with_route(self, route: ServiceRoute) -> RoutingState:
-        """The state with `route` added or replaced; refuses a Host or path prefix another service owns."""
+        """The state with `route` added or replaced; refuses a Host or path prefix another service owns.
+
+        Returns this very state when nothing changes, so callers can tell a no-op by identity.
+        """
+        current = self.services.get(route.key)
+        if current == route:
+            return self
         for endpoint in route.endpoints:
             check_endpoint(endpoint)
+        if current is None or (current.hosts, current.path_prefix) != (route.hosts, route.path_prefix):
+            self._check_claims(route)
+        return replace(self, services={**self.services, route.key: route})
+
+    def _check_claims(self, route: ServiceRoute) -> None:
         for other in self.services.values():
             if other.key == route.key:
                 continue
@@ -129,7 +140,6 @@ class RoutingState:
                 raise RoutingError(f"{route.key} and {other.key} both claim host(s) {', '.join(sorted(shared))}")
             if route.path_prefix is not None and route.path_prefix == other.path_prefix:
                 raise RoutingError(f"{route.key} and {other.key} both claim path prefix {route.path_prefix}")
-        return replace(self, services={**self.services, route.key: route})
 
     def with_service(
         self, key: ServiceKey, mode: Mode | None = None, endpoints: Iterable[Endpoint] | None = None
@@ -143,7 +153,10 @@ class RoutingState:
         return self.with_route(route)
 
     def without_service(self, key: ServiceKey) -> RoutingState:
+        if key not in self.services:
+            return self
         return replace(self, services={k: v for k, v in self.services.items() if k != key})
 
     def with_activator(self, endpoints: Iterable[Endpoint]) -> RoutingState:
-        return replace(self, activator=tuple(sorted(set(endpoints))))
+        activator = tuple(sorted(set(endpoints)))
+        return self if activator == self.activator else replace(self, activator=activator)
