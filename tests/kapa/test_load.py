@@ -24,8 +24,9 @@ def app_url() -> Iterator[str]:
 
 
 async def _misbehaving(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, statuses: Iterator[int]) -> None:
-    """/cycle: 200, 503, 404 in turn; /close: 200 with Connection: close; /drop: 200 then an unannounced
-    close; /reset: close without answering; /hang: never answer."""
+    """/cycle: 200, 503, 404 in turn; /host: 200 only with Host: hello.default, else 421; /close: 200 with
+    Connection: close; /drop: 200 then an unannounced close; /reset: close without answering; /hang: never
+    answer."""
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -35,7 +36,12 @@ async def _misbehaving(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
             if path == b"/hang":
                 await asyncio.sleep(30)
                 break
-            status = next(statuses) if path == b"/cycle" else 200
+            if path == b"/cycle":
+                status = next(statuses)
+            elif path == b"/host":
+                status = 200 if b"\r\nhost: hello.default\r\n" in head.lower() else 421
+            else:
+                status = 200
             extra = b"Connection: close\r\n" if path == b"/close" else b""
             writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 2\r\n%s\r\nok" % (status, extra))
             await writer.drain()
@@ -89,6 +95,12 @@ async def test_status_codes_are_counted(bad_url: str) -> None:
     result = await run_load(LoadConfig(url=bad_url + "/cycle", concurrency=3, requests=90))
     assert result.status_counts == {200: 30, 503: 30, 404: 30}
     assert result.errors == 0
+
+
+async def test_extra_headers_replace_the_host(bad_url: str) -> None:
+    config = LoadConfig(url=bad_url + "/host", concurrency=2, requests=6, headers=(("Host", "hello.default"),))
+    assert (await run_load(config)).status_counts == {200: 6}
+    assert (await run_load(LoadConfig(url=bad_url + "/host", concurrency=1, requests=2))).status_counts == {421: 2}
 
 
 @pytest.mark.parametrize("path", ["/close", "/drop"])
