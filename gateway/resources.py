@@ -216,52 +216,53 @@ def _route_action(cluster: str, timeout_s: float) -> route_components_pb2.RouteA
     )
 
 
-@lru_cache(maxsize=_MEMO_SIZE)
-def _virtual_host(name: str, domains: tuple[str, ...], cluster: str, timeout_s: float) -> route_components_pb2.VirtualHost:
-    return route_components_pb2.VirtualHost(
-        name=name,
-        domains=domains,
-        routes=[
-            route_components_pb2.Route(
-                match=route_components_pb2.RouteMatch(prefix="/"), route=_route_action(cluster, timeout_s)
-            )
-        ],
+#: A path-prefix route: (prefix, cluster, timeout_s).
+_PrefixTarget = tuple[str, str, float]
+
+
+def _prefix_route(prefix: str, cluster: str, timeout_s: float) -> route_components_pb2.Route:
+    """Matches as the activator does: "/api" takes /api, /api/... and /api?...; "/api/" takes what starts so."""
+    match = (
+        route_components_pb2.RouteMatch(prefix=prefix)
+        if prefix.endswith("/")
+        else route_components_pb2.RouteMatch(path_separated_prefix=prefix)
     )
+    return route_components_pb2.Route(match=match, route=_route_action(cluster, timeout_s))
+
+
+@lru_cache(maxsize=_MEMO_SIZE)
+def _virtual_host(
+    name: str, domains: tuple[str, ...], prefixes: tuple[_PrefixTarget, ...], target: tuple[str, float] | None
+) -> route_components_pb2.VirtualHost:
+    routes = [_prefix_route(*prefix) for prefix in prefixes]
+    if target is not None:
+        routes.append(
+            route_components_pb2.Route(match=route_components_pb2.RouteMatch(prefix="/"), route=_route_action(*target))
+        )
+    return route_components_pb2.VirtualHost(name=name, domains=domains, routes=routes)
 
 
 def route_configuration(state: RoutingState) -> route_pb2.RouteConfiguration:
-    """One virtual host per service (its hosts), plus a catch-all host holding the path-prefix routes.
+    """One virtual host per service (its hosts), plus a catch-all host for path prefixes on any other Host.
 
-    Envoy picks the most specific domain match first, so a service's own hosts win over the catch-all.
+    A path prefix wins over the Host, as in the activator (a local setup sends everything to one address and
+    tells services apart by path), so every virtual host starts with the prefix routes, longest first
+    (Envoy takes the first route that matches), and ends with its own service's catch-all route.
     Paths are not rewritten: a pod sees the same path whichever way the request came.
     """
     services = sorted(state.services.values(), key=lambda service: service.key)
-    virtual_hosts = [
-        _virtual_host(str(service.key), service.hosts, *_target(service)) for service in services if service.hosts
-    ]
-    # Longest prefix first: Envoy takes the first matching route.
-    prefixed = sorted(
-        (service for service in services if service.path_prefix),
-        key=lambda service: len(service.path_prefix or ""),
-        reverse=True,
+    prefixes = tuple(
+        (service.path_prefix, *_target(service))
+        for service in sorted(services, key=lambda service: len(service.path_prefix or ""), reverse=True)
+        if service.path_prefix
     )
-    if prefixed:
-        virtual_hosts.append(
-            route_components_pb2.VirtualHost(
-                name="kapa_path_prefixes",
-                domains=["*"],
-                routes=[
-                    route_components_pb2.Route(
-                        match=route_components_pb2.RouteMatch(path_separated_prefix=service.path_prefix.rstrip("/"))
-                        if service.path_prefix != "/"
-                        else route_components_pb2.RouteMatch(prefix="/"),
-                        route=_route_action(*_target(service)),
-                    )
-                    for service in prefixed
-                    if service.path_prefix
-                ],
-            )
-        )
+    virtual_hosts = [
+        _virtual_host(str(service.key), service.hosts, prefixes, _target(service))
+        for service in services
+        if service.hosts
+    ]
+    if prefixes:
+        virtual_hosts.append(_virtual_host("kapa_path_prefixes", ("*",), prefixes, None))
     return route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME, virtual_hosts=virtual_hosts)
 
 

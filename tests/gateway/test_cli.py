@@ -23,6 +23,8 @@ async def test_kapa_gateway_serves_admin_api_and_runs_envoy(tmp_path: Path) -> N
         "    hosts: [hello.localhost]\n"
         "    pathPrefix: /hello\n"
         "    annotations: {kapa.dev/timeout-seconds: '20'}\n"
+        "  - name: world\n"
+        "    pathPrefix: /world\n"
     )
     admin, listener, envoy_admin = free_port(), free_port(), free_port()
     log = tmp_path / "gateway.log"
@@ -67,6 +69,8 @@ async def test_kapa_gateway_serves_admin_api_and_runs_envoy(tmp_path: Path) -> N
                     return await fetch("/", "hello.default") == (200, "pod-a")
 
                 await eventually(served_by_pod, what="serve mode via the admin API")
+                # A path prefix wins over the Host, as in the activator: /world goes to world's route.
+                assert await fetch("/world/x", "hello.localhost") == (200, "activator")
                 async with session.get(admin_url + "/v1/routes") as response:
                     routes = await response.json()
                 (envoy_status,) = routes["envoys"].values()

@@ -95,11 +95,30 @@ def test_hosts_prefixes_and_timeout_from_services_file(caplog: pytest.LogCapture
     )
     vhosts = {v.name: v for v in route_configuration(state).virtual_hosts}
     assert list(vhosts[str(HELLO)].domains) == [*HELLO.hosts(), "hello.localhost"]
-    assert vhosts[str(HELLO)].routes[0].route.timeout.seconds == 30 + ACTIVATOR_GRACE_S
-    # Longest prefix first in the catch-all host, so "/" does not shadow "/hello".
-    prefixes = vhosts["kapa_path_prefixes"]
-    assert list(prefixes.domains) == ["*"]
-    assert [r.match.path_separated_prefix or r.match.prefix for r in prefixes.routes] == ["/hello", "/"]
+    assert vhosts[str(HELLO)].routes[-1].route.timeout.seconds == 30 + ACTIVATOR_GRACE_S
+    # Path prefixes win over the Host (as in the activator), longest first so "/" does not shadow "/hello";
+    # other Hosts reach them through the catch-all host.
+    assert list(vhosts["kapa_path_prefixes"].domains) == ["*"]
+    for vhost in vhosts.values():
+        assert [r.match.path_separated_prefix or r.match.prefix for r in vhost.routes[:2]] == ["/hello", "/"]
+
+
+def test_a_path_prefix_wins_over_the_host() -> None:
+    world = ServiceEntry(ServiceSpec(WORLD), path_prefix="/world")
+    state = (
+        RoutingState()
+        .with_route(route_for_entry(world))
+        .with_service(HELLO, "proxy")
+        .with_service(WORLD, "serve", [POD])
+    )
+    hello_routes = {v.name: v for v in route_configuration(state).virtual_hosts}[str(HELLO)].routes
+    assert [(r.match.path_separated_prefix or r.match.prefix, r.route.cluster) for r in hello_routes] == [
+        ("/world", service_cluster_name(WORLD)),
+        ("/", ACTIVATOR_CLUSTER),
+    ]
+    trailing = RoutingState().with_route(route_for_entry(ServiceEntry(ServiceSpec(WORLD), path_prefix="/w/")))
+    (vhost,) = [v for v in route_configuration(trailing).virtual_hosts if v.name == "kapa_path_prefixes"]
+    assert vhost.routes[0].match.prefix == "/w/"  # a trailing slash: plain prefix, as the activator matches
 
 
 @pytest.mark.parametrize(
