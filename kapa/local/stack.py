@@ -131,8 +131,8 @@ class LocalStack:
     @property
     def traffic_path(self) -> str:
         if self.options.envoy:
-            return "Envoy routes each service to its replicas, or to the activator while it is at zero"
-        return "every request goes through the activator, which forwards to ready replicas and holds requests while a service is at zero"
+            return "Envoy sends it to the replicas, or to the activator when the scaler says proxy"
+        return "all through the activator: it forwards to ready replicas, holds requests at zero"
 
     @property
     def scaler_url(self) -> str:

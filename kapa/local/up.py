@@ -98,7 +98,8 @@ async def _run(entries: list[ServiceEntry], apps: dict[ServiceKey, AppSpec], opt
                live_view: bool) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP: the terminal closed; still stop everything rather than die and orphan the children.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, stop.set)
     configure()
     stack = LocalStack(entries, apps, options, default_services_text())
@@ -118,8 +119,9 @@ async def _run(entries: list[ServiceEntry], apps: dict[ServiceKey, AppSpec], opt
         return 1
     try:
         header = _banner(stack)
-        for line in header:
-            print(line, flush=True)
+        if not live_view:
+            for line in header:
+                print(line, flush=True)
         broken = await _show(stack, stop, header, console if live_view else None)
     finally:
         print("kapa up: stopping: replicas, activator, scaler, Prometheus", flush=True)
@@ -134,8 +136,8 @@ async def _run(entries: list[ServiceEntry], apps: dict[ServiceKey, AppSpec], opt
 def _banner(stack: LocalStack) -> list[str]:
     first = stack.entries[0].spec.key
     lines = [
-        f"kapa up: running {len(stack.entries)} service(s); logs in {stack.log_dir}",
-        f"Send traffic to {stack.entry_url} with a Host header; {stack.traffic_path}. For example:",
+        f"kapa up: running {len(stack.entries)} service(s); logs in {stack.log_dir}; Ctrl-C stops everything",
+        f"Send traffic to {stack.entry_url} with a Host header ({stack.traffic_path}), for example:",
         f"  kapa load -c 50 -z 30s -H 'Host: {first.name}.{first.namespace}' --sleep 100 {stack.entry_url}/",
         f"Prometheus: {stack.prometheus.url}",
     ]

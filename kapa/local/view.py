@@ -18,8 +18,8 @@ from rich.text import Text
 from kapa.services import ServiceKey
 
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
-#: Seconds of replica history the sparkline shows (one sample a second).
-HISTORY_S = 60
+#: Seconds of replica history the sparkline shows (one sample a second); sized so the table fits 132 columns.
+HISTORY_S = 45
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def render(statuses: Sequence[ServiceStatus], header: Sequence[str]) -> Group:
     table.add_column("req/s", justify="right")
     table.add_column("held", justify="right")
     table.add_column("data")
-    table.add_column(f"ready replicas, last {HISTORY_S}s")
+    table.add_column(f"ready replicas, last {HISTORY_S}s", min_width=HISTORY_S, no_wrap=True)
     for status in statuses:
         replicas = Text(f"{status.ready}/{status.desired}", style="bold green" if status.ready == status.desired
                         else "bold yellow")
