@@ -19,6 +19,7 @@ figures are printed against issue 2's targets; nothing here passes or fails.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import os
@@ -290,9 +291,11 @@ def run(config: BenchConfig) -> Figures:
         own_cpus = os.sched_getaffinity(0)
         if placement.load_cpus:
             os.sched_setaffinity(0, placement.load_cpus)
+        gc.disable()  # the generator's own collector pauses would show up as the targets' tail latency
         try:
             fixed_rate.update(uvloop.run(_measure_fixed_rate({n: t.url for n, t in targets.items()}, config)))
         finally:
+            gc.enable()
             os.sched_setaffinity(0, own_cpus)
     order = (DIRECT, QUEUE_PROXY, ENVOY)
     return Figures(
