@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,8 @@ from typing import Any
 import yaml
 
 from kapa import __version__, contract
+from kapa.services import ServiceKey, ServiceSpec
+from scaler.config import AutoscalerConfig, service_config
 
 QUEUE_PROXY_CONTAINER: str = "queue-proxy"
 #: Container port names (IANA service names, at most 15 characters). The chart's PodMonitor and raw scrape
@@ -54,6 +57,8 @@ PROMETHEUS_ANNOTATIONS: dict[str, str] = {
 _PROBE_HANDLERS = ("httpGet", "tcpSocket", "grpc", "exec")
 #: The handlers the queue-proxy can run against the app; an exec or grpc probe stays on the app container.
 _PROXIED_PROBE_HANDLERS = ("httpGet", "tcpSocket")
+#: The annotations whose values the injected sidecar carries (their problems are reported at injection).
+_SIDECAR_ANNOTATIONS = (contract.ANNOTATION_CONTAINER_CONCURRENCY, contract.ANNOTATION_TIMEOUT_SECONDS)
 _QUEUE_PROXY_PORTS = {
     contract.QUEUE_SERVING_PORT: SERVING_PORT_NAME,
     contract.QUEUE_METRICS_PORT: METRICS_PORT_NAME,
@@ -89,10 +94,12 @@ def is_enrolled(document: Mapping[str, Any]) -> bool:
     )
 
 
-def inject_document(document: Mapping[str, Any], image: str = DEFAULT_IMAGE) -> Injection:
+def inject_document(document: Mapping[str, Any], image: str = DEFAULT_IMAGE, namespace: str | None = None) -> Injection:
     """Inject the queue-proxy into an enrolled Pod or Deployment; anything else comes back unchanged.
 
-    Raises InjectionError when the pod spec cannot carry a queue-proxy (see the class)."""
+    namespace names the service in warnings when the object does not say (a Pod under admission); the
+    sidecar itself learns its namespace from the downward API. Raises InjectionError when the pod spec
+    cannot carry a queue-proxy (see the class)."""
     if not is_enrolled(document):
         return Injection(dict(document), changed=False)
     result = copy.deepcopy(dict(document))
@@ -119,15 +126,11 @@ def inject_document(document: Mapping[str, Any], image: str = DEFAULT_IMAGE) -> 
     if any(isinstance(c, dict) and c.get("name") == QUEUE_PROXY_CONTAINER for c in containers):
         return Injection(dict(document), changed=False)
 
-    warnings: list[str] = []
-    concurrency = _int_annotation(
-        annotations, contract.ANNOTATION_CONTAINER_CONCURRENCY, contract.DEFAULT_CONTAINER_CONCURRENCY, 0, service,
-        warnings,
-    )
-    timeout_s = _int_annotation(
-        annotations, contract.ANNOTATION_TIMEOUT_SECONDS, contract.DEFAULT_REVISION_TIMEOUT_SECONDS, 1, service,
-        warnings,
-    )
+    # The scaler's parser, so the sidecar, the activator and the scaler agree on every value and its bounds.
+    key = ServiceKey(str(metadata.get("namespace") or namespace or "default"), service)
+    settings, errors = service_config(AutoscalerConfig.default(), ServiceSpec(key, _string_values(annotations)))
+    warnings = [str(e) for e in errors if e.key in _SIDECAR_ANNOTATIONS]
+    concurrency, timeout_s = settings.container_concurrency, settings.timeout_s
     app = _app_container(containers, service)
     user_port = _user_port(app)
     clash = _QUEUE_PROXY_PORTS.keys() & {
@@ -150,7 +153,7 @@ def inject_document(document: Mapping[str, Any], image: str = DEFAULT_IMAGE) -> 
         app["readinessProbe"] = _through_queue_proxy(original_probe)
     containers.append(_queue_proxy_container(image, user_port, concurrency, timeout_s, service, app_probe))
 
-    grace_s = timeout_s + contract.DEFAULT_DRAIN_SECONDS
+    grace_s = math.ceil(timeout_s) + contract.DEFAULT_DRAIN_SECONDS
     pod_spec["terminationGracePeriodSeconds"] = max(grace_s, int(pod_spec.get("terminationGracePeriodSeconds") or 0))
     pod_metadata.setdefault("labels", {})[contract.ANNOTATION_ENABLED] = "true"
     pod_annotations = pod_metadata.setdefault("annotations", {})
@@ -175,22 +178,9 @@ def _pod_service_name(metadata: Mapping[str, Any]) -> str:
     return str(metadata.get("name") or "")
 
 
-def _int_annotation(
-    annotations: Mapping[str, Any], key: str, default: int, minimum: int, service: str, warnings: list[str]
-) -> int:
-    raw = annotations.get(key)
-    if raw is None:
-        return default
-    try:
-        value = int(str(raw).strip())
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        warnings.append(
-            f"{service}: annotation {key}={str(raw)!r} is not an integer >= {minimum}; using the default {default}"
-        )
-        return default
-    return value
+def _string_values(annotations: Mapping[str, Any]) -> dict[str, str]:
+    # YAML turns unquoted numbers and booleans into non-strings; annotations are strings on the API server.
+    return {str(k): ("true" if v is True else "false" if v is False else str(v)) for k, v in annotations.items()}
 
 
 def _app_container(containers: list[Any], service: str) -> dict[str, Any]:
@@ -242,13 +232,13 @@ def _through_queue_proxy(probe: Any) -> dict[str, Any]:
 
 
 def _queue_proxy_container(
-    image: str, user_port: int, concurrency: int, timeout_s: int, service: str, app_probe: Mapping[str, Any]
+    image: str, user_port: int, concurrency: int, timeout_s: float, service: str, app_probe: Mapping[str, Any]
 ) -> dict[str, Any]:
     env = [
         {"name": contract.ENV_QUEUE_SERVING_PORT, "value": str(contract.QUEUE_SERVING_PORT)},
         {"name": contract.ENV_USER_PORT, "value": str(user_port)},
         {"name": contract.ENV_CONTAINER_CONCURRENCY, "value": str(concurrency)},
-        {"name": contract.ENV_REVISION_TIMEOUT_SECONDS, "value": str(timeout_s)},
+        {"name": contract.ENV_REVISION_TIMEOUT_SECONDS, "value": f"{timeout_s:g}"},
         {"name": contract.ENV_SERVING_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": contract.ENV_SERVING_SERVICE, "value": service},
         {"name": contract.ENV_SERVING_READINESS_PROBE, "value": json.dumps(app_probe, separators=(",", ":"))},

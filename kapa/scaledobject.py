@@ -11,7 +11,8 @@ period), so everything downstream must pass its number through untouched:
 - pollingInterval is short, because KEDA notices deactivation (N -> 0) only when it polls IsActive.
 
 min/max replicas come from Knative's min-scale and max-scale (annotation on the Deployment, else the global
-config-autoscaler value). The function is pure; the scaler applies its result with the Kubernetes API.
+config-autoscaler value, within max-scale-limit). The function is pure; the scaler applies its result with
+the Kubernetes API.
 """
 
 from __future__ import annotations
@@ -21,14 +22,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from kapa import contract
+from kapa.services import ServiceKey, ServiceSpec
+from scaler.config import AutoscalerConfig, service_config
 
 #: KEDA's API group/version and the trigger type whose StreamIsActive lets the scaler wake a service at once.
 KEDA_API_VERSION: str = "keda.sh/v1alpha1"
 TRIGGER_TYPE: str = "external-push"
-#: Knative's max-scale 0 means "no limit"; an HPA needs a number. max-scale-limit, when set, is used instead.
+#: Knative's max-scale 0 means "no limit"; an HPA needs a number. (With max-scale-limit set, max-scale is never 0.)
 UNBOUNDED_MAX_REPLICAS: int = 1000
 #: Seconds between KEDA's IsActive polls (the scaler ticks every 2 s, so polling faster would find nothing new).
 DEFAULT_POLLING_INTERVAL_S: int = 2
+#: The annotations this manifest carries the values of (their problems are reported with it).
+_BOUND_ANNOTATIONS = (contract.knative_annotation("min-scale"), contract.knative_annotation("max-scale"))
 #: Labels marking objects Kapa manages, so it finds (and only touches) its own.
 MANAGED_BY_LABELS: dict[str, str] = {"app.kubernetes.io/managed-by": "kapa"}
 
@@ -64,47 +69,27 @@ def no_smoothing_behavior(max_replicas: int) -> dict[str, Any]:
 def scaled_object(
     deployment: Mapping[str, Any],
     scaler_address: str,
-    config: Mapping[str, str] = contract.AUTOSCALER_DEFAULTS,
+    config: AutoscalerConfig | None = None,
     polling_interval_s: int = DEFAULT_POLLING_INTERVAL_S,
 ) -> ScaledObjectResult:
     """The ScaledObject for one enrolled Deployment (a dict as the Kubernetes API returns it).
 
-    scaler_address is the scaler's gRPC Service as HOST:PORT; config holds config-autoscaler values (missing
-    keys take contract.AUTOSCALER_DEFAULTS). With the Deployment's uid present, the ScaledObject is owned by
-    it, so deleting the Deployment deletes the ScaledObject too."""
+    scaler_address is the scaler's gRPC Service as HOST:PORT; config is the global config-autoscaler
+    (Knative's defaults when None). min-scale and max-scale are read by the scaler's own parser
+    (scaler.config.service_config), so KEDA's bounds are the decision's bounds. With the Deployment's uid
+    present, the ScaledObject is owned by it, so deleting the Deployment deletes the ScaledObject too."""
     metadata = deployment.get("metadata") or {}
     name, namespace = str(metadata.get("name", "")), str(metadata.get("namespace") or "default")
     if not name:
         raise ValueError("the Deployment has no metadata.name")
-    service = f"{namespace}/{name}"
-    annotations = metadata.get("annotations") or {}
-    settings = {**contract.AUTOSCALER_DEFAULTS, **config}
-    warnings: list[str] = []
-
-    def count(key: str) -> int:
-        """min-scale / max-scale: the annotation if valid, else the global value if valid, else Knative's default."""
-        sources: list[tuple[str, Mapping[str, Any]]] = [(key, settings)]
-        if key in contract.KNATIVE_ANNOTATION_KEYS:
-            sources.insert(0, (contract.knative_annotation(key), annotations))
-        for source_key, source in sources:
-            if source_key not in source:
-                continue
-            raw = str(source[source_key]).strip()
-            if raw.isdigit():
-                return int(raw)
-            warnings.append(f"{service}: {source_key}={raw!r} is not a non-negative integer; ignoring it")
-        return int(contract.AUTOSCALER_DEFAULTS[key])
-
-    min_scale, max_scale, max_scale_limit = count("min-scale"), count("max-scale"), count("max-scale-limit")
-    max_replicas = max_scale or max_scale_limit or UNBOUNDED_MAX_REPLICAS
-    if max_scale_limit and max_replicas > max_scale_limit:
-        warnings.append(f"{service}: max-scale {max_replicas} exceeds max-scale-limit {max_scale_limit}; capped")
-        max_replicas = max_scale_limit
-    if str(settings.get("enable-scale-to-zero", "true")).strip().lower() == "false":
-        min_scale = max(1, min_scale)
-    if min_scale > max_replicas:
-        warnings.append(f"{service}: min-scale {min_scale} exceeds max-scale {max_replicas}; using {max_replicas}")
-        min_scale = max_replicas
+    annotations = {str(k): str(v) for k, v in (metadata.get("annotations") or {}).items()}
+    settings, errors = service_config(
+        config or AutoscalerConfig.default(), ServiceSpec(ServiceKey(namespace, name), annotations)
+    )
+    warnings = tuple(str(e) for e in errors if e.key in _BOUND_ANNOTATIONS)
+    max_replicas = settings.max_scale or UNBOUNDED_MAX_REPLICAS
+    # KEDA activates 0 -> 1 itself; without scale to zero the floor is one pod, as in Knative.
+    min_replicas = settings.min_scale if settings.enable_scale_to_zero else max(1, settings.min_scale)
 
     object_metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(MANAGED_BY_LABELS)}
     if metadata.get("uid"):
@@ -117,7 +102,7 @@ def scaled_object(
         "metadata": object_metadata,
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            "minReplicaCount": min_scale,
+            "minReplicaCount": min(min_replicas, max_replicas),
             "maxReplicaCount": max_replicas,
             "pollingInterval": polling_interval_s,
             "cooldownPeriod": 0,
@@ -132,4 +117,4 @@ def scaled_object(
             "advanced": {"horizontalPodAutoscalerConfig": {"behavior": no_smoothing_behavior(max_replicas)}},
         },
     }
-    return ScaledObjectResult(manifest, tuple(warnings))
+    return ScaledObjectResult(manifest, warnings)

@@ -36,7 +36,7 @@ def review_response(review: Any, image: str) -> dict[str, Any]:
     name = f"{request.get('namespace', '')}/{pod.get('metadata', {}).get('name') or request.get('name') or '?'}"
     response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
     try:
-        injection = inject_document(pod, image)
+        injection = inject_document(pod, image, namespace=request.get("namespace"))
     except InjectionError as error:
         log.warning("pod not injected", pod=name, error=str(error))
         response["warnings"] = [f"kapa: queue-proxy not injected: {error}"]

@@ -121,6 +121,10 @@ def test_input_is_not_mutated_and_second_injection_changes_nothing() -> None:
         ({contract.ANNOTATION_CONTAINER_CONCURRENCY: "-1"}, "300", "0", 330, contract.ANNOTATION_CONTAINER_CONCURRENCY),
         ({contract.ANNOTATION_CONTAINER_CONCURRENCY: "2.5"}, "300", "0", 330, contract.ANNOTATION_CONTAINER_CONCURRENCY),
         ({contract.ANNOTATION_CONTAINER_CONCURRENCY: " 3 "}, "300", "3", 330, None),
+        # Knative's upper bounds, as the scaler and the activator apply them.
+        ({contract.ANNOTATION_CONTAINER_CONCURRENCY: "2000"}, "300", "0", 330, contract.ANNOTATION_CONTAINER_CONCURRENCY),
+        ({contract.ANNOTATION_TIMEOUT_SECONDS: "900"}, "300", "0", 330, contract.ANNOTATION_TIMEOUT_SECONDS),
+        ({contract.ANNOTATION_TIMEOUT_SECONDS: "2.5"}, "2.5", "0", 3 + contract.DEFAULT_DRAIN_SECONDS, None),
     ],
 )
 def test_annotations_and_malformed_values_fall_back_with_a_warning_naming_the_key(
@@ -135,7 +139,7 @@ def test_annotations_and_malformed_values_fall_back_with_a_warning_naming_the_ke
         assert injection.warnings == ()
     else:
         (warning,) = injection.warnings
-        assert warned_key in warning and "hello" in warning and "default" in warning
+        assert warned_key in warning and "shop/hello" in warning and "using" in warning
 
 
 def test_pod_template_annotations_override_the_deployments() -> None:
@@ -286,7 +290,7 @@ def test_command_prints_warnings_to_stderr(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(deployment({contract.ANNOTATION_TIMEOUT_SECONDS: "forever"})))
     result = run_kapa("-f", str(path))
     assert result.returncode == 0
-    assert f"warning: hello: annotation {contract.ANNOTATION_TIMEOUT_SECONDS}='forever'" in result.stderr
+    assert f"warning: {contract.ANNOTATION_TIMEOUT_SECONDS} (shop/hello): not a number: 'forever'" in result.stderr
 
 
 @pytest.mark.parametrize(

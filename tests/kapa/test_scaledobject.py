@@ -9,6 +9,7 @@ import pytest
 
 from kapa import contract
 from kapa.scaledobject import UNBOUNDED_MAX_REPLICAS, scaled_object
+from scaler.config import AutoscalerConfig
 
 SCALER = "kapa-scaler.kapa.svc:9095"
 
@@ -49,25 +50,31 @@ def test_trigger_points_at_the_scaler_for_this_service() -> None:
         ({**min_scale("1"), **max_scale("3")}, {}, 1, 3, None),
         ({}, {"min-scale": "2", "max-scale": "8"}, 2, 8, None),
         (max_scale("5"), {"max-scale": "8"}, 0, 5, None),  # the annotation wins over the global value
-        ({}, {"max-scale-limit": "50"}, 0, 50, None),  # max-scale 0 = none, so the limit bounds it
-        (max_scale("80"), {"max-scale-limit": "50"}, 0, 50, "max-scale-limit"),
+        ({}, {"max-scale-limit": "50", "max-scale": "20"}, 0, 20, None),
+        (max_scale("80"), {"max-scale-limit": "50", "max-scale": "20"}, 0, 50, "max-scale-limit 50"),
         ({}, {"enable-scale-to-zero": "false"}, 1, UNBOUNDED_MAX_REPLICAS, None),
         (min_scale("many"), {"min-scale": "2"}, 2, UNBOUNDED_MAX_REPLICAS, "autoscaling.knative.dev/min-scale"),
         (max_scale("-4"), {}, 0, UNBOUNDED_MAX_REPLICAS, "autoscaling.knative.dev/max-scale"),
-        ({}, {"max-scale": "lots"}, 0, UNBOUNDED_MAX_REPLICAS, "max-scale='lots'"),
-        ({**min_scale("9"), **max_scale("4")}, {}, 4, 4, "min-scale 9 exceeds max-scale 4"),
+        ({**min_scale("9"), **max_scale("4")}, {}, 0, 4, "9 exceeds max-scale 4"),
     ],
 )
 def test_replica_bounds_follow_min_and_max_scale(
     annotations: dict[str, str], config: dict[str, str], expected_min: int, expected_max: int, warned: str | None
 ) -> None:
-    result = scaled_object(deployment(annotations), SCALER, config)
+    global_config, errors = AutoscalerConfig.from_mapping(config)
+    assert errors == []
+    result = scaled_object(deployment(annotations), SCALER, global_config)
     assert result.manifest["spec"]["minReplicaCount"] == expected_min
     assert result.manifest["spec"]["maxReplicaCount"] == expected_max
     if warned is None:
         assert result.warnings == ()
     else:
         assert any(warned in w and "shop/hello" in w for w in result.warnings), result.warnings
+
+
+def test_only_problems_with_the_bounds_it_carries_are_reported() -> None:
+    annotations = {**max_scale("3"), contract.knative_annotation("target"): "lots"}
+    assert scaled_object(deployment(annotations), SCALER).warnings == ()
 
 
 def allowed_change(rules: dict[str, Any], current: int) -> int:

@@ -107,7 +107,7 @@ async def test_webhook_patches_an_enrolled_pod_like_kapa_inject(certificate: tup
     assert [c["name"] for c in patched["spec"]["containers"]] == ["app", "queue-proxy"]
     assert {"name": contract.ENV_SERVING_SERVICE, "value": "hello"} in patched["spec"]["containers"][1]["env"]
     (warning,) = result["warnings"]
-    assert contract.ANNOTATION_TIMEOUT_SECONDS in warning and "'never'" in warning
+    assert warning.startswith(f"kapa: {contract.ANNOTATION_TIMEOUT_SECONDS} (shop/hello): ") and "'never'" in warning
 
 
 def test_already_injected_or_unenrolled_pods_are_allowed_without_a_patch() -> None:
