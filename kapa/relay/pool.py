@@ -171,9 +171,6 @@ class UpstreamPool:
         if idle and conn in idle:
             idle.remove(conn)
 
-    def idle_count(self, address: Address) -> int:
-        return len(self._idle.get(address, ()))
-
     def close(self) -> None:
         """Close every idle connection (at shutdown)."""
         for idle in self._idle.values():
