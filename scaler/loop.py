@@ -52,7 +52,7 @@ class UnknownService(KeyError):
         return f"no service {self.key} is enrolled with the scaler"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DecisionRecord:
     """One past decision, for explain."""
 
@@ -61,15 +61,20 @@ class DecisionRecord:
     poked: bool
 
 
-@dataclass
+@dataclass(slots=True)
 class _Service:
-    """What the loop keeps per service between ticks."""
+    """What the loop keeps per service between ticks (looked up once per tick, so the tick stays cheap)."""
 
+    key: ServiceKey
     spec: ServiceSpec
     config: ServiceConfig
-    state: DecisionState
+    stable_query: WindowQuery
+    panic_query: WindowQuery
+    history: deque[DecisionRecord]
+    state: DecisionState = DecisionState.initial()
     decided_at: float | None = None
     latest: Decision | None = None
+    failed: bool = False
 
 
 def _actionable(decision: Decision) -> tuple[object, ...]:
@@ -99,12 +104,11 @@ class Scaler:
         self.history_length = history_length
         self.telemetry = ScalerTelemetry(self._latest_decisions, lambda: self._snapshot.stale)
         self._services: dict[ServiceKey, _Service] = {}
-        self._history: dict[ServiceKey, deque[DecisionRecord]] = {}
+        self._windows: set[WindowQuery] = set()
         self._snapshot = MetricsSnapshot.unavailable(0.0)
         self._feeds_by_key: dict[ServiceKey, set[DecisionFeed]] = {}
         self._feeds_all: set[DecisionFeed] = set()
         self._apply_lock = asyncio.Lock()
-        self._failed_decide: set[ServiceKey] = set()
         self._task: asyncio.Task[None] | None = None
         #: When the last tick decided (None before the first): readiness.
         self.last_tick_at: float | None = None
@@ -128,8 +132,7 @@ class Scaler:
 
     def history(self, key: ServiceKey) -> tuple[DecisionRecord, ...]:
         """The last decisions for the service, oldest first."""
-        self._known(key)
-        return tuple(self._history.get(key, ()))
+        return tuple(self._known(key).history)
 
     def metrics_stale(self) -> bool:
         """Whether the last tick's metrics source could not answer."""
@@ -183,15 +186,15 @@ class Scaler:
         per service and change, naming key and service), never every tick.
         """
         specs = self.catalog.services()
-        for key in list(self._services):
-            if key not in specs:
-                del self._services[key]
-                self._history.pop(key, None)
-                self._failed_decide.discard(key)
+        changed = False
+        for key in [key for key in self._services if key not in specs]:
+            del self._services[key]
+            changed = True
         for key, spec in specs.items():
             current = self._services.get(key)
-            if current is not None and current.spec == spec:
+            if current is not None and (current.spec is spec or current.spec == spec):
                 continue
+            changed = True
             config, errors = service_config(self.config, spec)
             for error in errors:
                 log.warning(
@@ -200,48 +203,48 @@ class Scaler:
                     key=error.key,
                     error=error.message,
                 )
+            stable_query = WindowQuery.for_window(config.metric, config.stable_window_s)
+            panic_query = WindowQuery.for_window(config.metric, config.panic_window_s)
             if current is None:
-                self._services[key] = _Service(spec, config, DecisionState.initial())
+                history: deque[DecisionRecord] = deque(maxlen=self.history_length)
+                self._services[key] = _Service(key, spec, config, stable_query, panic_query, history)
             else:
                 current.spec, current.config = spec, config
+                current.stable_query, current.panic_query = stable_query, panic_query
+        if changed:
+            self._windows = {query for s in self._services.values() for query in (s.stable_query, s.panic_query)}
 
-    def _observation(self, key: ServiceKey, config: ServiceConfig, poked: bool) -> Observation:
-        service = self._services[key]
+    def _observation(self, service: _Service, poked: bool) -> Observation:
+        key = service.key
         ready = self.ready_pod_counter.ready_pods(key)
         if ready is None:  # unknown: keep what the last decision saw
             ready = service.latest.ready_pods if service.latest is not None else 0
-        stable = observed_value(self._snapshot, WindowQuery.for_window(config.metric, config.stable_window_s), key, ready)
-        panic = observed_value(self._snapshot, WindowQuery.for_window(config.metric, config.panic_window_s), key, ready)
+        stable = observed_value(self._snapshot, service.stable_query, key, ready)
+        panic = observed_value(self._snapshot, service.panic_query, key, ready)
         return Observation(stable_value=stable, panic_value=panic, ready_pods=ready, poked=poked)
 
-    def _decide(self, key: ServiceKey, at: float, poked: bool) -> Decision | None:
+    def _decide(self, service: _Service, at: float, poked: bool) -> Decision | None:
         """Run the pure decision for one service and keep its new state; None if the decision failed."""
-        service = self._services[key]
         # A poke may have decided after this tick's time; the decision's clock must not run backwards.
-        now = at if service.decided_at is None else max(at, service.decided_at)
+        now = at if service.decided_at is None or at >= service.decided_at else service.decided_at
         try:
-            decision, state = decide(service.config, self._observation(key, service.config, poked), service.state, now)
+            decision, state = decide(service.config, self._observation(service, poked), service.state, now)
         except Exception:
-            if key not in self._failed_decide:
-                self._failed_decide.add(key)
-                log.exception("decision failed; keeping the previous one", service=str(key))
+            if not service.failed:
+                service.failed = True
+                log.exception("decision failed; keeping the previous one", service=str(service.key))
             return None
-        self._failed_decide.discard(key)
+        service.failed = False
         previous = service.latest
         service.state, service.latest, service.decided_at = state, decision, now
-        history = self._history.setdefault(key, deque(maxlen=self.history_length))
-        history.append(DecisionRecord(now, decision, poked))
+        service.history.append(DecisionRecord(now, decision, poked))
         if poked or previous is None or _actionable(previous) != _actionable(decision):
-            self._notify(DecisionChange(key, decision, poked))
+            self._notify(DecisionChange(service.key, decision, poked))
         return decision
 
     def windows(self) -> set[WindowQuery]:
         """The distinct (metric, window) pairs the services need: one Prometheus query each per tick."""
-        queries: set[WindowQuery] = set()
-        for service in self._services.values():
-            queries.add(WindowQuery.for_window(service.config.metric, service.config.stable_window_s))
-            queries.add(WindowQuery.for_window(service.config.metric, service.config.panic_window_s))
-        return queries
+        return self._windows
 
     async def tick(self, at: float | None = None) -> dict[ServiceKey, Decision]:
         """One tick at time `at` (default now): observe, decide for every service, apply. Returns decisions."""
@@ -251,8 +254,8 @@ class Scaler:
         if self._services:
             self._snapshot = await self.metrics.observe(self.windows(), at)
         decisions: dict[ServiceKey, Decision] = {}
-        for key in list(self._services):
-            decision = self._decide(key, at, poked=False)
+        for key, service in self._services.items():
+            decision = self._decide(service, at, poked=False)
             if decision is not None:
                 decisions[key] = decision
         self.telemetry.tick_seconds.observe(time.perf_counter() - started)
@@ -263,9 +266,9 @@ class Scaler:
     async def poke(self, key: ServiceKey) -> Decision | None:
         """The activator's demand signal: decide for this service at once (poked) and apply, without waiting
         for the next tick or a scrape. Raises UnknownService for a service not in the catalog."""
-        self._known(key)
+        service = self._known(key)
         self.telemetry.pokes.labels(key.namespace, key.name).inc()
-        decision = self._decide(key, self.clock(), poked=True)
+        decision = self._decide(service, self.clock(), poked=True)
         if decision is not None:
             await self._apply({key: decision})
         return decision
