@@ -9,6 +9,7 @@ one frozen object.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -47,6 +48,24 @@ def check_endpoint(endpoint: Endpoint) -> Endpoint:
     if not 0 < endpoint.port < 65536:
         raise RoutingError(f"endpoint {endpoint} has no valid port")
     return endpoint
+
+
+#: A Host Envoy accepts as a virtual-host domain: a name or address, with at most a leading "*" (suffix
+#: match, e.g. "*.example.com") or a trailing "*" (prefix match, e.g. "hello.*").
+_HOST = re.compile(r"\*?[a-z0-9_.:\[\]-]+|[a-z0-9_.:\[\]-]+\*")
+
+
+def normalize_hosts(hosts: Iterable[str]) -> tuple[str, ...]:
+    """Hosts lower-cased (Envoy and HTTP match them case-insensitively) and de-duplicated, in order.
+
+    Envoy rejects a route table that lists a domain twice, even within one service, so duplicates between a
+    service's default hosts and its extra hosts must go.
+    """
+    normalized = tuple(dict.fromkeys(host.strip().lower() for host in hosts))
+    for host in normalized:
+        if not _HOST.fullmatch(host):
+            raise RoutingError(f"invalid host {host!r}")
+    return normalized
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -100,6 +119,12 @@ class ServiceRoute:
         the activator holds such requests instead, so an early or stale "serve" never loses one."""
         return self.mode == "serve" and bool(self.endpoints)
 
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "hosts", normalize_hosts(self.hosts))
+        except RoutingError as error:
+            raise RoutingError(f"service {self.key}: {error}") from None
+
 
 def route_for_entry(entry: ServiceEntry) -> ServiceRoute:
     """A services-file entry as a route: its hosts and prefix, its timeout, no pod yet, proxy mode."""
@@ -135,7 +160,7 @@ class RoutingState:
         for other in self.services.values():
             if other.key == route.key:
                 continue
-            shared = {host.lower() for host in route.hosts} & {host.lower() for host in other.hosts}
+            shared = set(route.hosts) & set(other.hosts)
             if shared:
                 raise RoutingError(f"{route.key} and {other.key} both claim host(s) {', '.join(sorted(shared))}")
             if route.path_prefix is not None and route.path_prefix == other.path_prefix:

@@ -136,6 +136,17 @@ def test_conflicting_or_invalid_changes_are_refused(change) -> None:  # type: ig
         change(state)
 
 
+def test_hosts_are_lowercased_and_deduplicated_for_envoy() -> None:
+    entry = ServiceEntry(ServiceSpec(HELLO), extra_hosts=("Hello.Default", "hello.localhost", "*.hello.example"))
+    assert route_for_entry(entry).hosts == (*HELLO.hosts(), "hello.localhost", "*.hello.example")
+
+
+@pytest.mark.parametrize("host", ["hello world", "", "he*llo", "*", "a/b"])
+def test_invalid_hosts_are_refused(host: str) -> None:
+    with pytest.raises(RoutingError):
+        route_for_entry(ServiceEntry(ServiceSpec(HELLO), extra_hosts=(host,)))
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [("127.0.0.1:8012", Endpoint("127.0.0.1", 8012)), ("[::1]:80", Endpoint("::1", 80)),
