@@ -23,7 +23,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "default": (),
     "direct": ("--set", "actuator=direct"),
     "operator+namespaces": (
-        "--api-versions", "monitoring.coreos.com/v1", "--set", "watchNamespaces={shop,web}",
+        "--api-versions", "monitoring.coreos.com/v1", "--set", "watchNamespaces={shop}",
     ),
     "minimal": ("--set", "webhook.enabled=false,dashboard.enabled=false,prometheus.scrapeConfigSnippet=false,"
                 "activator.autoscaling.enabled=false"),
@@ -141,7 +141,8 @@ def container_args(manifests: list[dict[str, Any]], deployment: str, container: 
     return spec["args"]
 
 
-def test_scaler_and_gateway_arguments_are_accepted_by_their_commands(helm: str) -> None:
+def test_scaler_gateway_and_activator_arguments_are_accepted_by_their_commands(helm: str) -> None:
+    from activator.__main__ import parse_args as activator_args
     from gateway.__main__ import _parser as gateway_parser
     from scaler.__main__ import parse_args as scaler_args
 
@@ -151,6 +152,10 @@ def test_scaler_and_gateway_arguments_are_accepted_by_their_commands(helm: str) 
     gateway = gateway_parser().parse_args(container_args(manifests, "kapa-scaler", "gateway"))
     assert gateway.xds_port == contract.XDS_PORT and gateway.listen_port == contract.ENVOY_LISTENER_PORT
     assert gateway.activator == [f"kapa-activator.{NAMESPACE}.svc.cluster.local:{contract.ACTIVATOR_PORT}"]
+    activator = activator_args(container_args(manifests, "kapa-activator", "activator"))
+    assert (activator.port, activator.admin_port) == (contract.ACTIVATOR_PORT, contract.ACTIVATOR_ADMIN_PORT)
+    assert activator.endpoint_source == "kubernetes" and activator.kube_namespace is None
+    assert activator.scaler_url == [f"http://kapa-scaler.{NAMESPACE}.svc.cluster.local:{contract.SCALER_HTTP_PORT}"]
 
 
 def rules_of(manifests: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
@@ -189,9 +194,10 @@ def test_rbac_is_least_privilege(helm: str, variant: str) -> None:
 def test_watch_namespaces_gives_roles_in_exactly_those_namespaces(helm: str) -> None:
     manifests = render(helm, *VARIANTS["operator+namespaces"])
     assert not find(manifests, "ClusterRole") and not find(manifests, "ClusterRoleBinding")
-    assert {r["metadata"]["namespace"] for r in find(manifests, "Role")} == {"shop", "web"}
+    assert {r["metadata"]["namespace"] for r in find(manifests, "Role")} == {"shop"}
     selector = one(manifests, "MutatingWebhookConfiguration", "kapa-webhook")["webhooks"][0]["namespaceSelector"]
-    assert {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["shop", "web"]} in selector["matchExpressions"]
+    assert {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["shop"]} in selector["matchExpressions"]
+    assert "--kube-namespace=shop" in container_args(manifests, "kapa-activator", "activator")
 
 
 def test_webhook_selects_enrolled_pods_and_fails_open(helm: str) -> None:
@@ -232,6 +238,7 @@ VALUES_REJECTED = [
     (("--set", "activator.resources.requests=null"), "/activator/resources", "missing property 'requests'"),
     (("--set", "watchNamespaces={Shop}"), "/watchNamespaces/0", "does not match pattern"),
     (("--set", "activator.autoscaling.minReplicas=30"), "activator.autoscaling", "must not exceed maxReplicas"),
+    (("--set", "watchNamespaces={shop,web}"), "watchNamespaces", "list one namespace, or none"),
 ]
 
 
@@ -257,7 +264,7 @@ def test_pod_monitors_appear_only_with_the_operator_api_and_scrape_on_the_contra
         assert everything["relabelings"][0]["replacement"] == contract.SCRAPE_JOB_METRICS
     queue_proxies = one(monitors, "PodMonitor", "kapa-queue-proxies")["spec"]
     assert queue_proxies["selector"] == {"matchLabels": {contract.ANNOTATION_ENABLED: "true"}}
-    assert queue_proxies["namespaceSelector"] == {"matchNames": ["shop", "web"]}
+    assert queue_proxies["namespaceSelector"] == {"matchNames": ["shop"]}
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool comes with the Debian package prometheus")
