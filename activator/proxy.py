@@ -41,7 +41,7 @@ RETRY_AFTER_S = 1
 class _Ticket:
     """The handler's state of one exchange (kept in `exchange.tag`)."""
 
-    __slots__ = ("service", "pod", "waiter", "cold", "arrived_at")
+    __slots__ = ("service", "pod", "waiter", "cold", "arrived_at", "marked")
 
     def __init__(self, service: Service, arrived_at: float) -> None:
         self.service = service
@@ -50,6 +50,8 @@ class _Ticket:
         #: Arrived while the service had no ready pod: its wait is a cold-start wait.
         self.cold = False
         self.arrived_at = arrived_at
+        #: PROXY_HEADER is in the head already (a request sent back to wait keeps it).
+        self.marked = False
 
 
 def request_host(head_lower: bytes) -> bytes | None:
@@ -120,8 +122,9 @@ class ActivatorProxy:
 
     async def _hold(self, exchange: Exchange, ticket: _Ticket) -> None:
         service = ticket.service
+        remaining_s = service.settings.timeout_s - (time.monotonic() - ticket.arrived_at)
         try:
-            pod = await service.throttler.acquire()
+            pod = await service.throttler.acquire(max(0.0, remaining_s))
         except QueueFull:
             service.stats.count_rejected(contract.REASON_QUEUE_FULL)
             respond_with_headers(
@@ -145,9 +148,35 @@ class ActivatorProxy:
 
     def _forward(self, exchange: Exchange, ticket: _Ticket, pod: PodTracker) -> None:
         ticket.pod = pod
-        exchange.head = mark_proxied(exchange.head)
-        endpoint = pod.endpoint
-        exchange.forward((endpoint.host, endpoint.port))
+        if not ticket.marked:
+            ticket.marked = True
+            exchange.head = mark_proxied(exchange.head)
+        address = (pod.endpoint.host, pod.endpoint.port)
+        if self.relay.pool.idle_count(address):
+            exchange.forward(address)  # the hot path: a pooled keep-alive connection
+        else:
+            ticket.waiter = asyncio.get_running_loop().create_task(self._connect_and_forward(exchange, ticket, address))
+
+    async def _connect_and_forward(self, exchange: Exchange, ticket: _Ticket, address: tuple[str, int]) -> None:
+        """Open the connection before handing the request over, so a pod that refuses it (gone since the
+        last endpoint update reached us) costs the request nothing: it waits for another pod instead."""
+        pool = self.relay.pool
+        try:
+            conn = await pool.connect(address)
+        except OSError as error:
+            pod, ticket.pod = ticket.pod, None
+            assert pod is not None
+            service = ticket.service
+            self._backends.suspect(service.settings.key, pod.endpoint)  # first: no waiter may get it back
+            service.throttler.release(pod)
+            log.warning("pod refused a connection; request waits for another", service=str(service.settings.key),
+                        endpoint=str(pod.endpoint), error=error.strerror or str(error))
+            ticket.waiter = asyncio.get_running_loop().create_task(self._hold(exchange, ticket))
+            return
+        ticket.waiter = None
+        # Hand the fresh connection to the relay through its pool; nothing else runs in between.
+        pool.put(conn)
+        exchange.forward(address)
 
     def request_finished(self, exchange: Exchange) -> None:
         ticket: _Ticket | None = exchange.tag  # type: ignore[assignment]
@@ -156,14 +185,14 @@ class ActivatorProxy:
         exchange.tag = None
         service = ticket.service
         service.stats.count_response(exchange.status)
-        if ticket.waiter is not None:  # the client left while its request was held
+        if ticket.waiter is not None:  # the client left while its request was held (or connecting)
             ticket.waiter.cancel()
         pod = ticket.pod
         if pod is not None:
             ticket.pod = None
-            service.throttler.release(pod)
             if exchange.failure == FAILURE_UPSTREAM:
                 self._backends.suspect(service.settings.key, pod.endpoint)
+            service.throttler.release(pod)
 
     def _end_activation_when_idle(self, service: Service) -> None:
         if service.throttler.held == 0:

@@ -39,7 +39,9 @@ class Router:
     def route(self, host: bytes | None, path: bytes) -> ServiceKey | None:
         """The service for a request, or None when neither its path nor its Host is known."""
         for prefix, key in self._prefixes:
-            if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] in b"/?"):
+            if path.startswith(prefix) and (
+                prefix.endswith(b"/") or len(path) == len(prefix) or path[len(prefix)] in b"/?"
+            ):
                 return key
         if host:
             return self._by_host.get(_without_port(host.lower()))

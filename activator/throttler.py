@@ -104,8 +104,9 @@ class Throttler:
             self._grant(pod)
         return pod
 
-    async def acquire(self) -> PodTracker:
-        """Wait for a slot, in arrival order. Raises QueueFull at once, or HoldTimeout after the timeout."""
+    async def acquire(self, timeout_s: float | None = None) -> PodTracker:
+        """Wait for a slot, in arrival order. Raises QueueFull at once, or HoldTimeout after `timeout_s`
+        (default: the service's timeout)."""
         pod = self.try_acquire()
         if pod is not None:
             return pod
@@ -116,7 +117,8 @@ class Throttler:
         self._compact()
         self._waiters.append(waiter)
         self._change_held(+1)
-        timer = loop.call_later(self.settings.timeout_s, self._expire, waiter)
+        timeout_s = self.settings.timeout_s if timeout_s is None else timeout_s
+        timer = loop.call_later(timeout_s, self._expire, waiter)
         try:
             return await waiter
         except asyncio.CancelledError:

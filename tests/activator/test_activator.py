@@ -197,3 +197,23 @@ async def test_scale_from_zero_through_a_real_queue_proxy_and_app(tmp_path: Path
             text = await started.metrics(client)
             assert metric_value(text, contract.REQUESTS, code_class="2xx") == 50
             assert metric_value(text, contract.PROXIED_REQUESTS) == 50
+
+
+async def test_a_pod_gone_before_its_endpoint_update_costs_the_request_nothing(tmp_path: Path) -> None:
+    """Endpoint removal reaches the activator late (always so with Kubernetes): a pod that refuses the
+    connection sends the request back to wait for another pod, instead of failing it."""
+    first, second = await Upstream().start(), await Upstream().start()
+    try:
+        async with activator(tmp_path, [hello()]) as act, session() as client:
+            await act.set_endpoints(client, HELLO, [first.endpoint])
+            assert (await get(client, f"{act.url}/?id=warm", headers=HOST))[0] == 200
+            await first.stop()  # gone, and nobody told the activator
+            await asyncio.sleep(0.1)  # its keep-alive connections are closed (a request racing that close gets 502)
+            request = asyncio.create_task(get(client, f"{act.url}/?id=rescued", headers=HOST))
+            await asyncio.sleep(0.2)
+            assert not request.done()
+            await act.set_endpoints(client, HELLO, [first.endpoint, second.endpoint])
+            status, body, _ = await request
+            assert status == 200 and body.startswith("id=rescued ") and second.served["rescued"] == 1
+    finally:
+        await second.stop()

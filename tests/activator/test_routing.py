@@ -40,6 +40,15 @@ def test_route(host: bytes | None, path: bytes, expected: ServiceKey | None) -> 
     assert ROUTER.route(host, path) == expected
 
 
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [(b"/", HELLO), (b"/anything?x=1", HELLO), (b"/api/items", API)],
+)
+def test_prefix_with_trailing_slash_matches_below_it(path: bytes, expected: ServiceKey) -> None:
+    router = Router([ServiceSettings(HELLO, (), path_prefix="/"), ServiceSettings(API, (), path_prefix="/api")])
+    assert router.route(None, path) == expected
+
+
 def test_a_host_claimed_twice_is_an_error() -> None:
     with pytest.raises(RoutingError, match="hello.localhost"):
         Router([ServiceSettings(HELLO, ("hello.localhost",)), ServiceSettings(API, ("hello.localhost",))])

@@ -136,3 +136,11 @@ async def test_occupancy_integral_counts_held_and_in_flight() -> None:
     t.release(second)
     now[0] = 10.0
     assert t.occupancy_seconds() == pytest.approx(4.0)
+
+
+async def test_a_request_sent_back_to_wait_keeps_its_original_deadline() -> None:
+    t = throttler(timeout_s=5.0)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(HoldTimeout):
+        await t.acquire(timeout_s=0.05)  # what is left of the service's timeout
+    assert asyncio.get_running_loop().time() - started < 1.0
