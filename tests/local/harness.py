@@ -39,6 +39,8 @@ class Sample:
     panic_mode: bool
     stale: bool
     failures: int
+    #: The scaler's routing mode, printed only with --envoy ("-" otherwise).
+    mode: str
 
 
 def parse_change(line: str, at: float) -> Sample | None:
@@ -46,7 +48,7 @@ def parse_change(line: str, at: float) -> Sample | None:
     if "desired" not in fields or "service" not in fields:
         return None
     return Sample(at, int(fields["desired"]), int(fields["ready"]), int(fields["starting"]), int(fields["draining"]),
-                  fields["panic_mode"] == "true", fields["stale"] == "true", int(fields["failures"]))
+                  fields["panic_mode"] == "true", fields["stale"] == "true", int(fields["failures"]), fields["mode"])
 
 
 def hello_services(annotations: dict[str, str], startup_delay_s: float = 0.0) -> dict[str, object]:
@@ -72,10 +74,10 @@ class KapaUp:
 
     @classmethod
     async def start(cls, workdir: Path, services: dict[str, object], config: dict[str, str] | None = None,
-                    timeout_s: float = 40.0) -> KapaUp:
+                    timeout_s: float = 40.0, extra_args: tuple[str, ...] = ()) -> KapaUp:
         services_file = workdir / "services.yaml"
         services_file.write_text(yaml.safe_dump(services))
-        args = [sys.executable, "-m", "kapa", "up", "--no-view", "--services", str(services_file)]
+        args = [sys.executable, "-m", "kapa", "up", "--no-view", "--services", str(services_file), *extra_args]
         if config:
             config_file = workdir / "config.yaml"
             config_file.write_text(yaml.safe_dump(config))
