@@ -15,13 +15,15 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 from kapa.services import Endpoint, ServiceKey
 
+from gateway.bootstrap import DEFAULT_NODE_ID as NODE
 from gateway.bootstrap import BootstrapConfig
 from gateway.control import Gateway, GatewayConfig
 from gateway.launcher import EnvoyProcess
-from gateway.resources import ListenerConfig
+from gateway.resources import ROUTE_TYPE, ListenerConfig
 from tests.support import free_port, running, wait_for_port
 
 RESPONDER = """
@@ -54,6 +56,19 @@ def wrk(url: str, seconds: int, connections: int, host: str | None = None) -> tu
     return rps, p50, p99
 
 
+async def switch_latencies_ms(gateway: Gateway, count: int) -> list[float]:
+    """Time from a mode change in Python to Envoy's ACK of the new route table, `count` times."""
+    latencies = []
+    for index in range(count):
+        start = time.perf_counter()
+        gateway.set_mode(KEY, "proxy" if index % 2 == 0 else "serve")
+        version = gateway.cache.snapshot()[ROUTE_TYPE].version
+        while gateway.xds_status()[NODE][ROUTE_TYPE].acked_version != version:
+            await asyncio.sleep(0.0005)
+        latencies.append((time.perf_counter() - start) * 1000)
+    return sorted(latencies)
+
+
 def cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -76,12 +91,16 @@ async def bench(seconds: int, connections: int) -> None:
                 before = cpu_seconds(pid)
                 through = await asyncio.to_thread(wrk, url, seconds, connections, "svc.bench")
                 envoy_cpu = cpu_seconds(pid) - before
+                switch_ms = await switch_latencies_ms(gateway, 40)
         finally:
             await gateway.stop()
     print(f"wrk -t1 -c{connections} -d{seconds}s, Envoy --concurrency 1, upstream = uvloop responder")
     print(f"  upstream direct:        {direct[0]:9.0f} req/s  p50 {direct[1]}  p99 {direct[2]}")
     print(f"  Envoy, serve mode:      {through[0]:9.0f} req/s  p50 {through[1]}  p99 {through[2]}")
     print(f"  Envoy CPU: {envoy_cpu:.2f} s -> {through[0] * seconds / max(envoy_cpu, 1e-9):.0f} requests per Envoy CPU-second")
+    median, slowest = switch_ms[len(switch_ms) // 2], switch_ms[-1]
+    print(f"  mode switch, set_mode() to Envoy's ACK of the new routes ({len(switch_ms)}x): "
+          f"p50 {median:.1f} ms  max {slowest:.1f} ms")
 
 
 def main() -> None:
