@@ -12,11 +12,15 @@ on manifests for GitOps users, so both produce the same pod spec. What it does:
 - raises terminationGracePeriodSeconds to the revision timeout plus the drain period, so a pod that is
   draining is never killed with requests still inside;
 - labels the pod `kapa.dev/enabled: "true"` (what the chart's PodMonitor selects) and adds the
-  `prometheus.io/*` annotations for the usual 15 s scrape of the queue-proxy's METRICS_PATH.
+  `prometheus.io/*` annotations for the usual 15 s scrape of the queue-proxy's METRICS_PATH;
+- for an enrolled Service, points its serving port (the one named "http", or its only port) at the
+  queue-proxy's named port, so its EndpointSlices (which the activator watches) and any client of the
+  Service reach the app through the queue-proxy, counted.
 
 Injection is idempotent: a pod that already has a queue-proxy container is returned unchanged. A malformed
 `kapa.dev/*` annotation never stops injection: its default is used and a warning names the key and the
-service (`kapa inject` prints it; the webhook returns it to the client and records an Event).
+service (`kapa inject` prints it; the webhook returns it to the API client as an admission warning).
+Annotation values are parsed by scaler.config, the scaler's and the activator's parser, with Knative's bounds.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from typing import Any
 import yaml
 
 from kapa import __version__, contract
+from kapa.endpoints import DEFAULT_PORT_NAME
 from kapa.services import ServiceKey, ServiceSpec
 from scaler.config import AutoscalerConfig, service_config
 
@@ -44,6 +49,9 @@ QUEUE_PROXY_CONTAINER: str = "queue-proxy"
 SERVING_PORT_NAME: str = "kapa-serving"
 METRICS_PORT_NAME: str = "kapa-metrics"
 ADMIN_PORT_NAME: str = "kapa-admin"
+#: The port of an enrolled Service that carries requests; the activator finds the queue-proxy's port in the
+#: Service's EndpointSlices under this name (or as the only port).
+SERVICE_PORT_NAME: str = DEFAULT_PORT_NAME
 #: The image `kapa inject` uses when not told; the chart passes its own image to the webhook.
 DEFAULT_IMAGE: str = f"kapa:{__version__}"
 #: Knative's default queue-proxy CPU request; memory sized for the Python proxy's resident set.
@@ -80,9 +88,9 @@ class Injection:
 
 
 def is_enrolled(document: Mapping[str, Any]) -> bool:
-    """True for a Pod or Deployment marked `kapa.dev/enabled: "true"` (label or annotation, on the object or,
-    for a Deployment, on its pod template)."""
-    if document.get("kind") not in {"Pod", "Deployment"}:
+    """True for a Pod, Deployment or Service marked `kapa.dev/enabled: "true"` (label or annotation, on the
+    object or, for a Deployment, on its pod template)."""
+    if document.get("kind") not in {"Pod", "Deployment", "Service"}:
         return False
     places = [document.get("metadata") or {}]
     if document.get("kind") == "Deployment":
@@ -107,6 +115,8 @@ def inject_document(document: Mapping[str, Any], image: str = DEFAULT_IMAGE, nam
     if not isinstance(result.get("metadata"), dict):
         result["metadata"] = {}
     metadata = result["metadata"]
+    if kind == "Service":
+        return _service_through_queue_proxy(result)
     if kind == "Deployment":
         template = result.setdefault("spec", {}).setdefault("template", {})
         pod_metadata = template.setdefault("metadata", {})
@@ -165,6 +175,25 @@ def inject_document(document: Mapping[str, Any], image: str = DEFAULT_IMAGE, nam
                 f" scrape config must scrape the queue-proxy (port {METRICS_PORT_NAME}) instead"
             )
     return Injection(result, changed=True, warnings=tuple(warnings))
+
+
+def _service_through_queue_proxy(service: dict[str, Any]) -> Injection:
+    """The Service with its serving port targeting the queue-proxy's named port (idempotent)."""
+    name = service["metadata"].get("name") or "?"
+    ports = (service.get("spec") or {}).get("ports")
+    if not isinstance(ports, list) or not ports or not all(isinstance(p, dict) for p in ports):
+        raise InjectionError(f"Service {name}: spec has no ports")
+    named = [p for p in ports if p.get("name") == SERVICE_PORT_NAME]
+    if not named and len(ports) > 1:
+        raise InjectionError(
+            f"Service {name}: several ports and none named {SERVICE_PORT_NAME!r}; name the port that serves"
+            f" requests {SERVICE_PORT_NAME!r} so Kapa knows which one to send through the queue-proxy"
+        )
+    port = named[0] if named else ports[0]
+    if port.get("targetPort") == SERVING_PORT_NAME:
+        return Injection(service, changed=False)
+    port["targetPort"] = SERVING_PORT_NAME
+    return Injection(service, changed=True)
 
 
 def _pod_service_name(metadata: Mapping[str, Any]) -> str:

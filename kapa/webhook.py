@@ -1,10 +1,11 @@
 """The sidecar injector as a Kubernetes mutating admission webhook (`kapa inject --serve`).
 
-The API server POSTs an AdmissionReview (admission.k8s.io/v1) for each Pod created with the label
-kapa.dev/enabled=true; the answer allows it with a JSON patch made by kapa.inject.inject_document, the same
-rewrite `kapa inject -f` applies to manifests. The webhook never blocks a Pod: one that cannot carry the
-sidecar is allowed unchanged, and that reason, like any malformed annotation, comes back as an admission
-warning (kubectl prints it) and a log line naming the key and the service.
+The API server POSTs an AdmissionReview (admission.k8s.io/v1) for each Pod created, and each Service
+created or updated, with the label kapa.dev/enabled=true; the answer allows it with a JSON patch made by
+kapa.inject.inject_document, the same rewrite `kapa inject -f` applies to manifests. The webhook never
+blocks anything: an object that cannot be injected is allowed unchanged, and that reason, like any
+malformed annotation, comes back as an admission warning (kubectl prints it) and a log line naming the key
+and the service.
 """
 
 from __future__ import annotations
@@ -31,18 +32,18 @@ def review_response(review: Any, image: str) -> dict[str, Any]:
     request = review.get("request") if isinstance(review, dict) else None
     if not isinstance(request, dict) or not request.get("uid") or not isinstance(request.get("object"), dict):
         raise ValueError("expected an admission.k8s.io/v1 AdmissionReview with request.uid and request.object")
-    pod = request["object"]
-    # The Pod's namespace is on the request, not (yet) on an object created with generateName.
-    name = f"{request.get('namespace', '')}/{pod.get('metadata', {}).get('name') or request.get('name') or '?'}"
+    obj = request["object"]
+    # The namespace is on the request, not (yet) on an object created with generateName.
+    name = f"{request.get('namespace', '')}/{obj.get('metadata', {}).get('name') or request.get('name') or '?'}"
     response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
     try:
-        injection = inject_document(pod, image, namespace=request.get("namespace"))
+        injection = inject_document(obj, image, namespace=request.get("namespace"))
     except InjectionError as error:
-        log.warning("pod not injected", pod=name, error=str(error))
-        response["warnings"] = [f"kapa: queue-proxy not injected: {error}"]
+        log.warning("not injected", object=name, error=str(error))
+        response["warnings"] = [f"kapa: not injected: {error}"]
     else:
         for warning in injection.warnings:
-            log.warning("annotation problem", pod=name, problem=warning)
+            log.warning("annotation problem", object=name, problem=warning)
         if injection.warnings:
             response["warnings"] = [f"kapa: {w}" for w in injection.warnings]
         if injection.changed:
@@ -52,15 +53,17 @@ def review_response(review: Any, image: str) -> dict[str, Any]:
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
 
 
-def json_patch(injected_pod: dict[str, Any]) -> list[dict[str, Any]]:
-    """RFC 6902 operations turning the submitted Pod into the injected one: the spec and the two metadata
-    maps injection touches, each set whole ("add" replaces an existing member), so the patch is exact
-    without a diff."""
-    metadata = injected_pod["metadata"]
+def json_patch(injected: dict[str, Any]) -> list[dict[str, Any]]:
+    """RFC 6902 operations turning the submitted object into the injected one, setting whole each part that
+    injection touches ("add" replaces an existing member), so the patch is exact without a diff: a Pod's
+    spec, labels and annotations; a Service's ports."""
+    if injected["kind"] == "Service":
+        return [{"op": "add", "path": "/spec/ports", "value": injected["spec"]["ports"]}]
+    metadata = injected["metadata"]
     return [
         {"op": "add", "path": "/metadata/labels", "value": metadata["labels"]},
         {"op": "add", "path": "/metadata/annotations", "value": metadata["annotations"]},
-        {"op": "add", "path": "/spec", "value": injected_pod["spec"]},
+        {"op": "add", "path": "/spec", "value": injected["spec"]},
     ]
 
 

@@ -205,7 +205,10 @@ def test_webhook_selects_enrolled_pods_and_fails_open(helm: str) -> None:
     assert hook["objectSelector"] == {"matchLabels": {contract.ANNOTATION_ENABLED: "true"}}
     assert {"key": contract.ANNOTATION_ENABLED, "operator": "NotIn", "values": ["false"]} in hook["namespaceSelector"]["matchExpressions"]
     assert hook["failurePolicy"] == "Ignore"
-    assert hook["rules"][0]["resources"] == ["pods"] and hook["rules"][0]["operations"] == ["CREATE"]
+    assert [(r["resources"], r["operations"]) for r in hook["rules"]] == [
+        (["pods"], ["CREATE"]),
+        (["services"], ["CREATE", "UPDATE"]),
+    ]
     assert hook["clientConfig"]["service"] == {"name": "kapa-webhook", "namespace": NAMESPACE, "path": "/mutate", "port": 443}
 
 

@@ -15,6 +15,7 @@ import yaml
 from kapa import contract
 from kapa.inject import (
     METRICS_PORT_NAME,
+    SERVING_PORT_NAME,
     QUEUE_PROXY_CONTAINER,
     InjectionError,
     inject_document,
@@ -226,7 +227,7 @@ def test_pod_from_a_deployment_is_named_after_the_deployment() -> None:
         (deployment(enrolled=False), False),
         (deployment({contract.ANNOTATION_ENABLED: "true"}, enrolled=False), True),
         (deployment({contract.ANNOTATION_ENABLED: "false"}, enrolled=False), False),
-        ({"kind": "Service", "metadata": {"labels": {contract.ANNOTATION_ENABLED: "true"}}}, False),
+        ({"kind": "ConfigMap", "metadata": {"labels": {contract.ANNOTATION_ENABLED: "true"}}}, False),
     ],
 )
 def test_enrollment(document: dict[str, Any], enrolled: bool) -> None:
@@ -240,6 +241,41 @@ def test_app_prometheus_annotations_are_kept_with_a_warning() -> None:
     injection = inject_document(document)
     assert injection.document["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "8000"
     assert any("prometheus.io/port" in w for w in injection.warnings)
+
+
+def service(ports: list[dict[str, Any]], enrolled: bool = True) -> dict[str, Any]:
+    labels = {contract.ANNOTATION_ENABLED: "true"} if enrolled else {}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hello", "labels": labels},
+            "spec": {"selector": {"app": "hello"}, "ports": ports}}
+
+
+@pytest.mark.parametrize(
+    ("ports", "routed"),
+    [
+        ([{"port": 80, "targetPort": 8000}], 0),
+        ([{"name": "metrics", "port": 9000}, {"name": "http", "port": 80, "targetPort": "web"}], 1),
+    ],
+)
+def test_enrolled_service_sends_its_serving_port_through_the_queue_proxy(ports: list[dict[str, Any]], routed: int) -> None:
+    original = service(ports)
+    injection = inject_document(original)
+    assert injection.changed
+    new_ports = injection.document["spec"]["ports"]
+    assert new_ports[routed]["targetPort"] == SERVING_PORT_NAME
+    assert [p for i, p in enumerate(new_ports) if i != routed] == [p for i, p in enumerate(ports) if i != routed]
+    assert original["spec"]["ports"] == ports  # the input is untouched
+    assert not inject_document(injection.document).changed
+    assert not inject_document(service(ports, enrolled=False)).changed
+
+
+def test_service_with_several_unnamed_ports_is_refused_clearly() -> None:
+    with pytest.raises(InjectionError, match="several ports and none named 'http'"):
+        inject_document(service([{"port": 80}, {"port": 81}]))
+
+
+def test_pods_serving_port_is_the_one_enrolled_services_target() -> None:
+    injected = inject_document(deployment()).document
+    assert {"name": SERVING_PORT_NAME, "containerPort": contract.QUEUE_SERVING_PORT} in queue_proxy(injected)["ports"]
 
 
 # --- the stream and the command ---------------------------------------------------------------------------

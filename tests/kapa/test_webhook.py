@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from kapa import contract
-from kapa.inject import inject_document
+from kapa.inject import SERVING_PORT_NAME, inject_document
 from kapa.webhook import review_response
 from tests.support import free_port, running, wait_for_port
 
@@ -123,3 +123,16 @@ def test_a_pod_that_cannot_carry_the_sidecar_is_allowed_with_a_warning() -> None
     result = review_response(review(clash), "kapa:hook")["response"]
     assert result["allowed"] is True and "patch" not in result
     assert "not injected" in result["warnings"][0] and "reserved for the queue-proxy" in result["warnings"][0]
+
+
+def test_an_enrolled_service_is_patched_to_target_the_queue_proxy() -> None:
+    submitted = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "hello", "labels": {contract.ANNOTATION_ENABLED: "true"}},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8000}]},
+    }
+    result = review_response(review(submitted), "kapa:hook")["response"]
+    patched = apply_patch(submitted, json.loads(base64.b64decode(result["patch"])))
+    assert patched == inject_document(submitted).document
+    assert patched["spec"]["ports"][0]["targetPort"] == SERVING_PORT_NAME
