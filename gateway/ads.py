@@ -128,8 +128,19 @@ class XdsServer:
         self.address = f"{host}:{port}"
         self._server: grpc.aio.Server | None = None
 
+    #: Envoy pings its xDS connection (see BootstrapConfig.keepalive_interval_s) on a stream that may carry
+    #: no data for hours; gRPC's defaults would answer such pings with GOAWAY "too_many_pings". Our own
+    #: pings find Envoys that vanished without a reset, so their streams do not linger.
+    GRPC_OPTIONS = (
+        ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+    )
+
     async def start(self) -> None:
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=self.GRPC_OPTIONS)
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.servicer, server)
         if server.add_insecure_port(self.address) == 0:
             raise OSError(f"cannot listen for xDS on {self.address}")

@@ -37,6 +37,16 @@ class BootstrapConfig:
     admin_port: int = contract.ENVOY_ADMIN_PORT
     node_id: str = DEFAULT_NODE_ID
     node_cluster: str = DEFAULT_NODE_CLUSTER
+    #: HTTP/2 pings on the xDS connection. Without them, an xDS server that vanishes without a reset (its
+    #: pod rescheduled to a new IP) leaves Envoy on a dead stream until TCP gives up, many minutes later.
+    keepalive_interval_s: float = 30.0
+    keepalive_timeout_s: float = 5.0
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
 
 
 def _is_ip(host: str) -> bool:
@@ -53,7 +63,12 @@ def _xds_cluster(config: BootstrapConfig) -> cluster_pb2.Cluster:
     protocol.Pack(
         http_protocol_options_pb2.HttpProtocolOptions(
             explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+                http2_protocol_options=protocol_pb2.Http2ProtocolOptions(
+                    connection_keepalive=protocol_pb2.KeepaliveSettings(
+                        interval=_duration(config.keepalive_interval_s),
+                        timeout=_duration(config.keepalive_timeout_s),
+                    )
+                )
             )
         )
     )

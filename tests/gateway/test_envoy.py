@@ -212,3 +212,17 @@ async def test_envoy_keeps_serving_while_the_xds_server_is_away(rig: Rig) -> Non
     rig.gateway.set_mode(KEY, "proxy")
     await rig.gateway.start()
     await eventually(answered_by(rig, "activator"), timeout_s=15, what="reconnect to the xDS server")
+
+
+async def test_envoy_keepalive_pings_do_not_break_the_xds_stream(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """An idle ADS stream pinged every 0.1 s stays up (gRPC's defaults would GOAWAY it as abusive)."""
+    caplog.set_level(logging.INFO, logger="gateway.ads")
+    xds_port = int(rig.gateway.xds.address.rsplit(":", 1)[1])
+    config = BootstrapConfig(xds_port=xds_port, admin_port=free_port(), node_id="pinger", keepalive_interval_s=0.1)
+    async with EnvoyProcess(config) as pinger:
+        await asyncio.sleep(2.0)
+        stats = await rig.session.get(pinger.admin_url + "/stats?filter=cluster.kapa_xds.upstream_cx_total")
+        text = await stats.text()
+    opened = [r for r in caplog.records if r.getMessage() == "ads stream opened"]
+    assert len(opened) == 1, f"the pinging Envoy reconnected: {len(opened)} streams; {text}"
+    assert "upstream_cx_total: 1" in text
