@@ -106,6 +106,9 @@ class ReplicaCounts:
 class _Service:
     entry: ServiceEntry
     app: AppSpec
+    #: Knative's containerConcurrency and timeoutSeconds, from the kapa.dev annotations.
+    container_concurrency: int
+    timeout_s: int
     desired: int = 0
     replicas: list[Replica] = field(default_factory=list)
     failures: int = 0
@@ -114,6 +117,11 @@ class _Service:
     serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     retry_task: asyncio.Task[None] | None = None
+
+
+async def _first_exit(*children: Child) -> None:
+    await asyncio.wait([asyncio.ensure_future(child.process.wait()) for child in children],
+                       return_when=asyncio.FIRST_COMPLETED)
 
 
 def _non_negative_int(entry: ServiceEntry, annotation: str, default: int) -> int:
@@ -143,7 +151,15 @@ class LocalBackend:
         drain_s: float = LOCAL_DRAIN_SECONDS,
         ports: PortAllocator | None = None,
     ) -> None:
-        self._services = {key: _Service(entry, app) for key, (entry, app) in services.items()}
+        self._services = {
+            key: _Service(
+                entry,
+                app,
+                _non_negative_int(entry, contract.ANNOTATION_CONTAINER_CONCURRENCY, contract.DEFAULT_CONTAINER_CONCURRENCY),
+                _non_negative_int(entry, contract.ANNOTATION_TIMEOUT_SECONDS, contract.DEFAULT_REVISION_TIMEOUT_SECONDS),
+            )
+            for key, (entry, app) in services.items()
+        }
         self._supervisor = supervisor
         self._endpoint_sinks = list(endpoint_sinks)
         self._target_sink = target_sink
@@ -250,14 +266,8 @@ class LocalBackend:
             contract.ENV_ADMIN_PORT: str(ports.admin),
             contract.ENV_SERVING_NAMESPACE: entry.spec.key.namespace,
             contract.ENV_SERVING_SERVICE: entry.spec.key.name,
-            contract.ENV_CONTAINER_CONCURRENCY: str(
-                _non_negative_int(entry, contract.ANNOTATION_CONTAINER_CONCURRENCY,
-                                  contract.DEFAULT_CONTAINER_CONCURRENCY)
-            ),
-            contract.ENV_REVISION_TIMEOUT_SECONDS: str(
-                _non_negative_int(entry, contract.ANNOTATION_TIMEOUT_SECONDS,
-                                  contract.DEFAULT_REVISION_TIMEOUT_SECONDS)
-            ),
+            contract.ENV_CONTAINER_CONCURRENCY: str(service.container_concurrency),
+            contract.ENV_REVISION_TIMEOUT_SECONDS: str(service.timeout_s),
             contract.ENV_DRAIN_SECONDS: str(self._drain_s),
             contract.ENV_SERVING_READINESS_PROBE: service.app.readiness_probe(ports.app),
             contract.ENV_BIND_ADDRESS: LOOPBACK,
@@ -266,46 +276,22 @@ class LocalBackend:
     async def _run_replica(self, service: _Service, replica: Replica) -> None:
         app: Child | None = None
         proxy: Child | None = None
-        became_ready = False
         try:
             app = await self._supervisor.start(
                 f"{replica.name}-app", service.app.argv(replica.ports.app), service.app.environment(replica.ports.app)
             )
             proxy = await self._supervisor.start(
-                f"{replica.name}-queue-proxy",
-                [sys.executable, "-m", "queue_proxy"],
-                self._queue_proxy_env(service, replica),
+                f"{replica.name}-queue-proxy", [sys.executable, "-m", "queue_proxy"], self._queue_proxy_env(service, replica)
             )
-            exited = asyncio.ensure_future(asyncio.wait([asyncio.ensure_future(app.process.wait()),
-                                                          asyncio.ensure_future(proxy.process.wait())],
-                                                         return_when=asyncio.FIRST_COMPLETED))
-            drain = asyncio.ensure_future(replica.drain_requested.wait())
-            try:
-                ready = asyncio.ensure_future(self._wait_ready(replica))
-                await asyncio.wait([ready, exited, drain], return_when=asyncio.FIRST_COMPLETED)
-                if ready.done() and not exited.done() and not drain.done():
-                    became_ready = True
-                    service.consecutive_start_failures = 0
-                    replica.state = ReplicaState.READY
-                    replica.scraped = True
-                    log.info("replica ready", service=str(replica.key), replica=replica.name,
-                             endpoint=str(replica.endpoint), start_s=round(time.monotonic() - replica.started_at, 2))
-                    self._publish_targets()
-                    await self._publish_endpoints(service)
-                    await asyncio.wait([exited, drain], return_when=asyncio.FIRST_COMPLETED)
-                ready.cancel()
-                if exited.done() and not drain.done():
-                    self._record_failure(service, replica, app, proxy, became_ready)
-                    replica.state = ReplicaState.DRAINING
-                    await self._publish_endpoints(service)
-                else:
-                    replica.state = ReplicaState.DRAINING
-                    await self._publish_endpoints(service)
-                    # The queue-proxy drains (finishes what it holds, waits for quiet) and exits on SIGTERM.
-                    await self._supervisor.stop(proxy, self._drain_s + contract.DEFAULT_REVISION_TIMEOUT_SECONDS)
-            finally:
-                exited.cancel()
-                drain.cancel()
+            became_ready = await self._serve(service, replica, app, proxy)
+            # Out of the endpoints before anything stops, so no new request is sent to it.
+            replica.state = ReplicaState.DRAINING
+            await self._publish_endpoints(service)
+            if replica.drain_requested.is_set():
+                # The queue-proxy drains (finishes what it holds, waits for quiet) and exits on SIGTERM.
+                await self._supervisor.stop(proxy, self._drain_s + service.timeout_s)
+            else:
+                self._record_failure(service, replica, app, proxy, became_ready)
         finally:
             if proxy is not None:
                 await self._supervisor.stop(proxy, 0.5)
@@ -316,6 +302,29 @@ class LocalBackend:
             if replica.scraped:
                 self._publish_targets()
             self._reconcile(service)
+
+    async def _serve(self, service: _Service, replica: Replica, app: Child, proxy: Child) -> bool:
+        """Wait for the replica to turn ready and announce it; return (whether it did) once it must go: a drain
+        was requested or one of its processes exited."""
+        exited = asyncio.ensure_future(_first_exit(app, proxy))
+        drain = asyncio.ensure_future(replica.drain_requested.wait())
+        ready = asyncio.ensure_future(self._wait_ready(replica))
+        try:
+            await asyncio.wait([ready, exited, drain], return_when=asyncio.FIRST_COMPLETED)
+            if not ready.done() or exited.done() or drain.done():
+                return False
+            service.consecutive_start_failures = 0
+            replica.state = ReplicaState.READY
+            replica.scraped = True
+            log.info("replica ready", service=str(replica.key), replica=replica.name, endpoint=str(replica.endpoint),
+                     start_s=round(time.monotonic() - replica.started_at, 2))
+            self._publish_targets()
+            await self._publish_endpoints(service)
+            await asyncio.wait([exited, drain], return_when=asyncio.FIRST_COMPLETED)
+            return True
+        finally:
+            for future in (ready, exited, drain):
+                future.cancel()
 
     def _record_failure(
         self, service: _Service, replica: Replica, app: Child, proxy: Child, became_ready: bool

@@ -1,10 +1,11 @@
-"""Everything `kapa up` runs, started in order and stopped in reverse: Prometheus, the activator (and the
-gateway with Envoy), the scaler in-process, and the local backend's replicas.
+"""Everything `kapa up` runs, started in order and stopped in reverse: Prometheus, the scaler (in this
+process, with its HTTP API), the activator, optionally the gateway with Envoy, and the services' replicas.
 
-Order matters for not losing a request: Prometheus first (the scaler reads it), then the activator (the
-backend registers replicas with it), then the backend and the scaler, which immediately decides the initial
-scale. On the way out, the scaler stops deciding first, then replicas and the entry points go, and last the
-Supervisor kills whatever process group is still there.
+Order matters for not losing a request: Prometheus first (the scaler reads it), then the scaler's HTTP API
+(the activator pokes it), then the activator and the gateway (the backend registers replicas with them), and
+only then the scaler's loop, whose first tick decides the initial scale. On the way out the scaler stops
+deciding first, then the replicas and the entry points go, and last the Supervisor kills whatever process
+group is still there. Logs of every part stay in the work directory's logs/ for after the run.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+
 from kapa import contract
 from kapa.local.app_spec import AppSpec
-from kapa.local.backend import EndpointSink, LocalBackend
+from kapa.local.backend import LOCAL_DRAIN_SECONDS, EndpointSink, LocalBackend
 from kapa.local.ports import LOOPBACK, PortAllocator
 from kapa.local.processes import Child, Supervisor
 from kapa.local.registrations import ActivatorEndpoints, GatewayRoutes
@@ -48,11 +50,10 @@ class StackOptions:
 
     #: None: the embedded default (the sample app as default/hello).
     services_file: Path | None
-    config: dict[str, str] = field(default_factory=dict)
+    config: AutoscalerConfig = field(default_factory=AutoscalerConfig.default)
     entry_port: int = 0
     envoy: bool = False
-    drain_s: float = 2.0
-    workdir: Path | None = None
+    drain_s: float = LOCAL_DRAIN_SECONDS
 
 
 class _Targets:
@@ -67,7 +68,7 @@ class _Targets:
 
 
 class LocalStack:
-    """The running local mode. `async with LocalStack(entries, specs, options) as stack:`."""
+    """The local mode's parts: construct, `await start()`, and always `await stop()`, even after a failed start."""
 
     def __init__(
         self, entries: Sequence[ServiceEntry], apps: dict[ServiceKey, AppSpec], options: StackOptions,
@@ -75,8 +76,7 @@ class LocalStack:
     ) -> None:
         self.entries = list(entries)
         self.options = options
-        self._own_workdir = options.workdir is None
-        self.workdir = options.workdir or Path(tempfile.mkdtemp(prefix="kapa-up-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix="kapa-up-"))
         self.log_dir = self.workdir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # The activator (and gateway) read the same services file as we do.
@@ -109,13 +109,10 @@ class LocalStack:
             drain_s=options.drain_s,
             ports=self.ports,
         )
-        config, errors = AutoscalerConfig.from_mapping(options.config)
-        for error in errors:
-            log.error("invalid autoscaler config value, using the default", error=str(error))
         self.metrics = PrometheusMetrics(self.prometheus.url)
         # The backend is both the exact ready-pod counter and the actuator: it knows every replica it runs.
-        self.scaler = Scaler(config, StaticCatalog(entry.spec for entry in self.entries), self.metrics,
-                             self.backend, actuators=[self.backend, *([self.gateway_routes] if self.gateway_routes else [])])
+        self.scaler = Scaler(options.config, StaticCatalog(entry.spec for entry in self.entries), self.metrics, self.backend,
+                             actuators=[self.backend, *([self.gateway_routes] if self.gateway_routes else [])])
         self._scaler_http: web.AppRunner | None = None
         self.activator: Child | None = None
         self.gateway: Child | None = None
@@ -197,19 +194,8 @@ class LocalStack:
             await self.supervisor.stop(self.activator, STOP_GRACE_S)
         await self.prometheus.stop()
         await self.supervisor.stop_all(1.0)
-        if self._own_workdir:
-            shutil.rmtree(self.workdir / "prometheus", ignore_errors=True)
-
-    async def __aenter__(self) -> LocalStack:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
+        # Prometheus's storage is only useful while running; the logs are kept.
+        shutil.rmtree(self.workdir / "prometheus", ignore_errors=True)
 
 
 async def _wait_http(url: str, child: Child, timeout_s: float = START_TIMEOUT_S) -> None:

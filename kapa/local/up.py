@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from importlib import resources
@@ -23,11 +22,13 @@ from rich.console import Console
 from rich.live import Live
 
 from kapa.local.app_spec import AppSpec, AppSpecError, app_spec
+from kapa.local.backend import LOCAL_DRAIN_SECONDS
 from kapa.local.stack import LocalStack, StackOptions
 from kapa.local.telemetry import Telemetry, TelemetryReader
 from kapa.local.view import ReplicaHistory, ServiceStatus, change_line, render
 from kapa.log import configure, get_logger
 from kapa.prometheus_server import DEFAULT_BINARY, PrometheusNotInstalled
+from scaler.config import AutoscalerConfig
 from kapa.services import ServiceEntry, ServiceKey, ServicesFileError, load_services, parse_services
 
 log = get_logger(__name__)
@@ -49,25 +50,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kapa up", description=__doc__.split("\n")[0])
     parser.add_argument("--services", type=Path, help="services file (default: the sample app as default/hello)")
     parser.add_argument("--config", type=Path,
-                        help="YAML mapping of Knative config-autoscaler keys (e.g. stable-window: 20s)")
+                        help="Knative config-autoscaler keys: a YAML mapping (e.g. stable-window: 20s) or a ConfigMap")
     parser.add_argument("--port", type=int, default=0, help="port to send traffic to (default: a free port)")
     parser.add_argument("--envoy", action="store_true", help="put Envoy (programmed by the gateway) in front")
     parser.add_argument("--no-view", action="store_true", help="print a line per change instead of the live view")
-    parser.add_argument("--drain-seconds", type=float, default=2.0,
-                        help="how long a replica being removed waits for quiet before it exits (default 2)")
+    parser.add_argument("--drain-seconds", type=float, default=LOCAL_DRAIN_SECONDS,
+                        help="how long a replica being removed waits for quiet before it exits "
+                             f"(default {LOCAL_DRAIN_SECONDS:g})")
     return parser.parse_args(argv)
-
-
-def _load_config(path: Path | None) -> dict[str, str]:
-    if path is None:
-        return {}
-    try:
-        document = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise ServicesFileError(f"{path}: {error}") from error
-    if not isinstance(document, dict):
-        raise ServicesFileError(f"{path}: expected a mapping of config-autoscaler keys to values")
-    return {str(key): str(value) for key, value in document.items()}
 
 
 def main(argv: list[str]) -> int:
@@ -78,16 +68,20 @@ def main(argv: list[str]) -> int:
         else:
             entries = load_services(args.services)
         apps = {entry.spec.key: app_spec(entry) for entry in entries}
-        config = _load_config(args.config)
     except (ServicesFileError, AppSpecError) as error:
         print(f"kapa up: {error}", file=sys.stderr)
         return 2
     if not entries:
         print("kapa up: the services file lists no service", file=sys.stderr)
         return 2
-    if not (os.path.isfile(DEFAULT_BINARY) and os.access(DEFAULT_BINARY, os.X_OK)):
-        print(PROMETHEUS_MISSING.format(binary=DEFAULT_BINARY), file=sys.stderr)
-        return 1
+    config = AutoscalerConfig.default()
+    if args.config is not None:
+        if not args.config.is_file():
+            print(f"kapa up: --config {args.config}: no such file", file=sys.stderr)
+            return 2
+        config, errors = AutoscalerConfig.load_file(args.config)
+        for error in errors:  # each bad value costs only itself: its default is used
+            print(f"kapa up: warning: {error}", file=sys.stderr)
     live_view = not args.no_view and sys.stdout.isatty()
     options = StackOptions(services_file=args.services, config=config, entry_port=args.port, envoy=args.envoy,
                            drain_s=args.drain_seconds)
