@@ -4,6 +4,9 @@
   (gateway.bootstrap), with the xDS host left as a placeholder the chart fills in, plus a health listener:
   Envoy's admin stays on loopback, and kubelet reaches its /ready through this listener.
 - charts/kapa/dashboards/kapa.json: the Grafana dashboard, its PromQL built from kapa.contract's names.
+- charts/kapa/files/scrape-configs.json and files/pod-metrics-endpoints.json: Kapa's two Prometheus jobs
+  (kapa.prometheus_server.scrape_configs, the ones the local mode runs) over Kubernetes pod discovery, and
+  the same two as PodMonitor endpoints, so a cluster scrapes exactly as `kapa up` does.
 
 Regenerate both with `python -m kapa.chartgen`; tests/charts checks the committed files are current.
 """
@@ -21,6 +24,8 @@ from kapa import contract
 CHART_DIR: Path = Path(__file__).resolve().parent.parent / "charts" / "kapa"
 BOOTSTRAP_FILE: Path = CHART_DIR / "files" / "envoy-bootstrap.json"
 DASHBOARD_FILE: Path = CHART_DIR / "dashboards" / "kapa.json"
+SCRAPE_CONFIGS_FILE: Path = CHART_DIR / "files" / "scrape-configs.json"
+POD_METRICS_ENDPOINTS_FILE: Path = CHART_DIR / "files" / "pod-metrics-endpoints.json"
 #: The chart's template replaces this with the scaler Service's DNS name (the gateway runs in that pod).
 XDS_HOST_PLACEHOLDER: str = "__XDS_HOST__"
 #: Envoy's health listener: proxies GET /ready to the loopback-only admin interface.
@@ -76,6 +81,60 @@ def envoy_bootstrap() -> dict[str, Any]:
 
 def _socket(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
+
+
+# --- Prometheus scraping ----------------------------------------------------------------------------------
+
+def _pod_discovery() -> dict[str, Any]:
+    """Pod discovery for a cluster: keep only the metrics port of queue-proxy sidecars and activators (both
+    name it kapa.inject.METRICS_PORT_NAME), skip pods that are not running, label series with their pod."""
+    from kapa.inject import METRICS_PORT_NAME, QUEUE_PROXY_CONTAINER
+
+    return {
+        "kubernetes_sd_configs": [{"role": "pod"}],
+        "relabel_configs": [
+            {
+                "source_labels": ["__meta_kubernetes_pod_container_name", "__meta_kubernetes_pod_container_port_name"],
+                "regex": f"({QUEUE_PROXY_CONTAINER}|{contract.COMPONENT_ACTIVATOR});{METRICS_PORT_NAME}",
+                "action": "keep",
+            },
+            {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Pending|Succeeded|Failed", "action": "drop"},
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        ],
+    }
+
+
+def scrape_jobs() -> list[dict[str, Any]]:
+    """Kapa's two scrape jobs (1 s scaling counters, 15 s everything else) over Kubernetes pod discovery."""
+    from kapa.prometheus_server import scrape_configs
+
+    return scrape_configs(_pod_discovery())
+
+
+_CAMEL = {"source_labels": "sourceLabels", "target_label": "targetLabel"}
+
+
+def pod_metrics_endpoints() -> list[dict[str, Any]]:
+    """The same two jobs as prometheus-operator PodMonitor endpoints on the metrics port (discovery and the
+    keep rule are the PodMonitor's selector; the job label is set to the job's name)."""
+    from kapa.inject import METRICS_PORT_NAME
+
+    endpoints = []
+    for job in scrape_jobs():
+        endpoint: dict[str, Any] = {
+            "port": METRICS_PORT_NAME,
+            "path": job["metrics_path"],
+            "interval": job["scrape_interval"],
+            "scrapeTimeout": job["scrape_timeout"],
+            "relabelings": [{"targetLabel": "job", "replacement": job["job_name"]}],
+        }
+        if job.get("metric_relabel_configs"):
+            endpoint["metricRelabelings"] = [
+                {_CAMEL.get(key, key): value for key, value in rule.items()} for rule in job["metric_relabel_configs"]
+            ]
+        endpoints.append(endpoint)
+    return endpoints
 
 
 # --- the Grafana dashboard --------------------------------------------------------------------------------
@@ -248,6 +307,8 @@ def rendered() -> dict[Path, str]:
     return {
         BOOTSTRAP_FILE: json.dumps(envoy_bootstrap(), indent=2) + "\n",
         DASHBOARD_FILE: json.dumps(dashboard(), indent=2) + "\n",
+        SCRAPE_CONFIGS_FILE: json.dumps(scrape_jobs(), indent=2) + "\n",
+        POD_METRICS_ENDPOINTS_FILE: json.dumps(pod_metrics_endpoints(), indent=2) + "\n",
     }
 
 

@@ -198,6 +198,9 @@ def test_watch_namespaces_gives_roles_in_exactly_those_namespaces(helm: str) -> 
     selector = one(manifests, "MutatingWebhookConfiguration", "kapa-webhook")["webhooks"][0]["namespaceSelector"]
     assert {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["shop"]} in selector["matchExpressions"]
     assert "--kube-namespace=shop" in container_args(manifests, "kapa-activator", "activator")
+    snippet = one(manifests, "ConfigMap", "kapa-scrape-config")["data"]["scrape_configs.yaml"]
+    for job in yaml.safe_load(snippet):
+        assert job["kubernetes_sd_configs"] == [{"role": "pod", "namespaces": {"names": ["shop", NAMESPACE]}}]
 
 
 def test_webhook_selects_enrolled_pods_and_fails_open(helm: str) -> None:
@@ -265,6 +268,12 @@ def test_pod_monitors_appear_only_with_the_operator_api_and_scrape_on_the_contra
         assert {e["port"] for e in endpoints.values()} == {inject.METRICS_PORT_NAME}
         assert scaling["relabelings"][0]["replacement"] == contract.SCRAPE_JOB_SCALING
         assert everything["relabelings"][0]["replacement"] == contract.SCRAPE_JOB_METRICS
+        assert monitor["spec"]["podMetricsEndpoints"] == chartgen.pod_metrics_endpoints()
+        # The 15 s job drops the scaling counters: each series is stored once, so sums never double count.
+        (drop,) = everything["metricRelabelings"]
+        assert drop["action"] == "drop" and drop["sourceLabels"] == ["__name__"]
+        assert all(re.fullmatch(drop["regex"], name) for name in contract.SCALING_METRICS)
+        assert not re.fullmatch(drop["regex"], f"{contract.REQUEST_DURATION}_bucket")
     queue_proxies = one(monitors, "PodMonitor", "kapa-queue-proxies")["spec"]
     assert queue_proxies["selector"] == {"matchLabels": {contract.ANNOTATION_ENABLED: "true"}}
     assert queue_proxies["namespaceSelector"] == {"matchNames": ["shop"]}
@@ -279,6 +288,11 @@ def test_raw_scrape_configs_are_a_valid_prometheus_config(helm: str, tmp_path: P
         contract.SCRAPE_JOB_SCALING: (contract.SCALING_METRICS_PATH, f"{contract.SCALING_SCRAPE_INTERVAL_S}s"),
         contract.SCRAPE_JOB_METRICS: (contract.METRICS_PATH, f"{contract.METRICS_SCRAPE_INTERVAL_S}s"),
     }
+    assert [j["job_name"] for j in jobs] == [j["job_name"] for j in chartgen.scrape_jobs()]
+    for job, generated in zip(jobs, chartgen.scrape_jobs()):
+        assert {k: v for k, v in job.items() if k != "kubernetes_sd_configs"} == {
+            k: v for k, v in generated.items() if k != "kubernetes_sd_configs"
+        }
     keep = jobs[0]["relabel_configs"][0]
     assert re.fullmatch(keep["regex"], f"{inject.QUEUE_PROXY_CONTAINER};{inject.METRICS_PORT_NAME}")
     assert re.fullmatch(keep["regex"], f"activator;{inject.METRICS_PORT_NAME}")
