@@ -111,7 +111,11 @@ def main(argv: list[str]) -> int:
     except (ServicesFileError, RoutingError) as error:
         print(f"kapa gateway: {error}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(args, gateway))
+    try:
+        return asyncio.run(_serve(args, gateway))
+    except (OSError, RuntimeError, TimeoutError) as error:  # a port in use, Envoy failing to start
+        log.error("gateway failed", error=str(error))
+        return 1
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ class EnvoyProcess:
         log_level: str = "warn",
         ready_timeout_s: float = 20.0,
     ) -> None:
+        if config.admin_port <= 0:
+            raise ValueError("Envoy needs a fixed admin port (it also picks the instance's --base-id)")
         self.config = config
         self.concurrency = concurrency
         self.log_level = log_level
