@@ -148,7 +148,9 @@ class XdsServer:
         self._server = server
         log.info("xds server listening", address=self.address)
 
-    async def stop(self, grace_s: float = 1.0) -> None:
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Close every stream at once: ADS streams never finish on their own, so a grace period only waits.
+        Envoy keeps its config and reconnects when a server is back."""
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None
