@@ -152,13 +152,9 @@ def inject_document(document: Mapping[str, Any], image: str = DEFAULT_IMAGE, nam
             f" ({', '.join(str(p) for p in sorted(_QUEUE_PROXY_PORTS))})"
         )
     original_probe = app.get("readinessProbe")
-    app_probe = _resolved_probe(original_probe, app, user_port)
+    app_probe = _probe_for_queue_proxy(original_probe, app, user_port, key, warnings)
     if isinstance(original_probe, dict) and not any(h in original_probe for h in _PROXIED_PROBE_HANDLERS):
-        # Kubernetes must keep running an exec or grpc check (the queue-proxy cannot); it checks TCP meanwhile.
-        warnings.append(
-            f"{service}: the readiness probe of container {app.get('name')} is neither httpGet nor tcpSocket;"
-            f" it stays on the app and the queue-proxy checks TCP port {user_port}"
-        )
+        pass  # Kubernetes must keep running an exec or grpc check: the queue-proxy cannot.
     else:
         app["readinessProbe"] = _through_queue_proxy(original_probe)
     containers.append(_queue_proxy_container(image, user_port, concurrency, timeout_s, service, app_probe))
@@ -234,24 +230,41 @@ def _user_port(app: Mapping[str, Any]) -> int:
     return port
 
 
-def _resolved_probe(probe: Any, app: Mapping[str, Any], user_port: int) -> dict[str, Any]:
-    """The app's readiness check for the queue-proxy to run: its handler with named ports made numeric (the
-    queue-proxy has no pod spec to look names up in); a TCP check on the app's port when it has none, as
-    Knative does."""
-    if not isinstance(probe, dict) or not any(h in probe for h in _PROXIED_PROBE_HANDLERS):
+def _probe_for_queue_proxy(
+    probe: Any, app: Mapping[str, Any], user_port: int, key: ServiceKey, warnings: list[str]
+) -> dict[str, Any]:
+    """The app's readiness probe for the queue-proxy to run (SERVING_READINESS_PROBE), as Knative passes it:
+    the whole probe, timings included, with named ports made numeric (the queue-proxy has no pod spec to look
+    names up in). A TCP check on the app's port stands in when the app has no probe (as in Knative) or one
+    the queue-proxy cannot run (exec, grpc, HTTPS), the latter with a warning."""
+    if not isinstance(probe, dict) or not any(h in probe for h in _PROBE_HANDLERS):
         return {"tcpSocket": {"port": user_port}}
-    handler_name = next(h for h in _PROXIED_PROBE_HANDLERS if h in probe)
+    timings = {k: v for k, v in probe.items() if k not in _PROBE_HANDLERS}
+    handler_name = next((h for h in _PROXIED_PROBE_HANDLERS if h in probe), None)
+    if handler_name is None:
+        warnings.append(
+            f"{key}: the readiness probe of container {app.get('name')} is neither httpGet nor tcpSocket;"
+            f" it stays on the app and the queue-proxy checks TCP port {user_port}"
+        )
+        return {"tcpSocket": {"port": user_port}, **timings}
     handler = dict(probe[handler_name] or {})
-    port = handler.get("port")
+    port = handler.get("port", user_port)
     if isinstance(port, str):
         named = {p.get("name"): p.get("containerPort") for p in app.get("ports") or [] if isinstance(p, dict)}
         if port in named:
-            handler["port"] = named[port]
+            port = named[port]
         elif port.isdigit():
-            handler["port"] = int(port)
+            port = int(port)
         else:
             raise InjectionError(f"container {app.get('name')}: readiness probe names unknown port {port!r}")
-    return {handler_name: handler}
+    handler["port"] = port
+    if handler_name == "httpGet" and str(handler.get("scheme", "HTTP")).upper() != "HTTP":
+        warnings.append(
+            f"{key}: the readiness probe of container {app.get('name')} uses {handler['scheme']};"
+            f" the queue-proxy probes plain HTTP only, so it checks TCP port {port}"
+        )
+        return {"tcpSocket": {"port": port}, **timings}
+    return {handler_name: handler, **timings}
 
 
 def _through_queue_proxy(probe: Any) -> dict[str, Any]:

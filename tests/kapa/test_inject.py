@@ -85,7 +85,10 @@ def test_injects_queue_proxy_with_contract_env_ports_and_probe() -> None:
     assert values[contract.ENV_SERVING_NAMESPACE] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert values[contract.ENV_SERVING_SERVICE] == "hello"
     # The app's own probe goes to the queue-proxy, its named port made a number.
-    assert json.loads(values[contract.ENV_SERVING_READINESS_PROBE]) == {"httpGet": {"path": "/healthz", "port": 8000}}
+    assert json.loads(values[contract.ENV_SERVING_READINESS_PROBE]) == {
+        "httpGet": {"path": "/healthz", "port": 8000},
+        "periodSeconds": 2,
+    }
     # ... and Kubernetes now asks the queue-proxy, with the app's timings kept.
     assert app["readinessProbe"] == {
         "httpGet": {"path": contract.READY_PATH, "port": contract.QUEUE_ADMIN_PORT},
@@ -170,6 +173,47 @@ def test_exec_probe_stays_on_the_app_with_a_warning() -> None:
     injection = inject_document(document)
     assert pod_spec(injection.document)["containers"][0]["readinessProbe"] == exec_probe
     assert "neither httpGet nor tcpSocket" in injection.warnings[0]
+
+
+def test_https_probe_becomes_a_tcp_check_with_a_warning() -> None:
+    probe = {"httpGet": {"path": "/", "port": 8443, "scheme": "HTTPS"}, "failureThreshold": 5}
+    document = deployment(containers=[{"name": "app", "image": "x", "readinessProbe": probe}])
+    injection = inject_document(document)
+    values = env(queue_proxy(injection.document))
+    assert json.loads(values[contract.ENV_SERVING_READINESS_PROBE]) == {"tcpSocket": {"port": 8443}, "failureThreshold": 5}
+    assert "HTTPS" in injection.warnings[0]
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [
+        None,
+        {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2, "timeoutSeconds": 3},
+        {"tcpSocket": {"port": 8000}, "failureThreshold": 7},
+        {"exec": {"command": ["true"]}},
+        {"httpGet": {"path": "/", "port": 8000, "scheme": "HTTPS"}},
+    ],
+)
+def test_the_queue_proxy_accepts_the_environment_injection_gives_it(probe: dict[str, Any] | None) -> None:
+    """The sidecar's environment parsed by the queue-proxy's own configuration code, as it will be at start."""
+    from queue_proxy.config import Config
+
+    app: dict[str, Any] = {"name": "app", "image": "x", "ports": [{"name": "http", "containerPort": 8000}]}
+    if probe is not None:
+        app["readinessProbe"] = probe
+    annotations = {contract.ANNOTATION_CONTAINER_CONCURRENCY: "4", contract.ANNOTATION_TIMEOUT_SECONDS: "45"}
+    values = env(queue_proxy(inject_document(deployment(annotations, containers=[app])).document))
+    values[contract.ENV_SERVING_NAMESPACE] = "shop"  # the downward API's part
+    config = Config.from_env(values)
+    assert (config.user_port, config.container_concurrency, config.revision_timeout_s) == (8000, 4, 45.0)
+    assert (config.serving_port, config.metrics_port, config.admin_port) == (
+        contract.QUEUE_SERVING_PORT, contract.QUEUE_METRICS_PORT, contract.QUEUE_ADMIN_PORT,
+    )
+    assert (config.namespace, config.service) == ("shop", "hello")
+    expected_kind = "http" if probe and "httpGet" in probe and "scheme" not in probe["httpGet"] else "tcp"
+    assert config.readiness_probe.kind == expected_kind and config.readiness_probe.port == 8000
+    if probe and "periodSeconds" in probe:
+        assert (config.readiness_probe.period_s, config.readiness_probe.timeout_s) == (2.0, 3.0)
 
 
 def test_the_container_with_ports_serves_in_a_multi_container_pod() -> None:
