@@ -152,8 +152,13 @@ class ActivatorProxy:
             ticket.marked = True
             exchange.head = mark_proxied(exchange.head)
         address = (pod.endpoint.host, pod.endpoint.port)
-        if self.relay.pool.idle_count(address):
-            exchange.forward(address)  # the hot path: a pooled keep-alive connection
+        pool = self.relay.pool
+        idle = pool.take(address)
+        if idle is not None:
+            # The hot path: a pooled keep-alive connection. The relay's forward takes it from the pool
+            # itself (its API has no "forward on this connection"), so it goes straight back.
+            pool.put(idle)
+            exchange.forward(address)
         else:
             ticket.waiter = asyncio.get_running_loop().create_task(self._connect_and_forward(exchange, ticket, address))
 
