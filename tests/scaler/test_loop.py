@@ -15,7 +15,7 @@ from kapa.prometheus_server import PrometheusServer, ScrapeTarget
 from kapa.services import ServiceKey, ServiceSpec
 from scaler.catalog import FileCatalog, StaticCatalog
 from scaler.config import AutoscalerConfig
-from scaler.decision import Decision
+from scaler.decision import TICK_INTERVAL_S, Decision
 from scaler.loop import Scaler, UnknownService
 from scaler.prometheus_source import PrometheusMetrics
 from tests.scaler.conftest import ExporterControl, query, wait_until
@@ -181,3 +181,18 @@ def test_file_catalog_follows_the_file_and_keeps_the_last_good_list(tmp_path: Pa
     assert set(catalog.services()) == {HELLO, ServiceKey("team-a", "other")}
     path.write_text("services: [\n")  # a half-saved edit
     assert set(catalog.services()) == {HELLO, ServiceKey("team-a", "other")}
+
+
+async def test_running_loop_ticks_on_wall_clock_multiples(prometheus: PrometheusServer) -> None:
+    source = PrometheusMetrics(prometheus.url)
+    scaler = Scaler(CONFIG, StaticCatalog([ServiceSpec(HELLO, FAST)]), source, ready_pods=source)
+    try:
+        scaler.start()
+        await asyncio.sleep(2.5)  # the first tick at once, the next on the following 2 s boundary
+    finally:
+        await scaler.stop()
+        await source.close()
+    times = [record.at for record in scaler.history(HELLO)]
+    assert len(times) >= 2
+    assert all(at % TICK_INTERVAL_S == 0 for at in times), times
+    assert [b - a for a, b in zip(times, times[1:])] == [TICK_INTERVAL_S] * (len(times) - 1)

@@ -231,3 +231,20 @@ async def test_unknown_service_and_bad_annotation(stack: Stack, channel: grpc.ai
     missing = subprocess.run([*KAPA, "explain", "default/nobody", "--scaler", stack.http_url],
                              capture_output=True, text=True, timeout=20)  # fmt: skip
     assert missing.returncode == 1 and "default/nobody" in missing.stderr
+
+
+async def test_services_file_is_followed_while_running(stack: Stack) -> None:
+    services_file = stack.log.parent / "services.yaml"
+    document = yaml.safe_load(services_file.read_text())
+    document["services"].append({"name": "newcomer", "namespace": "team-b"})
+    services_file.write_text(yaml.safe_dump(document))
+    async with aiohttp.ClientSession() as session:
+        deadline = time.monotonic() + 10
+        while True:
+            async with session.get(f"{stack.http_url}/v1/decisions") as response:
+                services = (await response.json())["services"]
+            if services.get("team-b/newcomer") is not None:
+                break
+            assert time.monotonic() < deadline, f"team-b/newcomer never decided: {sorted(services)}"
+            await asyncio.sleep(0.5)
+    assert services["team-b/newcomer"]["desired_pods"] == 1  # no pods, no traffic: initial-scale 1
