@@ -105,11 +105,35 @@ def _pod_discovery() -> dict[str, Any]:
     }
 
 
+#: The chart's job for the scaler's own metrics (kapa_scaler_*, which the dashboard reads).
+SCALER_SCRAPE_JOB: str = "kapa-scaler"
+
+
 def scrape_jobs() -> list[dict[str, Any]]:
-    """Kapa's two scrape jobs (1 s scaling counters, 15 s everything else) over Kubernetes pod discovery."""
+    """Kapa's two scrape jobs (1 s scaling counters, 15 s everything else) over Kubernetes pod discovery, and
+    a 15 s job for the scaler's own metrics on its `http` port (found by the chart's pod labels)."""
     from kapa.prometheus_server import scrape_configs
 
-    return scrape_configs(_pod_discovery())
+    scaler = {
+        "job_name": SCALER_SCRAPE_JOB,
+        "metrics_path": contract.METRICS_PATH,
+        "scrape_interval": f"{contract.METRICS_SCRAPE_INTERVAL_S}s",
+        "scrape_timeout": f"{min(10, contract.METRICS_SCRAPE_INTERVAL_S)}s",
+        "kubernetes_sd_configs": [{"role": "pod"}],
+        "relabel_configs": [
+            {
+                "source_labels": [
+                    "__meta_kubernetes_pod_label_app_kubernetes_io_name",
+                    "__meta_kubernetes_pod_label_app_kubernetes_io_component",
+                    "__meta_kubernetes_pod_container_port_name",
+                ],
+                "regex": "kapa;scaler;http",
+                "action": "keep",
+            },
+            *_pod_discovery()["relabel_configs"][1:],
+        ],
+    }
+    return [*scrape_configs(_pod_discovery()), scaler]
 
 
 _CAMEL = {"source_labels": "sourceLabels", "target_label": "targetLabel"}
@@ -122,6 +146,8 @@ def pod_metrics_endpoints() -> list[dict[str, Any]]:
 
     endpoints = []
     for job in scrape_jobs():
+        if job["job_name"] == SCALER_SCRAPE_JOB:
+            continue  # the scaler's PodMonitor is its own (templates/monitoring.yaml)
         endpoint: dict[str, Any] = {
             "port": METRICS_PORT_NAME,
             "path": job["metrics_path"],

@@ -258,8 +258,21 @@ def test_bad_values_fail_with_a_message_naming_the_value(helm: str, args: tuple[
 def test_pod_monitors_appear_only_with_the_operator_api_and_scrape_on_the_contracts_paths(helm: str) -> None:
     assert not find(render(helm), "PodMonitor")
     monitors = find(render(helm, *VARIANTS["operator+namespaces"]), "PodMonitor")
-    assert {m["metadata"]["name"] for m in monitors} == {"kapa-queue-proxies", "kapa-activator"}
-    for monitor in monitors:
+    assert {m["metadata"]["name"] for m in monitors} == {"kapa-queue-proxies", "kapa-activator", "kapa-scaler"}
+    scaler_monitor = one(monitors, "PodMonitor", "kapa-scaler")["spec"]
+    (scaler_job,) = [j for j in chartgen.scrape_jobs() if j["job_name"] == chartgen.SCALER_SCRAPE_JOB]
+    (scaler_endpoint,) = scaler_monitor["podMetricsEndpoints"]
+    assert (scaler_endpoint["port"], scaler_endpoint["path"], scaler_endpoint["interval"]) == (
+        "http", scaler_job["metrics_path"], scaler_job["scrape_interval"],
+    )
+    assert scaler_endpoint["relabelings"][0]["replacement"] == chartgen.SCALER_SCRAPE_JOB
+    scaler_pods = one(render(helm), "Deployment", "kapa-scaler")["spec"]["template"]["metadata"]["labels"]
+    assert scaler_monitor["selector"]["matchLabels"].items() <= scaler_pods.items()
+    assert re.fullmatch(
+        scaler_job["relabel_configs"][0]["regex"],
+        ";".join([scaler_pods["app.kubernetes.io/name"], scaler_pods["app.kubernetes.io/component"], "http"]),
+    )
+    for monitor in [m for m in monitors if m["metadata"]["name"] != "kapa-scaler"]:
         endpoints = {e["path"]: e for e in monitor["spec"]["podMetricsEndpoints"]}
         assert endpoints.keys() == {contract.SCALING_METRICS_PATH, contract.METRICS_PATH}
         scaling, everything = endpoints[contract.SCALING_METRICS_PATH], endpoints[contract.METRICS_PATH]
@@ -287,6 +300,7 @@ def test_raw_scrape_configs_are_a_valid_prometheus_config(helm: str, tmp_path: P
     assert {j["job_name"]: (j["metrics_path"], j["scrape_interval"]) for j in jobs} == {
         contract.SCRAPE_JOB_SCALING: (contract.SCALING_METRICS_PATH, f"{contract.SCALING_SCRAPE_INTERVAL_S}s"),
         contract.SCRAPE_JOB_METRICS: (contract.METRICS_PATH, f"{contract.METRICS_SCRAPE_INTERVAL_S}s"),
+        chartgen.SCALER_SCRAPE_JOB: (contract.METRICS_PATH, f"{contract.METRICS_SCRAPE_INTERVAL_S}s"),
     }
     assert [j["job_name"] for j in jobs] == [j["job_name"] for j in chartgen.scrape_jobs()]
     for job, generated in zip(jobs, chartgen.scrape_jobs()):
