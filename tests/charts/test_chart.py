@@ -386,3 +386,22 @@ def test_scaler_reads_config_autoscaler_as_the_chart_mounts_it(helm: str, tmp_pa
     assert f"--config={mount['mountPath']}" in scaler["args"]  # the chart passes the mounted directory
     config, errors = AutoscalerConfig.load_file(tmp_path)
     assert errors == [] and config.stable_window_s == 30.0
+
+
+def test_packaged_chart_renders_the_same_as_the_directory(helm: str, tmp_path: Path) -> None:
+    packaged = run_helm(helm, "package", str(CHART), "--destination", str(tmp_path))
+    assert packaged.returncode == 0, packaged.stderr
+    (archive,) = tmp_path.glob("kapa-*.tgz")
+    from_archive = run_helm(
+        helm, "template", "kapa", str(archive), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION
+    )
+    assert from_archive.returncode == 0, from_archive.stderr
+    # The webhook's certificates are generated afresh on every render; everything else is identical.
+    def without_certificates(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        kept = [m for m in manifests if m["kind"] not in {"Secret", "MutatingWebhookConfiguration"}]
+        for manifest in kept:
+            manifest.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {}).pop("checksum/tls", None)
+        return kept
+
+    rendered = [d for d in yaml.safe_load_all(from_archive.stdout) if d]
+    assert without_certificates(rendered) == without_certificates(json.loads(json.dumps(render(helm))))
