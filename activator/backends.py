@@ -6,6 +6,10 @@ it the held requests, without waiting for Kubernetes to publish readiness. Probi
 service holds requests (someone is waiting on exactly this), slower otherwise. An endpoint that leaves the
 set stops being probed and used. A pod whose request failed is taken out and probed again: it comes back
 within one probe if it was a one-off, and stays out if it is gone.
+
+The fast period applies only to a true cold start (requests held and no pod ready): that is where the
+latency budget is spent, and it bounds the cost when many pods start at once (then the first ready pod
+takes the load and the rest are probed at Knative's 50 ms).
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ from activator.throttler import Throttler
 
 log = get_logger(__name__)
 
-#: Probe interval while requests are held for the service: the activation-latency budget is 20 ms.
+#: Probe interval while requests are held and no pod is ready: the activation-latency budget is 20 ms.
 HOLDING_PROBE_INTERVAL_S = 0.01
-#: Probe interval when nobody waits (Knative's aggressive probing period).
+#: Probe interval otherwise (Knative's aggressive probing period).
 IDLE_PROBE_INTERVAL_S = 0.05
 
 Prober = Callable[[Endpoint], Awaitable[bool]]
@@ -104,5 +108,6 @@ class Backends:
 
     async def _probe_until_ready(self, endpoint: Endpoint, throttler: Throttler) -> None:
         while not await self._prober(endpoint):
-            await asyncio.sleep(self._holding_interval_s if throttler.held else self._idle_interval_s)
+            cold_start = throttler.held and not throttler.ready_count
+            await asyncio.sleep(self._holding_interval_s if cold_start else self._idle_interval_s)
         throttler.mark_ready(endpoint)
