@@ -21,7 +21,11 @@ log = get_logger("activator")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="kapa activator", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="kapa activator",
+        description="Reverse proxy for many services: holds requests while a service has no ready pod, pokes "
+        "the scaler, and forwards each held request the moment a pod's queue-proxy answers ready.",
+    )
     parser.add_argument("--services", required=True, help="services file (the format `kapa up` and the scaler read)")
     parser.add_argument("--host", default=os.environ.get(contract.ENV_BIND_ADDRESS, contract.DEFAULT_BIND_ADDRESS),
                         help=f"address to listen on (env {contract.ENV_BIND_ADDRESS})")
