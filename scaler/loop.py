@@ -6,8 +6,9 @@ decision needs arrives through small protocols (catalog, metrics source, ready-p
 Kubernetes parts plug in later without touching the loop.
 
 Determinism: ticks fall on wall-clock multiples of TICK_INTERVAL_S and Prometheus is queried at exactly the
-tick's time, so several scaler replicas reading the same Prometheus make the same decisions (nothing here
-is random; the decision state is a function of the observations so far).
+tick's time, so scaler replicas reading the same Prometheus see the same numbers at the same instants, and
+nothing here is random: each service's decision state is a function of the observations (and pokes, which
+the activator sends to every replica) since the replica started.
 """
 
 from __future__ import annotations
