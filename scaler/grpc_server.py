@@ -122,12 +122,15 @@ class TlsFiles:
 
 async def start_grpc_server(scaler: Scaler, host: str, port: int, tls: TlsFiles | None = None) -> grpc.aio.Server:
     """Start serving the external scaler on host:port (TLS, or mTLS with a client CA, when given)."""
-    server = grpc.aio.server()
+    # gRPC turns SO_REUSEPORT on by default: a second scaler on the same port would bind silently and take
+    # half the calls. Off, a taken port is an error at start-up.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_ExternalScalerServicer_to_server(ExternalScalerService(scaler), server)
     address = f"{host}:{port}"
-    bound = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
-    if bound == 0:
-        raise OSError(f"cannot listen for gRPC on {address}")
+    try:
+        server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
+    except RuntimeError as error:  # grpc's way of saying the bind failed
+        raise OSError(f"cannot listen for gRPC on {address}: {error}") from error
     await server.start()
     log.info("external scaler listening", address=address, tls=tls is not None, mtls=bool(tls and tls.client_ca))
     return server
