@@ -128,7 +128,10 @@ async def start_grpc_server(scaler: Scaler, host: str, port: int, tls: TlsFiles 
     pb_grpc.add_ExternalScalerServicer_to_server(ExternalScalerService(scaler), server)
     address = f"{host}:{port}"
     try:
-        server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
+        if tls is not None:
+            server.add_secure_port(address, tls.credentials())
+        else:
+            server.add_insecure_port(address)
     except RuntimeError as error:  # grpc's way of saying the bind failed
         raise OSError(f"cannot listen for gRPC on {address}: {error}") from error
     await server.start()
