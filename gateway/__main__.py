@@ -52,13 +52,18 @@ def _parser() -> argparse.ArgumentParser:
         "--envoy-xds-host", default="127.0.0.1", help="address (IP or DNS name) at which Envoy reaches this server"
     )
     parser.add_argument("--node-id", default=BootstrapConfig.node_id, help="Envoy's node id in the bootstrap")
+    parser.add_argument(
+        "--xds-delta", action="store_true",
+        help="have Envoy use incremental (delta) xDS: only changed resources are sent (the server speaks both)",
+    )
     parser.add_argument("--write-bootstrap", type=Path, metavar="FILE", help="write Envoy's bootstrap and exit")
     return parser
 
 
 def _bootstrap_config(args: argparse.Namespace) -> BootstrapConfig:
     return BootstrapConfig(
-        xds_host=args.envoy_xds_host, xds_port=args.xds_port, admin_port=args.envoy_admin_port, node_id=args.node_id
+        xds_host=args.envoy_xds_host, xds_port=args.xds_port, admin_port=args.envoy_admin_port, node_id=args.node_id,
+        delta=args.xds_delta,
     )
 
 

@@ -2,23 +2,26 @@
 
 One stream per Envoy carries all four resource types, so Envoy sees clusters, endpoints, listener and
 routes in the order we send them. Each stream runs two halves on the event loop: a reader that feeds every
-DiscoveryRequest to the stream's `StreamBook`, and a writer that wakes on a request or a cache change and
-sends whatever responses the book says are due.
+request to the stream's book (`cache.StreamBook` for state-of-the-world, `delta.DeltaStreamBook` for
+incremental xDS), and a writer that wakes on a request or a cache change and sends whatever responses the
+book says are due.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from kapa.log import get_logger
 
-from gateway.cache import RequestKind, SnapshotCache, StreamBook
+from gateway.cache import RequestKind, RequestOutcome, Response, SnapshotCache, StreamBook
+from gateway.delta import DeltaResponse, DeltaStreamBook
 
 log = get_logger(__name__)
 
@@ -33,11 +36,11 @@ class TypeStatus:
 
 
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    """State-of-the-world ADS (delta xDS is not offered: the bootstrap Kapa generates asks for SotW)."""
+    """ADS in both variants, state-of-the-world and incremental (delta); the bootstrap picks one."""
 
     def __init__(self, cache: SnapshotCache) -> None:
         self.cache = cache
-        self._streams: dict[int, tuple[str, StreamBook]] = {}
+        self._streams: dict[int, tuple[str, StreamBook | DeltaStreamBook]] = {}
         self._stream_ids = itertools.count(1)
 
     def status(self) -> dict[str, dict[str, TypeStatus]]:
@@ -57,8 +60,63 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     async def StreamAggregatedResources(  # noqa: N802 - the name is the gRPC method's
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> None:
-        stream_id = next(self._stream_ids)
         book = StreamBook()
+
+        def on_request(request: discovery_pb2.DiscoveryRequest, error: str | None) -> RequestOutcome:
+            return book.on_request(
+                request.type_url, request.version_info, request.response_nonce, request.resource_names, error
+            )
+
+        def render(response: Response) -> discovery_pb2.DiscoveryResponse:
+            return discovery_pb2.DiscoveryResponse(
+                version_info=response.version,
+                type_url=response.type_url,
+                nonce=response.nonce,
+                resources=list(response.resources),
+            )
+
+        await self._serve_stream("sotw", book, request_iterator, context, on_request, render)
+
+    async def DeltaAggregatedResources(  # noqa: N802 - the name is the gRPC method's
+        self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        book = DeltaStreamBook()
+
+        def on_request(request: discovery_pb2.DeltaDiscoveryRequest, error: str | None) -> RequestOutcome:
+            return book.on_request(
+                request.type_url,
+                request.resource_names_subscribe,
+                request.resource_names_unsubscribe,
+                request.initial_resource_versions,
+                request.response_nonce,
+                error,
+            )
+
+        def render(response: DeltaResponse) -> discovery_pb2.DeltaDiscoveryResponse:
+            return discovery_pb2.DeltaDiscoveryResponse(
+                system_version_info=response.version,
+                type_url=response.type_url,
+                nonce=response.nonce,
+                resources=[
+                    discovery_pb2.Resource(name=name, version=version, resource=resource)
+                    for name, version, resource in response.resources
+                ],
+                removed_resources=list(response.removed),
+            )
+
+        await self._serve_stream("delta", book, request_iterator, context, on_request, render)
+
+    async def _serve_stream(
+        self,
+        protocol: str,
+        book: StreamBook | DeltaStreamBook,
+        request_iterator: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
+        on_request: Callable[[Any, str | None], RequestOutcome],
+        render: Callable[[Any], Any],
+    ) -> None:
+        """Both protocols' stream: a reader feeding `book`, a writer sending what it says is due."""
+        stream_id = next(self._stream_ids)
         wake = asyncio.Event()
         node = "?"
         self._streams[stream_id] = (node, book)
@@ -71,9 +129,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     node = request.node.id
                     self._streams[stream_id] = (node, book)
                 error = request.error_detail.message if request.HasField("error_detail") else None
-                outcome = book.on_request(
-                    request.type_url, request.version_info, request.response_nonce, request.resource_names, error
-                )
+                outcome = on_request(request, error)
                 if outcome.kind is RequestKind.NACK:
                     log.warning(
                         "envoy rejected config",
@@ -83,26 +139,19 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 elif outcome.kind is not RequestKind.STALE:
                     log.debug(
                         "discovery request", node=node, kind=outcome.kind.value, type=_short(outcome.type_url),
-                        version=outcome.version, names=len(request.resource_names),
+                        version=outcome.version,
                     )
                 wake.set()
 
         reader = asyncio.create_task(read())
         reader.add_done_callback(lambda _: wake.set())
-        log.info("ads stream opened", stream=stream_id, peer=context.peer())
+        log.info("ads stream opened", stream=stream_id, protocol=protocol, peer=context.peer())
         try:
             while not reader.done():
                 await wake.wait()
                 wake.clear()
                 for response in book.due_responses(self.cache.snapshot(), self.cache.order):
-                    await context.write(
-                        discovery_pb2.DiscoveryResponse(
-                            version_info=response.version,
-                            type_url=response.type_url,
-                            nonce=response.nonce,
-                            resources=list(response.resources),
-                        )
-                    )
+                    await context.write(render(response))
                     log.debug(
                         "discovery response", node=node, type=_short(response.type_url),
                         version=response.version, nonce=response.nonce, resources=len(response.resources),

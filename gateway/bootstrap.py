@@ -41,6 +41,8 @@ class BootstrapConfig:
     #: pod rescheduled to a new IP) leaves Envoy on a dead stream until TCP gives up, many minutes later.
     keepalive_interval_s: float = 30.0
     keepalive_timeout_s: float = 5.0
+    #: Incremental xDS: each change sends only the resources that changed (see gateway.delta).
+    delta: bool = False
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -120,7 +122,9 @@ def bootstrap(config: BootstrapConfig) -> bootstrap_pb2.Bootstrap:
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(clusters=[_xds_cluster(config)]),
         dynamic_resources=bootstrap_pb2.Bootstrap.DynamicResources(
             ads_config=config_source_pb2.ApiConfigSource(
-                api_type=config_source_pb2.ApiConfigSource.GRPC,
+                api_type=config_source_pb2.ApiConfigSource.DELTA_GRPC
+                if config.delta
+                else config_source_pb2.ApiConfigSource.GRPC,
                 transport_api_version=config_source_pb2.V3,
                 grpc_services=[
                     grpc_service_pb2.GrpcService(

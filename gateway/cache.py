@@ -40,9 +40,14 @@ class TypeSnapshot:
 
     version: str
     resources: Mapping[str, any_pb2.Any]
+    #: Per resource: the type version at which its content last changed (delta xDS sends only resources
+    #: whose version the client does not have; Envoy's config_dump shows this version per resource).
+    resource_versions: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resources", MappingProxyType(dict(self.resources)))
+        versions = {name: self.resource_versions.get(name, self.version) for name in self.resources}
+        object.__setattr__(self, "resource_versions", MappingProxyType(versions))
 
 
 def _pack(message: Message) -> any_pb2.Any:
@@ -92,7 +97,12 @@ class SnapshotCache:
             if current is not None and dict(current.resources) == packed:
                 continue
             self._serial += 1
-            self._types[type_url] = TypeSnapshot(str(self._serial), packed)
+            unchanged = {
+                name: current.resource_versions[name]
+                for name, resource in packed.items()
+                if current is not None and current.resources.get(name) == resource
+            }
+            self._types[type_url] = TypeSnapshot(str(self._serial), packed, unchanged)
             changed.append(type_url)
         if changed:
             self._order = order
@@ -122,6 +132,8 @@ class RequestKind(enum.Enum):
     ACK = "ack"
     NACK = "nack"
     STALE = "stale"
+    #: Delta xDS only: a subscription change that answers no response.
+    SUBSCRIBE = "subscribe"
 
 
 @dataclass(frozen=True)
@@ -133,7 +145,7 @@ class RequestOutcome:
     version: str | None = None
     #: For a NACK: Envoy's reason, verbatim.
     detail: str = ""
-    #: For a NACK: the version Envoy still runs (its request's version_info).
+    #: For a NACK: the version Envoy still runs (SotW: its request's version_info; delta: its last ACK).
     in_force: str = ""
 
 

@@ -62,6 +62,8 @@ class Rig:
     envoy: EnvoyProcess
     session: aiohttp.ClientSession
     listener_port: int
+    #: "sotw" or "delta": the xDS variant this Envoy speaks.
+    protocol: str
     activator: Upstream
     pods: dict[str, Upstream] = field(default_factory=dict)
 
@@ -105,8 +107,9 @@ async def eventually(
     return time.monotonic() - start
 
 
-@pytest.fixture
-async def rig() -> AsyncIterator[Rig]:
+@pytest.fixture(params=["sotw", "delta"])
+async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
+    """Every Envoy test runs against both xDS variants: state-of-the-world and incremental (delta)."""
     activator = await Upstream.start("activator")
     pods = {name: await Upstream.start(name) for name in ("pod-a", "pod-b", "pod-c")}
     listener_port, xds_port = free_port(), free_port()
@@ -116,11 +119,11 @@ async def rig() -> AsyncIterator[Rig]:
     )
     gateway.set_service(KEY, "proxy", [])
     await gateway.start()
-    envoy = EnvoyProcess(BootstrapConfig(xds_port=xds_port, admin_port=free_port()))
+    envoy = EnvoyProcess(BootstrapConfig(xds_port=xds_port, admin_port=free_port(), delta=request.param == "delta"))
     try:
         await envoy.start()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            yield Rig(gateway, envoy, session, listener_port, activator, pods)
+            yield Rig(gateway, envoy, session, listener_port, request.param, activator, pods)
     finally:
         await envoy.stop()
         await gateway.stop()

@@ -10,6 +10,8 @@ from collections import Counter
 import aiohttp
 import pytest
 
+from kapa.services import ServiceKey
+
 from gateway.bootstrap import BootstrapConfig
 from gateway.launcher import EnvoyProcess
 from gateway.resources import ROUTE_TYPE, ListenerConfig, build_resources
@@ -225,3 +227,20 @@ async def test_envoy_keepalive_pings_do_not_break_the_xds_stream(rig: Rig, caplo
     opened = [r for r in caplog.records if r.getMessage() == "ads stream opened"]
     assert len(opened) == 1, f"the pinging Envoy reconnected: {len(opened)} streams; {text}"
     assert "upstream_cx_total: 1" in text
+
+
+async def test_an_endpoint_change_sends_one_service_with_delta_every_service_with_sotw(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = ServiceKey("ns", "other")
+    rig.gateway.set_service(other, "serve", [rig.pods["pod-b"].endpoint])
+    rig.gateway.set_service(KEY, "serve", [rig.pods["pod-a"].endpoint])
+    await eventually(answered_by(rig, "pod-a"), what="serve mode")
+    caplog.set_level(logging.DEBUG, logger="gateway.ads")
+    rig.gateway.set_endpoints(KEY, [rig.pods["pod-c"].endpoint])
+    await eventually(answered_by(rig, "pod-c"), what="new endpoint")
+    (sent,) = [
+        r.kapa_fields for r in caplog.records  # type: ignore[attr-defined]
+        if r.getMessage() == "discovery response" and r.kapa_fields["type"] == "ClusterLoadAssignment"
+    ]
+    assert sent["resources"] == {"delta": 1, "sotw": 2}[rig.protocol]
