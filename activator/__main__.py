@@ -9,7 +9,13 @@ import sys
 import uvloop
 
 from kapa import contract
-from kapa.endpoints import DEFAULT_PORT_NAME, EndpointSource, KubernetesEndpointSource, LocalEndpointSource
+from kapa.endpoints import (
+    DEFAULT_PORT_NAME,
+    EndpointSource,
+    EndpointSourceError,
+    KubernetesEndpointSource,
+    LocalEndpointSource,
+)
 from kapa.log import configure, get_logger
 from kapa.services import ServicesFileError, load_services
 
@@ -66,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ServicesFileError, RoutingError) as error:
         print(f"kapa activator: {error}", file=sys.stderr)
         return 2
-    uvloop.run(activator.run(Listen(args.host, args.port, args.admin_port, args.metrics_port)))
+    try:
+        uvloop.run(activator.run(Listen(args.host, args.port, args.admin_port, args.metrics_port)))
+    except (EndpointSourceError, OSError) as error:  # OSError: a port already in use
+        print(f"kapa activator: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

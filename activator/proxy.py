@@ -143,6 +143,7 @@ class ActivatorProxy:
             ticket.waiter = None
             self._end_activation_when_idle(service)
         if ticket.cold:
+            ticket.cold = False  # observed once, even if the request is sent back to wait
             service.stats.observe_cold_start(time.monotonic() - ticket.arrived_at)
         self._forward(exchange, ticket, pod)
 
@@ -232,7 +233,8 @@ def respond_with_headers(exchange: Exchange, status: int, body: bytes, extra_hea
     response = local_response_with_headers(status, body, keep, extra_headers, head_only=exchange.method == b"HEAD")
     exchange.status = status
     exchange.response_started = True
-    exchange.server.transport.write(response)
+    if not exchange.server.closed:
+        exchange.server.transport.write(response)
     exchange._finish(keep)
 
 

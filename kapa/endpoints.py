@@ -257,6 +257,10 @@ class EndpointSliceIndex:
         return self._updates_for(touched)
 
 
+class EndpointSourceError(Exception):
+    """A source that cannot start (no Kubernetes configuration, for instance); the message says why."""
+
+
 class WatchExpired(Exception):
     """The API server no longer has the resourceVersion we watch from (410 Gone): list again."""
 
@@ -310,7 +314,12 @@ class KubernetesEndpointSource(_Broadcaster):
             try:
                 config.load_incluster_config()
             except config.ConfigException:
-                config.load_kube_config()
+                try:
+                    config.load_kube_config()
+                except (config.ConfigException, OSError) as error:
+                    raise EndpointSourceError(
+                        f"no Kubernetes configuration (not in a cluster, and no usable kubeconfig): {error}"
+                    ) from None
             self._api_client = client.ApiClient()
         self._loop = asyncio.get_running_loop()
         api = client.DiscoveryV1Api(self._api_client)
