@@ -110,6 +110,7 @@ class Scaler:
         self._feeds_by_key: dict[ServiceKey, set[DecisionFeed]] = {}
         self._feeds_all: set[DecisionFeed] = set()
         self._apply_lock = asyncio.Lock()
+        self._failing_actuators: set[int] = set()
         self._task: asyncio.Task[None] | None = None
         #: When the last tick decided (None before the first): readiness.
         self.last_tick_at: float | None = None
@@ -279,11 +280,18 @@ class Scaler:
             return
         # In order: a poke's decision must not be overtaken by an older tick's still being applied.
         async with self._apply_lock:
-            for actuator in self.actuators:
+            for index, actuator in enumerate(self.actuators):
+                name = type(actuator).__name__
                 try:
                     await actuator.apply(decisions)
                 except Exception:
-                    log.exception("actuator failed", actuator=type(actuator).__name__, services=len(decisions))
+                    if index not in self._failing_actuators:  # once per failure streak, not every tick
+                        self._failing_actuators.add(index)
+                        log.exception("actuator failed; retrying every tick", actuator=name, services=len(decisions))
+                else:
+                    if index in self._failing_actuators:
+                        self._failing_actuators.discard(index)
+                        log.info("actuator works again", actuator=name)
 
     # --- running ---------------------------------------------------------------------------------------------
 

@@ -196,3 +196,37 @@ async def test_running_loop_ticks_on_wall_clock_multiples(prometheus: Prometheus
     assert len(times) >= 2
     assert all(at % TICK_INTERVAL_S == 0 for at in times), times
     assert [b - a for a, b in zip(times, times[1:])] == [TICK_INTERVAL_S] * (len(times) - 1)
+
+
+class FlakyActuator:
+    """An Actuator that fails until told otherwise (a Kubernetes API that is down for a while)."""
+
+    def __init__(self) -> None:
+        self.failing = True
+        self.applied = 0
+
+    async def apply(self, decisions: Mapping[ServiceKey, Decision]) -> None:
+        if self.failing:
+            raise ConnectionError("API server unreachable")
+        self.applied += 1
+
+
+async def test_failing_actuator_is_logged_once_and_others_still_apply(
+    prometheus: PrometheusServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="scaler.loop")
+    flaky, recording = FlakyActuator(), RecordingActuator()
+    source = PrometheusMetrics(prometheus.url)
+    scaler = Scaler(CONFIG, StaticCatalog([ServiceSpec(HELLO, FAST)]), source, ready_pods=source,
+                    actuators=[flaky, recording])  # fmt: skip
+    try:
+        for _ in range(3):
+            await scaler.tick(time.time())
+        flaky.failing = False
+        await scaler.tick(time.time())
+    finally:
+        await source.close()
+    assert len(recording.applied) == 4 and flaky.applied == 1
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages.count("actuator failed; retrying every tick") == 1
+    assert messages.count("actuator works again") == 1
