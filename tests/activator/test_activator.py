@@ -217,3 +217,29 @@ async def test_a_pod_gone_before_its_endpoint_update_costs_the_request_nothing(t
             assert status == 200 and body.startswith("id=rescued ") and second.served["rescued"] == 1
     finally:
         await second.stop()
+
+
+async def test_a_websocket_held_at_zero_is_relayed_once_a_pod_is_ready(tmp_path: Path) -> None:
+    upstream = await Upstream(ready=False).start()
+    try:
+        async with activator(tmp_path, [hello()]) as act, session() as client:
+            connecting = asyncio.create_task(client.ws_connect(f"{act.url}/ws", headers=HOST))
+            await asyncio.sleep(0.1)
+            await act.set_endpoints(client, HELLO, [upstream.endpoint])
+            await asyncio.sleep(0.1)
+            assert not connecting.done()  # held: the pod's queue-proxy does not answer ready yet
+            upstream.make_ready()
+            socket = await asyncio.wait_for(connecting, 5)
+            for text in ("one", "two"):
+                await socket.send_str(text)
+                assert (await socket.receive_str()) == f"{text} from {upstream.port}"
+            text = await act.metrics(client)
+            assert metric_value(text, contract.REQUESTS_IN_FLIGHT) == 1  # the socket holds its slot
+            await socket.close()
+
+            async def slot_released() -> bool:
+                return metric_value(await act.metrics(client), contract.REQUESTS_IN_FLIGHT) == 0
+
+            await wait_for(slot_released)
+    finally:
+        await upstream.stop()

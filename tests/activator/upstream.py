@@ -39,6 +39,8 @@ class Upstream:
         if request.headers.get(contract.PROBE_HEADER) == contract.PROBE_HEADER_VALUE:
             self.probes += 1
             return web.Response(status=200 if self.ready else 503, text="probe\n")
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._echo(request)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -57,6 +59,14 @@ class Upstream:
             return web.Response(text=f"id={request_id} port={self.port} body={len(body)}\n")
         finally:
             self.in_flight -= 1
+
+    async def _echo(self, request: web.Request) -> web.WebSocketResponse:
+        """A WebSocket that echoes each text message with this upstream's port."""
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        async for message in socket:
+            await socket.send_str(f"{message.data} from {self.port}")
+        return socket
 
     async def start(self) -> Upstream:
         app = web.Application()
