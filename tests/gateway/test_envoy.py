@@ -14,7 +14,7 @@ from kapa.services import ServiceKey
 
 from gateway.bootstrap import BootstrapConfig
 from gateway.launcher import EnvoyProcess
-from gateway.resources import ROUTE_TYPE, ListenerConfig, build_resources
+from gateway.resources import ROUTE_TYPE, ListenerConfig, build_resources, service_cluster_name
 from tests.gateway.conftest import HOST, KEY, Rig, eventually
 from tests.support import free_port
 
@@ -244,3 +244,16 @@ async def test_an_endpoint_change_sends_one_service_with_delta_every_service_wit
         if r.getMessage() == "discovery response" and r.kapa_fields["type"] == "ClusterLoadAssignment"
     ]
     assert sent["resources"] == {"delta": 1, "sotw": 2}[rig.protocol]
+
+
+async def test_a_removed_service_leaves_envoy(rig: Rig) -> None:
+    rig.gateway.set_service(KEY, "serve", [rig.pods["pod-a"].endpoint])
+    await eventually(answered_by(rig, "pod-a"), what="serve mode")
+    rig.gateway.remove_service(KEY)
+
+    async def gone() -> bool:
+        dump = await rig.admin_json("/config_dump?resource=dynamic_active_clusters")
+        names = {config["cluster"]["name"] for config in dump.get("configs", [])}
+        return service_cluster_name(KEY) not in names and (await rig.get())[0] == 404
+
+    await eventually(gone, what="service removed from Envoy")
