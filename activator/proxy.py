@@ -34,6 +34,10 @@ log = get_logger(__name__)
 
 _PROXY_LINE = f"{contract.PROXY_HEADER}: {contract.PROXY_HEADER_VALUE}\r\n".encode()
 _HOST = b"\r\nhost:"
+_CONTENT_LENGTH = b"\r\ncontent-length:"
+#: Our own bit in the relay's reasons for not reading a client (ServerProtocol.pause/resume); the relay
+#: uses 1 and 2, and clears every bit when an exchange finishes.
+_PAUSED_HELD = 64
 #: Seconds a client is told to wait before retrying when a service's queue is full.
 RETRY_AFTER_S = 1
 
@@ -41,7 +45,7 @@ RETRY_AFTER_S = 1
 class _Ticket:
     """The handler's state of one exchange (kept in `exchange.tag`)."""
 
-    __slots__ = ("service", "pod", "waiter", "cold", "arrived_at", "marked")
+    __slots__ = ("service", "pod", "waiter", "cold", "arrived_at", "marked", "paused")
 
     def __init__(self, service: Service, arrived_at: float) -> None:
         self.service = service
@@ -52,6 +56,8 @@ class _Ticket:
         self.arrived_at = arrived_at
         #: PROXY_HEADER is in the head already (a request sent back to wait keeps it).
         self.marked = False
+        #: The client's body is not being read while the request is held.
+        self.paused = False
 
 
 def request_host(head_lower: bytes) -> bytes | None:
@@ -61,6 +67,18 @@ def request_host(head_lower: bytes) -> bytes | None:
         return None
     start += len(_HOST)
     return head_lower[start : head_lower.index(b"\r\n", start)].strip()
+
+
+def request_has_body(exchange: Exchange) -> bool:
+    """Whether the request announces a body (chunked, or a Content-Length above zero)."""
+    if exchange.chunked:
+        return True
+    start = exchange.head_lower.find(_CONTENT_LENGTH)
+    if start < 0:
+        return False
+    start += len(_CONTENT_LENGTH)
+    value = exchange.head_lower[start : exchange.head_lower.index(b"\r\n", start)].strip()
+    return value not in (b"0", b"")
 
 
 def mark_proxied(head: bytes) -> bytes:
@@ -118,6 +136,12 @@ class ActivatorProxy:
         if throttler.ready_count == 0:
             ticket.cold = True
             self._poker.activate(key)
+        if request_has_body(exchange):
+            # A body is coming: read none of it while held, so 10,000 held uploads cost their heads, not
+            # the relay's per-exchange buffer each. (A body-less request stays read, so a client that
+            # gives up is noticed at once and frees its place.)
+            exchange.server.pause(_PAUSED_HELD)
+            ticket.paused = True
         ticket.waiter = asyncio.get_running_loop().create_task(self._hold(exchange, ticket))
 
     async def _hold(self, exchange: Exchange, ticket: _Ticket) -> None:
@@ -149,6 +173,9 @@ class ActivatorProxy:
 
     def _forward(self, exchange: Exchange, ticket: _Ticket, pod: PodTracker) -> None:
         ticket.pod = pod
+        if ticket.paused:
+            ticket.paused = False
+            exchange.server.resume(_PAUSED_HELD)
         if not ticket.marked:
             ticket.marked = True
             exchange.head = mark_proxied(exchange.head)

@@ -243,3 +243,25 @@ async def test_a_websocket_held_at_zero_is_relayed_once_a_pod_is_ready(tmp_path:
             await wait_for(slot_released)
     finally:
         await upstream.stop()
+
+
+async def test_a_held_upload_is_forwarded_whole(tmp_path: Path) -> None:
+    upstream = await Upstream(ready=False).start()
+    body = bytes(range(256)) * 4096  # 1 MiB: more than the relay buffers per request
+    try:
+        async with activator(tmp_path, [hello()]) as act, session() as client:
+
+            async def upload(request_id: str) -> tuple[int, str]:
+                async with client.post(f"{act.url}/?id={request_id}", data=body, headers=HOST) as response:
+                    return response.status, await response.text()
+
+            uploads = [asyncio.create_task(upload(str(i))) for i in range(5)]
+            get_held = asyncio.create_task(get(client, f"{act.url}/?id=get", headers=HOST))
+            await asyncio.sleep(0.2)
+            await act.set_endpoints(client, HELLO, [upstream.endpoint])
+            upstream.make_ready()
+            for status, text in await asyncio.gather(*uploads):
+                assert status == 200 and f"body={len(body)}" in text
+            assert (await get_held)[0] == 200
+    finally:
+        await upstream.stop()
