@@ -1,6 +1,9 @@
 """Benchmark (not a test): requests/s through the Kapa-programmed Envoy in serve mode, beside the upstream alone.
 
-    .venv/bin/python -m tests.gateway.bench_envoy [--seconds 5] [--connections 50]
+    .venv/bin/python -m tests.gateway.bench_envoy [--seconds 5] [--connections 50] [--services 1000]
+
+Also: how fast a mode switch and an endpoint change reach Envoy (until its ACK), the latter with many
+services, over state-of-the-world and delta xDS.
 
 The upstream is a minimal uvloop responder in its own process; wrk drives load; Envoy runs one worker.
 Envoy's CPU time is read from /proc to give requests per Envoy CPU-second. Figures on a shared 2-core
@@ -23,7 +26,7 @@ from gateway.bootstrap import DEFAULT_NODE_ID as NODE
 from gateway.bootstrap import BootstrapConfig
 from gateway.control import Gateway, GatewayConfig
 from gateway.launcher import EnvoyProcess
-from gateway.resources import ROUTE_TYPE, ListenerConfig
+from gateway.resources import ENDPOINT_TYPE, ROUTE_TYPE, ListenerConfig
 from tests.support import free_port, running, wait_for_port
 
 RESPONDER = """
@@ -69,12 +72,35 @@ async def switch_latencies_ms(gateway: Gateway, count: int) -> list[float]:
     return sorted(latencies)
 
 
+async def endpoint_change_latencies_ms(services: int, delta: bool, count: int) -> list[float]:
+    """With `services` services serving, time from one service's endpoint change to Envoy's EDS ACK."""
+    xds_port = free_port()
+    gateway = Gateway(GatewayConfig("127.0.0.1", xds_port, ListenerConfig("127.0.0.1", free_port())))
+    keys = [ServiceKey("bench", f"svc{index}") for index in range(services)]
+    for index, key in enumerate(keys):
+        gateway.set_service(key, "serve", [Endpoint(f"10.{index // 250}.{index % 250}.1", 8012)])
+    await gateway.start()
+    latencies = []
+    try:
+        async with EnvoyProcess(BootstrapConfig(xds_port=xds_port, admin_port=free_port(), delta=delta)):
+            for index in range(count):
+                start = time.perf_counter()
+                gateway.set_endpoints(keys[0], [Endpoint("10.255.0.1", 8012 + index % 2)])
+                version = gateway.cache.snapshot()[ENDPOINT_TYPE].version
+                while gateway.xds_status()[NODE][ENDPOINT_TYPE].acked_version != version:
+                    await asyncio.sleep(0.0005)
+                latencies.append((time.perf_counter() - start) * 1000)
+    finally:
+        await gateway.stop()
+    return sorted(latencies)
+
+
 def cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def bench(seconds: int, connections: int) -> None:
+async def bench(seconds: int, connections: int, services: int) -> None:
     upstream_port, listener_port, xds_port = free_port(), free_port(), free_port()
     with running([sys.executable, "-c", RESPONDER, str(upstream_port)]):
         wait_for_port(upstream_port)
@@ -101,14 +127,19 @@ async def bench(seconds: int, connections: int) -> None:
     median, slowest = switch_ms[len(switch_ms) // 2], switch_ms[-1]
     print(f"  mode switch, set_mode() to Envoy's ACK of the new routes ({len(switch_ms)}x): "
           f"p50 {median:.1f} ms  max {slowest:.1f} ms")
+    for protocol, delta in (("sotw", False), ("delta", True)):
+        changes = await endpoint_change_latencies_ms(services, delta, 20)
+        print(f"  {services} services, one service's endpoint change to Envoy's EDS ACK, {protocol:5}: "
+              f"p50 {changes[len(changes) // 2]:.1f} ms  max {changes[-1]:.1f} ms")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--services", type=int, default=1000, help="services for the endpoint-change figures")
     args = parser.parse_args()
-    asyncio.run(bench(args.seconds, args.connections))
+    asyncio.run(bench(args.seconds, args.connections, args.services))
 
 
 if __name__ == "__main__":
