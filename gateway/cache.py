@@ -1,7 +1,8 @@
 """The xDS snapshot cache and per-stream bookkeeping (state-of-the-world protocol), free of gRPC.
 
 `SnapshotCache` holds the current resources of each type with a version per type: a version changes only
-when that type's content changes, so a mode switch sends Envoy a new route table and nothing else.
+when that type's content changes, so a mode switch sends Envoy a new route table and nothing else. Each
+resource also keeps the version at which it last changed, which delta xDS (gateway.delta) sends per resource.
 
 `StreamBook` is one ADS stream's memory, per type: what Envoy subscribed to, what we last sent (version,
 names, nonce), what it last ACKed, and what it rejected. It decides which requests to ignore and which
