@@ -10,7 +10,10 @@ while still starting, as Kubernetes publishes a starting pod, and turns ready af
 the held request's response, over N cold starts, p50/p90/p99/max. The same again for the local mode's
 flow, where the endpoint is pushed (PUT on the admin port) at the moment the pod is ready.
 
-Part 2, throughput: wrk against the sample app directly and through the activator with a ready pod (the
+Part 2, memory: RSS of the activator before and while `--held` (5,000) requests are held at zero, each on
+its own connection.
+
+Part 3, throughput: wrk against the sample app directly and through the activator with a ready pod (the
 activator forwarding to the sample app), requests/s, p50/p99 and requests per CPU-second of the activator
 process. On two or more CPUs the activator runs alone on the first, the rest on the others.
 """
@@ -152,6 +155,50 @@ async def _cold_starts(port: int, admin_port: int, count: int, pushed_when_ready
     return samples
 
 
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+async def _held_gauge(client: aiohttp.ClientSession, admin_port: int) -> float:
+    async with client.get(f"http://127.0.0.1:{admin_port}{contract.METRICS_PATH}") as response:
+        for line in (await response.text()).splitlines():
+            if line.startswith(contract.ACTIVATOR_HELD_REQUESTS + "{"):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def _held_memory(pid: int, port: int, admin_port: int, count: int) -> tuple[float, float]:
+    """(RSS before, RSS with `count` requests held), in MB: what a flood of requests at zero costs."""
+    request = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    async with aiohttp.ClientSession() as client:
+        await _put_endpoints(client, admin_port, [])
+        before = _rss_mb(pid)
+        writers = []
+        try:
+            for start in range(0, count, 500):
+                batch = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port)
+                                               for _ in range(start, min(count, start + 500))))
+                for _, writer in batch:
+                    writer.write(request)
+                    writers.append(writer)
+            deadline = asyncio.get_running_loop().time() + 60
+            while await _held_gauge(client, admin_port) < count:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError("the activator did not hold every request")
+                await asyncio.sleep(0.2)
+            held = _rss_mb(pid)
+        finally:
+            for writer in writers:
+                writer.close()
+        while await _held_gauge(client, admin_port) > 0:  # clients gone: their places are freed
+            await asyncio.sleep(0.2)
+    return before, held
+
+
 def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
@@ -161,7 +208,7 @@ def _figures(flow: str, samples_s: list[float]) -> ActivationFigures:
     return ActivationFigures(flow, len(ms), statistics.median(ms), _quantile(ms, 0.9), _quantile(ms, 0.99), ms[-1])
 
 
-def run(cold_starts: int, duration_s: int, connections: int, pin: bool) -> dict[str, object]:
+def run(cold_starts: int, duration_s: int, connections: int, pin: bool, held_requests: int) -> dict[str, object]:
     placement = Placement.choose(pin)
     with tempfile.TemporaryDirectory(prefix="kapa-activation-") as tmp:
         directory = Path(tmp)
@@ -172,6 +219,7 @@ def run(cold_starts: int, duration_s: int, connections: int, pin: bool) -> dict[
                 _figures("pushed when ready (local mode)",
                          uvloop.run(_cold_starts(port, admin_port, cold_starts, pushed_when_ready=True))),
             ]
+            rss_before, rss_held = uvloop.run(_held_memory(pid, port, admin_port, held_requests))
             app_port = free_port()
             with started([sys.executable, "-m", "kapa", "sample-app", "--port", str(app_port)], None,
                          placement.load_cpus, directory / "app.log") as app:
@@ -193,7 +241,8 @@ def run(cold_starts: int, duration_s: int, connections: int, pin: bool) -> dict[
                     wrk = run_wrk(url, connections, duration_s, 1, placement.load_cpus)
                     cpu = cpu_seconds(measured_pid) - before if measured_pid else None
                     throughput.append(ThroughputFigures(target, wrk, cpu))
-    return {"placement": placement.describe(), "activation": activation, "throughput": throughput}
+    memory = {"held_requests": held_requests, "rss_before_mb": rss_before, "rss_held_mb": rss_held}
+    return {"placement": placement.describe(), "activation": activation, "throughput": throughput, "memory": memory}
 
 
 def format_report(figures: dict[str, object]) -> str:
@@ -202,6 +251,11 @@ def format_report(figures: dict[str, object]) -> str:
     for row in figures["activation"]:  # type: ignore[attr-defined]
         lines.append(f"  {row.flow:<42}{row.samples:>4}{row.p50_ms:>8.1f}{row.p90_ms:>8.1f}{row.p99_ms:>8.1f}{row.max_ms:>8.1f}")
     lines.append(f"  goal: within {GOAL_MS:g} ms")
+    memory = figures["memory"]
+    extra_mb = memory["rss_held_mb"] - memory["rss_before_mb"]  # type: ignore[index]
+    lines += ["", f"memory: {memory['held_requests']:,} requests held at zero: activator RSS "  # type: ignore[index]
+              f"{memory['rss_before_mb']:.0f} -> {memory['rss_held_mb']:.0f} MB "  # type: ignore[index]
+              f"({extra_mb * 1024 / memory['held_requests']:.1f} KB per held request)"]  # type: ignore[index]
     lines += ["", f"throughput ({figures['placement']})",
               f"  {'target':<12}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'activator CPU-s':>17}{'req/CPU-s':>11}"]
     for row in figures["throughput"]:  # type: ignore[attr-defined]
@@ -218,10 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-starts", type=int, default=20)
     parser.add_argument("--duration", type=parse_duration, default=10.0, help="wrk duration per target")
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--held", type=int, default=5000, help="requests held at once for the memory figure")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the activator to its own CPU")
     args = parser.parse_args(argv)
-    figures = run(args.cold_starts, max(1, round(args.duration)), args.connections, not args.no_pin)
+    figures = run(args.cold_starts, max(1, round(args.duration)), args.connections, not args.no_pin, args.held)
     if args.json:
         print(json.dumps({key: [asdict(row) if hasattr(row, "__dataclass_fields__") else row for row in value]
                           if isinstance(value, list) else value for key, value in figures.items()}, indent=2))
