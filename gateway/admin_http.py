@@ -2,7 +2,8 @@
 
     PUT /v1/routes/{namespace}/{name}   {"mode": "serve"|"proxy", "endpoints": ["10.0.0.7:8012", ...]}
         Either key may be left out to keep the current value. An unknown service is added with its default
-        hosts. 200 with the service's route; 400 for a malformed body; 409 when the change conflicts.
+        hosts. 200 with the service's route; 400 for a malformed body or name; 409 when another service
+        already claims its hosts.
     DELETE /v1/routes/{namespace}/{name}
     PUT /v1/activator                   {"endpoints": ["127.0.0.1:8013"]}
     GET /v1/routes                      the routing state and what each connected Envoy ACKed or rejected
@@ -20,7 +21,7 @@ from kapa.log import get_logger
 from kapa.services import Endpoint, ServiceKey
 
 from gateway.control import Gateway
-from gateway.routing import RoutingError, ServiceRoute, check_endpoint, parse_endpoint, parse_mode
+from gateway.routing import ClaimConflict, RoutingError, ServiceRoute, check_endpoint, parse_endpoint, parse_mode
 
 log = get_logger(__name__)
 
@@ -77,8 +78,10 @@ async def put_route(request: web.Request) -> web.Response:
         return _bad_request(str(error))
     try:
         gateway.set_service(key, mode, endpoints)
-    except RoutingError as error:
+    except ClaimConflict as error:
         return web.json_response({"error": str(error)}, status=409)
+    except RoutingError as error:
+        return _bad_request(str(error))
     log.info("route set over http", service=str(key), mode=mode, endpoints=None if endpoints is None else len(endpoints))
     return web.json_response(route_json(gateway.state.services[key]))
 

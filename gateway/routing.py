@@ -33,6 +33,10 @@ class RoutingError(ValueError):
     """A change that would make the routing ambiguous or unusable by Envoy (a clear message, no change)."""
 
 
+class ClaimConflict(RoutingError):
+    """A Host or path prefix that another service already claims."""
+
+
 def parse_mode(value: object) -> Mode:
     if value not in MODES:
         raise RoutingError(f"mode must be one of {', '.join(MODES)}, got {value!r}")
@@ -162,9 +166,9 @@ class RoutingState:
                 continue
             shared = set(route.hosts) & set(other.hosts)
             if shared:
-                raise RoutingError(f"{route.key} and {other.key} both claim host(s) {', '.join(sorted(shared))}")
+                raise ClaimConflict(f"{route.key} and {other.key} both claim host(s) {', '.join(sorted(shared))}")
             if route.path_prefix is not None and route.path_prefix == other.path_prefix:
-                raise RoutingError(f"{route.key} and {other.key} both claim path prefix {route.path_prefix}")
+                raise ClaimConflict(f"{route.key} and {other.key} both claim path prefix {route.path_prefix}")
 
     def with_service(
         self, key: ServiceKey, mode: Mode | None = None, endpoints: Iterable[Endpoint] | None = None

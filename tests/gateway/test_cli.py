@@ -64,6 +64,9 @@ async def test_kapa_gateway_serves_admin_api_and_runs_envoy(tmp_path: Path) -> N
                 assert (await put("/v1/routes/default/hello", {"mode": "fast"}))[0] == 400
                 assert (await put("/v1/routes/default/hello", {"endpoints": ["pod.example:1"]}))[0] == 400
                 assert (await put("/v1/routes/other/svc", {"mode": "serve", "extra": 1}))[0] == 400
+                assert (await put("/v1/routes/other/bad%20name", {"mode": "serve"}))[0] == 400
+                # A new service whose default host another one claims as an extra host: a conflict.
+                assert (await put("/v1/routes/localhost/hello", {"mode": "serve"}))[0] == 409
 
                 async def served_by_pod() -> bool:
                     return await fetch("/", "hello.default") == (200, "pod-a")
