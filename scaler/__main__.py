@@ -1,6 +1,7 @@
 """`kapa scaler` (also `python -m scaler`): the scaler as a process, with HTTP and KEDA gRPC in front.
 
     kapa scaler --services services.yaml [--config config-autoscaler.yaml]
+                [--kubernetes [--kubeconfig FILE] [--kube-namespace NS]] [--actuator none|keda|direct]
                 [--prometheus-url http://127.0.0.1:9090] [--host 0.0.0.0] [--grpc-port 9095] [--http-port 9096]
                 [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
@@ -31,7 +33,15 @@ log = get_logger("scaler")
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kapa scaler", description="Knative's KPA over Prometheus, for KEDA.")
-    parser.add_argument("--services", type=Path, required=True, help="services file (re-read when it changes)")
+    parser.add_argument("--services", type=Path, help="services file (re-read when it changes); not read with --kubernetes")
+    parser.add_argument("--kubernetes", action="store_true",
+                        help="services are the Deployments enrolled with kapa.dev/enabled, ready pods come from "
+                        "EndpointSlices, bad annotations become Events (in-cluster config, else --kubeconfig)")
+    parser.add_argument("--kubeconfig", help="kubeconfig file for --kubernetes outside a cluster")
+    parser.add_argument("--kube-namespace", help="with --kubernetes: one namespace only (default: all)")
+    parser.add_argument("--actuator", choices=["none", "keda", "direct"], default=os.environ.get("KAPA_ACTUATOR", "none"),
+                        help="direct: patch each Deployment's scale (needs --kubernetes); keda: KEDA reads the gRPC "
+                        "port; none: decide only (default: env KAPA_ACTUATOR, else none)")
     parser.add_argument("--config", type=Path, help="config-autoscaler: flat YAML map or ConfigMap manifest")
     parser.add_argument("--prometheus-url", default="http://127.0.0.1:9090")
     parser.add_argument("--query-timeout", type=float, default=1.5, help="seconds before a query counts as failed")
@@ -42,6 +52,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     parser.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle; clients must present a cert it signed (mTLS)")
     args = parser.parse_args(argv)
+    if args.services is None and not args.kubernetes:
+        parser.error("--services is required without --kubernetes")
+    if args.actuator == "direct" and not args.kubernetes:
+        parser.error("--actuator direct needs --kubernetes")
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
     if args.tls_client_ca is not None and args.tls_cert is None:
@@ -56,13 +70,24 @@ async def serve(args: argparse.Namespace) -> int:
             log.warning("invalid config-autoscaler setting; using the default", key=error.key, error=error.message)
     else:
         config = AutoscalerConfig.default()
-    try:
-        catalog = FileCatalog(args.services)
-    except ServicesFileError as error:
-        log.error("cannot start", error=str(error))
-        return 2
     metrics = PrometheusMetrics(args.prometheus_url, timeout_s=args.query_timeout)
-    scaler = Scaler(config, catalog, metrics, ready_pods=metrics)
+    if args.kubernetes:
+        from scaler.kubernetes import DeploymentCatalog, EndpointSliceReadyPods, ScaleActuator, api_client
+
+        api = api_client(args.kubeconfig)
+        deployments = DeploymentCatalog(api, config, args.kube_namespace)
+        ready_pods = EndpointSliceReadyPods(api, args.kube_namespace)
+        await deployments.start()
+        await ready_pods.start()
+        actuators = [ScaleActuator(api, deployments)] if args.actuator == "direct" else []
+        scaler = Scaler(config, deployments, metrics, ready_pods=ready_pods, actuators=actuators)
+    else:
+        try:
+            catalog = FileCatalog(args.services)
+        except ServicesFileError as error:
+            log.error("cannot start", error=str(error))
+            return 2
+        scaler = Scaler(config, catalog, metrics, ready_pods=metrics)
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
 
     runner = web.AppRunner(make_app(scaler), access_log=None)
@@ -76,6 +101,7 @@ async def serve(args: argparse.Namespace) -> int:
         grpc=f"{args.host}:{args.grpc_port}",
         prometheus=args.prometheus_url,
         services=len(scaler.services()),
+        actuator=args.actuator,
     )
 
     stopping = asyncio.Event()

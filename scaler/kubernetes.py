@@ -1,0 +1,279 @@
+"""The scaler's Kubernetes edges: which Deployments are enrolled, how many of their pods are ready, setting
+their scale (`actuator: direct`), and telling their owners about bad annotations.
+
+- `DeploymentCatalog` lists and watches Deployments (all namespaces, or one) and offers those enrolled with
+  `kapa.dev/enabled: "true"` (label or annotation, on the Deployment or its pod template: kapa.inject's
+  rule) as ServiceSpecs. Annotations on the Deployment apply and those on its pod template win, as for
+  injection. When an enrolled Deployment's annotations change, each rejected value becomes a Warning Event
+  on the Deployment naming the key and the problem (and a log line), once per change.
+- `EndpointSliceReadyPods` counts ready endpoints per Service from EndpointSlices (kapa.endpoints' watch):
+  the same readiness Kubernetes routes by. Unknown (None) until the first list has arrived.
+- `ScaleActuator` patches `deployments/scale` to each decision's desired_pods when it differs from the
+  Deployment's replicas as last seen by the catalog (so an unchanged decision costs no API call); 0 is a
+  valid count.
+
+The official `kubernetes` client is synchronous: the watch runs in one daemon thread that only reads the
+network and hands each parsed event to the event loop; API writes run via asyncio.to_thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from kapa.endpoints import KubernetesEndpointSource, WatchExpired, next_resource_version
+from kapa.inject import is_enrolled
+from kapa.log import get_logger
+from kapa.services import ServiceKey, ServiceSpec
+from scaler.config import AutoscalerConfig, ConfigError, service_config
+from scaler.decision import Decision
+
+log = get_logger(__name__)
+
+EVENT_REASON_BAD_ANNOTATION = "InvalidAutoscalingAnnotation"
+EVENT_SOURCE = "kapa-scaler"
+
+
+def api_client(kubeconfig: str | None = None) -> Any:
+    """An ApiClient from the pod's ServiceAccount, else from `kubeconfig` (or ~/.kube/config)."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+            return client.ApiClient(configuration)
+        except config.ConfigException:
+            pass
+    config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+def deployment_spec(deployment: Mapping[str, Any]) -> ServiceSpec:
+    """The ServiceSpec of a Deployment (as API JSON): its key and its merged annotations."""
+    metadata = deployment.get("metadata") or {}
+    template = ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    annotations = {**(metadata.get("annotations") or {}), **(template.get("annotations") or {})}
+    return ServiceSpec(ServiceKey(metadata["namespace"], metadata["name"]), annotations)
+
+
+def bad_annotation_event(deployment: Mapping[str, Any], error: ConfigError) -> dict[str, Any]:
+    """A core/v1 Warning Event on the Deployment naming the annotation and its problem."""
+    metadata = deployment["metadata"]
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{metadata['name']}.", "namespace": metadata["namespace"]},
+        "involvedObject": {
+            "apiVersion": "apps/v1", "kind": "Deployment", "namespace": metadata["namespace"],
+            "name": metadata["name"], "uid": metadata.get("uid"),
+        },
+        "type": "Warning",
+        "reason": EVENT_REASON_BAD_ANNOTATION,
+        "message": f"annotation {error.key}: {error.message}; using the default",
+        "source": {"component": EVENT_SOURCE},
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+
+
+class DeploymentCatalog:
+    """Enrolled Deployments by list + watch; `services()` is the scaler loop's ServiceCatalog."""
+
+    WATCH_TIMEOUT_S = 240
+    RETRY_DELAY_S = 1.0
+
+    def __init__(self, api: Any, config: AutoscalerConfig, namespace: str | None = None) -> None:
+        self._api = api
+        self._config = config
+        self._namespace = namespace
+        #: (namespace, name) -> Deployment JSON, every Deployment (enrolment may change).
+        self._deployments: dict[tuple[str, str], dict[str, Any]] = {}
+        self._services: dict[ServiceKey, ServiceSpec] = {}
+        self._replicas: dict[ServiceKey, int] = {}
+        self._stopping = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.listed = asyncio.Event()
+
+    # -- read by the loop and the actuator ---------------------------------------------------------------------
+
+    def services(self) -> Mapping[ServiceKey, ServiceSpec]:
+        return self._services
+
+    def replicas(self, key: ServiceKey) -> int | None:
+        """The Deployment's spec.replicas as last seen (None when unknown)."""
+        return self._replicas.get(key)
+
+    # -- state changes, on the loop's thread -------------------------------------------------------------------
+
+    def handle_list(self, items: list[dict[str, Any]]) -> None:
+        self._deployments = {}
+        for deployment in items:
+            metadata = deployment["metadata"]
+            self._deployments[(metadata["namespace"], metadata["name"])] = deployment
+        self._rebuild()
+        self.listed.set()
+
+    def handle_event(self, event_type: str, deployment: dict[str, Any]) -> None:
+        metadata = deployment.get("metadata") or {}
+        slot = (metadata.get("namespace", ""), metadata.get("name", ""))
+        if event_type in {"ADDED", "MODIFIED"}:
+            self._deployments[slot] = deployment
+        elif event_type == "DELETED":
+            self._deployments.pop(slot, None)
+        else:
+            return
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        services: dict[ServiceKey, ServiceSpec] = {}
+        replicas: dict[ServiceKey, int] = {}
+        for deployment in self._deployments.values():
+            if not is_enrolled({**deployment, "kind": "Deployment"}):
+                continue
+            spec = deployment_spec(deployment)
+            previous = self._services.get(spec.key)
+            if previous is not None and previous == spec:
+                spec = previous  # unchanged: the loop recognises it by identity and re-parses nothing
+            else:
+                self._report(deployment, spec)
+            services[spec.key] = spec
+            replicas[spec.key] = int((deployment.get("spec") or {}).get("replicas", 1))
+        added = services.keys() - self._services.keys()
+        removed = self._services.keys() - services.keys()
+        if added or removed:
+            log.info("enrolled deployments changed", added=sorted(map(str, added)),
+                     removed=sorted(map(str, removed)), services=len(services))
+        self._services, self._replicas = services, replicas
+
+    def _report(self, deployment: dict[str, Any], spec: ServiceSpec) -> None:
+        _, errors = service_config(self._config, spec)
+        for error in errors:
+            log.warning("invalid autoscaling annotation; using the default", service=error.service, key=error.key,
+                        error=error.message)
+            if self._loop is not None:
+                self._loop.create_task(self._create_event(bad_annotation_event(deployment, error)))
+
+    async def _create_event(self, event: dict[str, Any]) -> None:
+        from kubernetes import client
+
+        core = client.CoreV1Api(self._api)
+        namespace = event["metadata"]["namespace"]
+        try:
+            await asyncio.to_thread(core.create_namespaced_event, namespace, event)
+        except Exception as error:  # noqa: BLE001 - an event is a courtesy; the log line already went out
+            log.warning("cannot create event", namespace=namespace, error=repr(error))
+
+    # -- running -------------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from kubernetes import client
+
+        self._loop = asyncio.get_running_loop()
+        apps = client.AppsV1Api(self._api)
+        threading.Thread(target=self._run, args=(apps,), name="deployment-watch", daemon=True).start()
+
+    def close(self) -> None:
+        self._stopping.set()
+
+    def _call(self, apps: Any, **kwargs: Any) -> Any:
+        kwargs["_preload_content"] = False
+        if self._namespace is None:
+            return apps.list_deployment_for_all_namespaces(**kwargs)
+        return apps.list_namespaced_deployment(self._namespace, **kwargs)
+
+    def _post(self, callback: Any, *args: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(callback, *args)
+
+    def _run(self, apps: Any) -> None:
+        from kubernetes.watch.watch import iter_resp_lines
+
+        resource_version: str | None = None
+        while not self._stopping.is_set():
+            try:
+                if resource_version is None:
+                    response = self._call(apps)
+                    try:
+                        listed = json.loads(response.data)
+                    finally:
+                        response.release_conn()
+                    resource_version = listed["metadata"]["resourceVersion"]
+                    self._post(self.handle_list, listed.get("items") or [])
+                response = self._call(apps, watch=True, resource_version=resource_version,
+                                      allow_watch_bookmarks=True, timeout_seconds=self.WATCH_TIMEOUT_S,
+                                      _request_timeout=(10, self.WATCH_TIMEOUT_S + 30))
+                try:
+                    for line in iter_resp_lines(response):
+                        if self._stopping.is_set():
+                            return
+                        if line:
+                            event = json.loads(line)
+                            resource_version = next_resource_version(event, resource_version)
+                            self._post(self.handle_event, event.get("type"), event.get("object") or {})
+                finally:
+                    response.close()
+                    response.release_conn()
+            except WatchExpired:
+                resource_version = None
+            except Exception as error:  # noqa: BLE001 - the API server may fail in any way; keep watching
+                log.warning("deployment watch failed", error=repr(error))
+                resource_version = None
+                time.sleep(self.RETRY_DELAY_S)
+
+
+class _ListedEndpointSource(KubernetesEndpointSource):
+    """kapa.endpoints' EndpointSlice watch, remembering whether its first list has arrived."""
+
+    listed = False
+
+    def handle_list(self, list_object: Mapping[str, Any]) -> None:
+        super().handle_list(list_object)
+        self.listed = True
+
+
+class EndpointSliceReadyPods:
+    """ReadyPodCounter: ready, non-terminating endpoints of the Service named like the Deployment."""
+
+    def __init__(self, api: Any, namespace: str | None = None) -> None:
+        self.source = _ListedEndpointSource(api, namespace=namespace)
+
+    async def start(self) -> None:
+        await self.source.start()
+
+    async def close(self) -> None:
+        await self.source.close()
+
+    def ready_pods(self, key: ServiceKey) -> int | None:
+        if not self.source.listed:
+            return None
+        update = self.source.snapshot().get(key)
+        return len(update.ready) if update is not None else 0
+
+
+class ScaleActuator:
+    """`actuator: direct`: set each enrolled Deployment's scale subresource to the decided pod count."""
+
+    def __init__(self, api: Any, catalog: DeploymentCatalog) -> None:
+        from kubernetes import client
+
+        self._apps = client.AppsV1Api(api)
+        self._catalog = catalog
+
+    async def apply(self, decisions: Mapping[ServiceKey, Decision]) -> None:
+        for key, decision in decisions.items():
+            current = self._catalog.replicas(key)
+            desired = decision.desired_pods
+            if current is None or current == desired or desired < 0:
+                continue
+            await asyncio.to_thread(
+                self._apps.patch_namespaced_deployment_scale, key.name, key.namespace, {"spec": {"replicas": desired}}
+            )
+            log.info("scaled", service=str(key), replicas_from=current, replicas_to=desired)

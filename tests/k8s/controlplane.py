@@ -1,0 +1,239 @@
+"""A real Kubernetes control plane for the end-to-end tests: etcd, kube-apiserver, kube-controller-manager and
+kube-scheduler, built by scripts/build-k8s.sh, started as processes with certificates made here.
+
+etcd and the controllers' serving ports stay on loopback. The API server listens on the pod bridge's
+gateway address (network.GATEWAY_IP) and advertises it, because pods (in their own network namespaces) must
+reach it and the `kubernetes` Service's endpoints may not be loopback. Every client, the test included,
+authenticates with one admin client certificate (group system:masters); pods use their ServiceAccount
+tokens, so the chart's RBAC is exercised for real.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.k8s import network
+from tests.support import free_port, stop_process
+
+K8S_VERSION = "v1.36.3"
+#: Where scripts/build-k8s.sh puts the binaries (KAPA_CACHE overrides the cache root, as in the script).
+BIN_DIR = Path(os.environ.get("KAPA_CACHE", Path.home() / ".cache" / "kapa")) / f"k8s-{K8S_VERSION}" / "bin"
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "helm")
+#: The first address of network.SERVICE_CIDR, which the API server gives the `kubernetes` Service.
+KUBERNETES_SERVICE_IP = "10.96.0.1"
+CLUSTER_DOMAIN = "cluster.local"
+
+
+def missing_binaries() -> list[str]:
+    return [name for name in BINARIES if not os.access(BIN_DIR / name, os.X_OK)]
+
+
+def skip_reason() -> str | None:
+    """Why the Kubernetes tests cannot run here, with what to do about it; None when they can."""
+    if os.geteuid() != 0:
+        return "the Kubernetes end-to-end tests need root (network namespaces for pods)"
+    for tool in ("ip", "nsenter", "unshare", "mount", "openssl"):
+        if shutil.which(tool) is None:
+            return f"the Kubernetes end-to-end tests need `{tool}` (util-linux, iproute2, openssl)"
+    missing = missing_binaries()
+    if missing:
+        how = "install Go, then run `bash scripts/build-k8s.sh`" if shutil.which("go") is None else (
+            "run `bash scripts/build-k8s.sh`")
+        return f"Kubernetes binaries missing in {BIN_DIR} ({', '.join(missing)}): {how} (cold build ~10-20 min)"
+    return None
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    """How to reach the running control plane."""
+
+    dir: Path
+    server: str
+    kubeconfig: Path
+    ca_file: Path
+    client_cert: Path
+    client_key: Path
+
+    @property
+    def host(self) -> str:
+        return network.GATEWAY_IP
+
+    @property
+    def port(self) -> int:
+        return int(self.server.rsplit(":", 1)[1])
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
+
+    def api_client(self):  # -> kubernetes.client.ApiClient
+        from kubernetes import client, config
+
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=configuration)
+        return client.ApiClient(configuration)
+
+    def env(self) -> dict[str, str]:
+        """Environment for helm and other clients: this cluster's kubeconfig only."""
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HOME": str(self.dir / "home")}
+
+
+# --- certificates (openssl CLI: no Python crypto dependency) ------------------------------------------------
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _ec_key(path: Path) -> None:
+    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(path), cwd=path.parent)
+
+
+def _signed_cert(pki: Path, name: str, subject: str, extensions: str) -> None:
+    _ec_key(pki / f"{name}.key")
+    _openssl("req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr", cwd=pki)
+    (pki / f"{name}.ext").write_text(extensions)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=pki)
+
+
+def make_pki(pki: Path) -> None:
+    """A CA, the API server's serving certificate, an admin client certificate and the ServiceAccount key."""
+    pki.mkdir(parents=True)
+    _ec_key(pki / "ca.key")
+    _openssl("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=kapa-test-ca", "-days", "2",
+             "-out", "ca.crt", cwd=pki)
+    names = ["kubernetes", "kubernetes.default", "kubernetes.default.svc", f"kubernetes.default.svc.{CLUSTER_DOMAIN}",
+             "localhost"]
+    alt = ",".join([f"DNS:{n}" for n in names] + [f"IP:{ip}" for ip in ("127.0.0.1", network.GATEWAY_IP,
+                                                                         KUBERNETES_SERVICE_IP)])
+    _signed_cert(pki, "apiserver", "/CN=kube-apiserver",
+                 f"subjectAltName={alt}\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n")
+    _signed_cert(pki, "admin", "/O=system:masters/CN=kapa-test-admin",
+                 "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n")
+    _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
+    _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+
+
+def write_kubeconfig(path: Path, server: str, pki: Path) -> None:
+    path.write_text(
+        f"""apiVersion: v1
+kind: Config
+clusters:
+- name: kapa-test
+  cluster: {{server: "{server}", certificate-authority: "{pki / 'ca.crt'}"}}
+users:
+- name: admin
+  user: {{client-certificate: "{pki / 'admin.crt'}", client-key: "{pki / 'admin.key'}"}}
+contexts:
+- name: kapa-test
+  context: {{cluster: kapa-test, user: admin}}
+current-context: kapa-test
+"""
+    )
+
+
+# --- processes -------------------------------------------------------------------------------------------
+
+def _start(stack: ExitStack, name: str, args: list[str], logs: Path) -> subprocess.Popen[bytes]:
+    """Start a process in its own session, logging to logs/NAME.log; the stack stops it (group) on exit."""
+    log = stack.enter_context(open(logs / f"{name}.log", "wb"))
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    stack.callback(stop_process, process, 10.0)
+    return process
+
+
+def _wait_ready(plane: ControlPlane, process: subprocess.Popen[bytes], logs: Path, timeout_s: float) -> None:
+    context = plane.ssl_context()
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = (logs / "kube-apiserver.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"kube-apiserver exited with {process.returncode}:\n{tail}")
+        try:
+            with urllib.request.urlopen(f"{plane.server}/readyz", context=context, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError as error:
+            last = error
+        time.sleep(0.25)
+    raise TimeoutError(f"kube-apiserver not ready after {timeout_s}s (last: {last}); see {logs}")
+
+
+@contextmanager
+def control_plane(root: Path, startup_timeout_s: float = 120.0) -> Iterator[ControlPlane]:
+    """etcd + kube-apiserver + kube-controller-manager + kube-scheduler, torn down (in reverse) on exit.
+
+    Expects the pod bridge (network.create_bridge) to exist: the API server binds its address.
+    """
+    pki = root / "pki"
+    logs = root / "logs"
+    logs.mkdir(parents=True)
+    (root / "home").mkdir()
+    make_pki(pki)
+    api_port = free_port()
+    server = f"https://{network.GATEWAY_IP}:{api_port}"
+    kubeconfig = root / "kubeconfig"
+    write_kubeconfig(kubeconfig, server, pki)
+    plane = ControlPlane(root, server, kubeconfig, pki / "ca.crt", pki / "admin.crt", pki / "admin.key")
+
+    with ExitStack() as stack:
+        etcd_client, etcd_peer = free_port(), free_port()
+        _start(stack, "etcd", [
+            str(BIN_DIR / "etcd"), "--name=kapa-test", f"--data-dir={root / 'etcd'}",
+            f"--listen-client-urls=http://127.0.0.1:{etcd_client}",
+            f"--advertise-client-urls=http://127.0.0.1:{etcd_client}",
+            f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+            f"--initial-cluster=kapa-test=http://127.0.0.1:{etcd_peer}",
+            "--unsafe-no-fsync", "--quota-backend-bytes=1073741824", "--log-level=warn",
+        ], logs)
+        apiserver = _start(stack, "kube-apiserver", [
+            str(BIN_DIR / "kube-apiserver"),
+            f"--etcd-servers=http://127.0.0.1:{etcd_client}",
+            f"--bind-address={network.GATEWAY_IP}", f"--advertise-address={network.GATEWAY_IP}",
+            f"--secure-port={api_port}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--authorization-mode=Node,RBAC",
+            f"--service-cluster-ip-range={network.SERVICE_CIDR}",
+            f"--service-account-issuer=https://kubernetes.default.svc.{CLUSTER_DOMAIN}",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            # Webhooks and aggregated APIs are called at their Service's endpoints (pod IPs), not the
+            # ClusterIP, which nothing routes here (no kube-proxy).
+            "--enable-aggregator-routing=true",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--v=1",
+        ], logs)
+        _wait_ready(plane, apiserver, logs, startup_timeout_s)
+        _start(stack, "kube-controller-manager", [
+            str(BIN_DIR / "kube-controller-manager"),
+            f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--leader-elect=false", "--controllers=*",
+            f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
+            f"--service-cluster-ip-range={network.SERVICE_CIDR}",
+            "--horizontal-pod-autoscaler-sync-period=5s",
+            "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
+            "--v=1",
+        ], logs)
+        _start(stack, "kube-scheduler", [
+            str(BIN_DIR / "kube-scheduler"),
+            f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
+            "--v=1",
+        ], logs)
+        yield plane

@@ -1,0 +1,134 @@
+"""scaler.kubernetes against the real API server: the catalog of enrolled Deployments, Events for bad
+annotations, ready pods from EndpointSlices, and the direct actuator's scale patches."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from kapa import contract
+from kapa.services import ServiceKey
+from scaler.config import AutoscalerConfig
+from scaler.decision import Decision
+from scaler.kubernetes import (
+    EVENT_REASON_BAD_ANNOTATION,
+    DeploymentCatalog,
+    EndpointSliceReadyPods,
+    ScaleActuator,
+)
+from tests.k8s.conftest import Cluster
+
+pytestmark = pytest.mark.timeout(120)
+
+NAMESPACE = "scaler-edges"
+
+
+async def eventually(check: Callable[[], Any], timeout_s: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.1)
+
+
+def deployment(name: str, annotations: dict[str, str], replicas: int = 0) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NAMESPACE, "annotations": annotations},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                         "spec": {"containers": [{"name": "app", "image": "none", "command": ["true"]}]}},
+        },
+    }
+
+
+def decision(desired: int) -> Decision:
+    return Decision(desired_pods=desired, excess_burst_capacity=0, panic_mode=False, stale=False, mode="serve",
+                    stable_value=None, panic_value=None, target=10.0, ready_pods=0, at_s=0.0, explanation=())
+
+
+@pytest.fixture(scope="module")
+def namespace(cluster: Cluster) -> Any:
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api)
+    core.create_namespace({"metadata": {"name": NAMESPACE}})
+    yield cluster
+    core.delete_namespace(NAMESPACE)
+
+
+async def test_catalog_events_and_direct_scale(namespace: Cluster) -> None:
+    from kubernetes import client
+
+    apps = client.AppsV1Api(namespace.api)
+    core = client.CoreV1Api(namespace.api)
+    enrolled = {contract.ANNOTATION_ENABLED: "true", "autoscaling.knative.dev/target": "ten"}
+    apps.create_namespaced_deployment(NAMESPACE, deployment("enrolled", enrolled))
+    apps.create_namespaced_deployment(NAMESPACE, deployment("plain", {}))
+
+    catalog = DeploymentCatalog(namespace.api, AutoscalerConfig.default(), NAMESPACE)
+    await catalog.start()
+    try:
+        key = ServiceKey(NAMESPACE, "enrolled")
+        assert await eventually(lambda: key in catalog.services())
+        assert set(catalog.services()) == {key}, "only the enrolled Deployment is a service"
+        assert catalog.services()[key].annotations["autoscaling.knative.dev/target"] == "ten"
+
+        def warning() -> list[Any]:
+            events = core.list_namespaced_event(NAMESPACE, field_selector="involvedObject.name=enrolled").items
+            return [e for e in events if e.reason == EVENT_REASON_BAD_ANNOTATION]
+
+        events = await eventually(warning)
+        assert events and events[0].type == "Warning" and events[0].involved_object.kind == "Deployment"
+        assert "autoscaling.knative.dev/target" in events[0].message
+
+        actuator = ScaleActuator(namespace.api, catalog)
+        await actuator.apply({key: decision(3)})
+        assert apps.read_namespaced_deployment_scale("enrolled", NAMESPACE).spec.replicas == 3
+        assert await eventually(lambda: catalog.replicas(key) == 3)
+        await actuator.apply({key: decision(0)})
+        assert apps.read_namespaced_deployment_scale("enrolled", NAMESPACE).spec.replicas == 0
+        # A service the catalog does not enrol is never scaled.
+        await actuator.apply({ServiceKey(NAMESPACE, "plain"): decision(2)})
+        assert apps.read_namespaced_deployment_scale("plain", NAMESPACE).spec.replicas == 0
+
+        apps.delete_namespaced_deployment("enrolled", NAMESPACE)
+        assert await eventually(lambda: key not in catalog.services())
+    finally:
+        catalog.close()
+
+
+async def test_ready_pods_from_endpoint_slices(namespace: Cluster) -> None:
+    from kubernetes import client
+
+    discovery = client.DiscoveryV1Api(namespace.api)
+    counter = EndpointSliceReadyPods(namespace.api, NAMESPACE)
+    key = ServiceKey(NAMESPACE, "counted")
+    assert counter.ready_pods(key) is None, "unknown before the first list"
+    await counter.start()
+    try:
+        assert await eventually(lambda: counter.ready_pods(key) == 0)
+        endpoints = [
+            {"addresses": ["10.244.0.200"], "conditions": {"ready": True}},
+            {"addresses": ["10.244.0.201"], "conditions": {"ready": True}},
+            {"addresses": ["10.244.0.202"], "conditions": {"ready": False}},
+            {"addresses": ["10.244.0.203"], "conditions": {"ready": False, "terminating": True}},
+        ]
+        discovery.create_namespaced_endpoint_slice(NAMESPACE, {
+            "metadata": {"name": "counted-1", "labels": {"kubernetes.io/service-name": "counted"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": contract.QUEUE_SERVING_PORT, "protocol": "TCP"}],
+            "endpoints": endpoints,
+        })
+        assert await eventually(lambda: counter.ready_pods(key) == 2)
+        discovery.delete_namespaced_endpoint_slice("counted-1", NAMESPACE)
+        assert await eventually(lambda: counter.ready_pods(key) == 0)
+    finally:
+        await counter.close()
