@@ -141,6 +141,13 @@ ENVOY_ADMIN_PORT: Final = 9901
 #: The gateway's HTTP admin API (set a service's mode and endpoints, read the routing state).
 GATEWAY_ADMIN_PORT: Final = 9094
 
+# --- Routing modes (the scaler decides, the gateway routes) ---------------------------------------------
+
+#: Requests go straight to the service's pods.
+MODE_SERVE: Final = "serve"
+#: Requests go through the activator (service at zero, or its excess burst capacity is negative).
+MODE_PROXY: Final = "proxy"
+
 # --- Queue-proxy environment (Knative's names where Knative has one) ------------------------------------
 
 ENV_QUEUE_SERVING_PORT: Final = "QUEUE_SERVING_PORT"
