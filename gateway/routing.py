@@ -21,12 +21,14 @@ from kapa.services import Endpoint, ServiceEntry, ServiceKey, ServiceSpec
 
 log = get_logger(__name__)
 
-#: "serve": requests go straight to the service's pods. "proxy": they go to the activator, which holds
-#: them while the service is at zero and buffers bursts beyond the pods' capacity (Knative's modes).
+#: "serve" (contract.MODE_SERVE): requests go straight to the service's pods. "proxy" (contract.MODE_PROXY):
+#: they go to the activator, which holds them while the service is at zero and buffers bursts beyond the
+#: pods' capacity (Knative's modes). Spelled out here only because a Literal type needs the strings.
 Mode = Literal["serve", "proxy"]
 MODES: Final[tuple[Mode, ...]] = get_args(Mode)
+assert set(MODES) == {contract.MODE_SERVE, contract.MODE_PROXY}
 #: A service nobody has decided about yet is at zero as far as we know: the activator is the safe target.
-DEFAULT_MODE: Final[Mode] = "proxy"
+DEFAULT_MODE: Final[Mode] = contract.MODE_PROXY
 
 
 class RoutingError(ValueError):
@@ -121,7 +123,7 @@ class ServiceRoute:
     def serves_directly(self) -> bool:
         """True when requests go to the pods. "serve" with no pod would answer 503 (no healthy upstream);
         the activator holds such requests instead, so an early or stale "serve" never loses one."""
-        return self.mode == "serve" and bool(self.endpoints)
+        return self.mode == contract.MODE_SERVE and bool(self.endpoints)
 
     def __post_init__(self) -> None:
         try:
