@@ -149,6 +149,10 @@ def test_scaler_gateway_and_activator_arguments_are_accepted_by_their_commands(h
     manifests = render(helm)
     scaler = scaler_args(container_args(manifests, "kapa-scaler", "scaler"))
     assert (scaler.grpc_port, scaler.http_port) == (contract.SCALER_GRPC_PORT, contract.SCALER_HTTP_PORT)
+    assert scaler.kubernetes and scaler.actuator == "keda" and scaler.kube_namespace is None
+    for variant, actuator, namespace in [("direct", "direct", None), ("operator+namespaces", "keda", "shop")]:
+        parsed = scaler_args(container_args(render(helm, *VARIANTS[variant]), "kapa-scaler", "scaler"))
+        assert (parsed.actuator, parsed.kube_namespace) == (actuator, namespace)
     gateway = gateway_parser().parse_args(container_args(manifests, "kapa-scaler", "gateway"))
     assert gateway.xds_port == contract.XDS_PORT and gateway.listen_port == contract.ENVOY_LISTENER_PORT
     assert gateway.activator == [f"kapa-activator.{NAMESPACE}.svc.cluster.local:{contract.ACTIVATOR_PORT}"]
