@@ -156,16 +156,18 @@ class H2cRelay:
     def idle(self) -> bool:
         return not self.streams
 
-    def start(self, upstream: asyncio.Transport, to_upstream: bytes = b"", upstream_sent: bytes = b"") -> None:
-        """Relay between the client and a connected upstream transport. `to_upstream`: client bytes not yet
-        forwarded; `upstream_sent`: upstream bytes already forwarded to the client (only scanned)."""
+    def start(
+        self, upstream: asyncio.Transport, to_upstream: bytes = b"", to_client: bytes = b"", upstream_sent: bytes = b""
+    ) -> None:
+        """Relay between the client and a connected upstream transport. `to_upstream`, `to_client`: bytes
+        not yet forwarded; `upstream_sent`: upstream bytes already forwarded to the client (only scanned)."""
         if upstream_sent:
             self._server_scanner.feed(upstream_sent)
         self._pipe = Pipe(
             self.client, upstream, self._pipe_closed,
             watch_client=self._client_scanner.feed, watch_upstream=self._server_scanner.feed,
         )
-        self._pipe.start(to_upstream)
+        self._pipe.start(to_upstream, to_client)
 
     def close(self) -> None:
         if self._pipe is not None:
@@ -249,10 +251,14 @@ class H2cRelay:
 
 
 class _Held(asyncio.Protocol):
-    """Holds a fresh upstream connection unread until the pipe takes it over (h2c servers speak first)."""
+    """Keeps what a fresh upstream connection sends until the pipe takes it over: an h2c server speaks
+    first (its SETTINGS frame), possibly before the connecting coroutine resumes."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.pause_reading()  # type: ignore[attr-defined]
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.received.append(data)
 
 
 class H2cTunnel:
@@ -276,7 +282,7 @@ class H2cTunnel:
     async def _connect(self, address: Address) -> None:
         loop = asyncio.get_running_loop()
         try:
-            upstream, _ = await loop.create_connection(_Held, address[0], address[1])
+            upstream, held = await loop.create_connection(_Held, address[0], address[1])
         except OSError:
             self.close()  # the client sees the connection close, as from an unreachable server
             return
@@ -285,7 +291,7 @@ class H2cTunnel:
             self.close()
             return
         received, self._received = self._received, b""
-        self.relay.start(upstream, to_upstream=received)  # type: ignore[arg-type]
+        self.relay.start(upstream, to_upstream=received, to_client=b"".join(held.received))  # type: ignore[arg-type]
 
     def close(self) -> None:
         self.client.close()

@@ -44,6 +44,8 @@ _PAUSED_PENDING = 1
 _PAUSED_UPSTREAM = 2
 
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+#: Methods a request may be sent again with (RFC 9110 9.2.2).
+_IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 
 
 class Handler(Protocol):
@@ -192,7 +194,8 @@ class Exchange:
         )
         self.status = status
         self.response_started = True
-        self.server.transport.write(local_response(status, body, keep, head_only=self.method == b"HEAD"))
+        if not self.server.closed:
+            self.server.transport.write(local_response(status, body, keep, head_only=self.method == b"HEAD"))
         self._finish(keep)
 
     def abort(self) -> None:
@@ -330,9 +333,10 @@ class Exchange:
             # must end too, the only way to tell the client where the body ends.
             self.server.transport.close()
             self._finish(False)
-        elif conn.reused and not self.body_sent and not self.upgrade and self.address is not None:
-            # An idle keep-alive connection the upstream closed as we reused it: nothing of this request
-            # was consumed, so send it again on another connection (what browsers and Go's transport do).
+        elif conn.reused and not self.body_sent and self.method in _IDEMPOTENT and not self.upgrade and self.address:
+            # Most likely an idle keep-alive connection the upstream closed as we reused it. The request
+            # had no body and is idempotent, so sending it again on another connection is safe (what
+            # browsers and Go's transport do).
             self.forward(self.address)
         else:
             self.failure = FAILURE_UPSTREAM

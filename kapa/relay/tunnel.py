@@ -76,9 +76,9 @@ class Pipe:
     #: A pipe carries one long request (a WebSocket): never idle.
     idle = False
 
-    def start(self, to_upstream: bytes = b"") -> None:
+    def start(self, to_upstream: bytes = b"", to_client: bytes = b"") -> None:
         """Take over both transports (neither may have reported connection_lost yet) and relay, starting
-        with `to_upstream`: client bytes received before the pipe existed."""
+        with the bytes each side sent before the pipe existed."""
         client, upstream = self.client_end.transport, self.upstream_end.transport
         client.set_protocol(self.client_end)
         upstream.set_protocol(self.upstream_end)
@@ -87,6 +87,8 @@ class Pipe:
             return
         if to_upstream:
             self.client_end.data_received(to_upstream)
+        if to_client:
+            self.upstream_end.data_received(to_client)
         client.resume_reading()
         upstream.resume_reading()
 

@@ -44,45 +44,56 @@ async def _scrape(proxy: Proxy, name: str, **labels: str) -> float:
     return await asyncio.to_thread(proxy.metric, name, **labels)
 
 
-async def _sleeps(session: aiohttp.ClientSession, proxy: Proxy, count: int, ms: int, headers: dict[str, str] | None = None) -> None:
-    async def one() -> None:
+async def _sleeps(
+    session: aiohttp.ClientSession, proxy: Proxy, count: int, ms: int, headers: dict[str, str] | None = None
+) -> float:
+    """Run `count` concurrent requests that each sleep `ms` at the app; return the sum of their durations
+    as the client saw them (the proxy's share of each is inside it, so this bounds its integral)."""
+
+    async def one() -> float:
+        start = time.monotonic()
         async with session.get(f"{proxy.url}/sleep?ms={ms}", headers=headers) as response:
             assert response.status == 200
             await response.read()
+        return time.monotonic() - start
 
-    await asyncio.gather(*(one() for _ in range(count)))
+    return sum(await asyncio.gather(*(one() for _ in range(count))))
 
 
 async def test_known_load_integrates_to_n_times_t(proxy: Proxy) -> None:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         before = await _scrape(proxy, _CONCURRENCY)
         requests_before = await _scrape(proxy, contract.REQUESTS, code_class="2xx")
-        await _sleeps(session, proxy, count=4, ms=500)
+        client_seconds = await _sleeps(session, proxy, count=4, ms=500)
         after = await _scrape(proxy, _CONCURRENCY)
         requests_after = await _scrape(proxy, contract.REQUESTS, code_class="2xx")
-    assert 2.0 <= after - before < 2.1
+    assert 4 * 0.5 <= after - before <= client_seconds
     assert requests_after - requests_before == 4
 
 
 async def test_a_5ms_request_between_two_scrapes_counts(proxy: Proxy) -> None:
     async with aiohttp.ClientSession() as session:
         before = await _scrape(proxy, _CONCURRENCY)
-        await _sleeps(session, proxy, count=1, ms=5)
+        client_seconds = await _sleeps(session, proxy, count=1, ms=5)
         after = await _scrape(proxy, _CONCURRENCY)
-    assert 0.005 <= after - before < 0.03
+    assert 0.005 <= after - before <= client_seconds
 
 
 async def test_rate_over_a_window_is_the_average_concurrency(proxy: Proxy) -> None:
-    """Three requests span the whole window: the increase over it, divided by its length, is 3."""
+    """Three requests span the whole window: the increase over it is 3 x its length."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         load = asyncio.create_task(_sleeps(session, proxy, count=3, ms=1500))
         await asyncio.sleep(0.2)
-        start, first = time.monotonic(), await _scrape(proxy, _CONCURRENCY)
+        # Each scrape happened somewhere between sending it and getting its answer.
+        sent_first = time.monotonic()
+        first = await _scrape(proxy, _CONCURRENCY)
+        answered_first = time.monotonic()
         await asyncio.sleep(1.0)
-        end, second = time.monotonic(), await _scrape(proxy, _CONCURRENCY)
+        sent_second = time.monotonic()
+        second = await _scrape(proxy, _CONCURRENCY)
+        answered_second = time.monotonic()
         await load
-    # The scrape instants are known to within the HTTP round trip of each scrape (a few ms).
-    assert abs((second - first) / (end - start) - 3.0) < 0.1
+    assert 3 * (sent_second - answered_first) <= second - first <= 3 * (answered_second - sent_first)
 
 
 async def test_proxied_requests_are_integrated_separately(proxy: Proxy) -> None:
@@ -91,14 +102,14 @@ async def test_proxied_requests_are_integrated_separately(proxy: Proxy) -> None:
         total_before = await _scrape(proxy, _CONCURRENCY)
         proxied_before = await _scrape(proxy, contract.PROXIED_CONCURRENCY_SECONDS)
         count_before = await _scrape(proxy, contract.PROXIED_REQUESTS)
-        await asyncio.gather(
+        proxied_client_s, plain_client_s = await asyncio.gather(
             _sleeps(session, proxy, count=2, ms=300, headers=marked), _sleeps(session, proxy, count=3, ms=300)
         )
         total = await _scrape(proxy, _CONCURRENCY) - total_before
         proxied = await _scrape(proxy, contract.PROXIED_CONCURRENCY_SECONDS) - proxied_before
         count = await _scrape(proxy, contract.PROXIED_REQUESTS) - count_before
-    assert 0.6 <= proxied < 0.66
-    assert 1.5 <= total < 1.6
+    assert 2 * 0.3 <= proxied <= proxied_client_s
+    assert 5 * 0.3 <= total <= proxied_client_s + plain_client_s
     assert count == 2
 
 
@@ -112,9 +123,9 @@ async def test_duration_histogram_counts_every_request(proxy: Proxy) -> None:
 
     count0, fast0, sum0 = await asyncio.to_thread(histogram)
     async with aiohttp.ClientSession() as session:
-        await _sleeps(session, proxy, count=3, ms=0)
-        await _sleeps(session, proxy, count=2, ms=200)
+        fast_client_s = await _sleeps(session, proxy, count=3, ms=0)
+        slow_client_s = await _sleeps(session, proxy, count=2, ms=200)
     count1, fast1, sum1 = await asyncio.to_thread(histogram)
     assert count1 - count0 == 5
-    assert fast1 - fast0 == 3
-    assert 0.4 <= sum1 - sum0 < 0.5
+    assert fast1 - fast0 == 3 or fast_client_s > 0.1  # the 0 ms ones, unless the machine stalled them
+    assert 2 * 0.2 <= sum1 - sum0 <= fast_client_s + slow_client_s
