@@ -62,9 +62,6 @@ class Throttler:
     def ready_count(self) -> int:
         return len(self._ready)
 
-    def ready_endpoints(self) -> list[Endpoint]:
-        return [pod.endpoint for pod in self._ready]
-
     def set_endpoints(self, endpoints: Iterable[Endpoint]) -> None:
         """The service's pods are now exactly `endpoints`; new ones start unready until probed."""
         wanted = set(endpoints)
