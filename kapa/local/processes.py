@@ -88,7 +88,8 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(child.process.wait(), grace_s)
         if child.running:
-            log.warning("child did not stop in time, killing it", child=child.name, pid=child.pid, grace_s=grace_s)
+            log.info("child still running after its grace period, killing it", child=child.name, pid=child.pid,
+                     grace_s=grace_s)
         _signal_group(child.pid, signal.SIGKILL)
         return await child.process.wait()
 

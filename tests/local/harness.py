@@ -64,6 +64,7 @@ class KapaUp:
     """A running `kapa up --no-view`."""
 
     process: asyncio.subprocess.Process
+    stderr_path: Path
     output: list[str] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     entry_url: str = ""
@@ -82,11 +83,12 @@ class KapaUp:
             config_file = workdir / "config.yaml"
             config_file.write_text(yaml.safe_dump(config))
             args += ["--config", str(config_file)]
-        process = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.PIPE, stderr=open(workdir / "kapa-up.stderr", "wb"),
-            start_new_session=True,
-        )
-        up = cls(process)
+        stderr_path = workdir / "kapa-up.stderr"
+        with open(stderr_path, "wb") as stderr:
+            process = await asyncio.create_subprocess_exec(
+                *args, stdout=asyncio.subprocess.PIPE, stderr=stderr, start_new_session=True
+            )
+        up = cls(process, stderr_path)
         up._reader = asyncio.get_running_loop().create_task(up._read())
         try:
             await up.wait_for(lambda: bool(up.entry_url and up.prometheus_url), timeout_s, "the banner")
@@ -108,6 +110,11 @@ class KapaUp:
                 self.samples.append(sample)
             self._changed.set()
 
+    def transcript(self, lines: int = 30) -> str:
+        """The last lines kapa up printed, then the last lines it logged (for failure messages)."""
+        logged = self.stderr_path.read_text(errors="replace").splitlines()
+        return "\n".join(["stdout:", *self.output[-lines:], "stderr:", *logged[-lines:]])
+
     @property
     def latest(self) -> Sample | None:
         return self.samples[-1] if self.samples else None
@@ -117,10 +124,10 @@ class KapaUp:
         while not predicate():
             if self.process.returncode is not None:
                 raise AssertionError(f"kapa up exited ({self.process.returncode}) waiting for {what}:\n"
-                                     + "\n".join(self.output[-30:]))
+                                     + self.transcript())
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"no {what} within {timeout_s}s; last lines:\n" + "\n".join(self.output[-30:]))
+                raise AssertionError(f"no {what} within {timeout_s}s:\n" + self.transcript())
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
@@ -133,6 +140,15 @@ class KapaUp:
             return latest is not None and latest.ready == ready and latest.desired == (
                 ready if desired is None else desired)
         await self.wait_for(reached, timeout_s, f"{ready} ready replicas")
+        assert self.latest is not None
+        return self.latest
+
+    async def wait_fresh(self, ready: int, timeout_s: float = 30.0) -> Sample:
+        """`ready` replicas and the scaler reading data for them: the moment to start a scenario's load."""
+        def reached() -> bool:
+            latest = self.latest
+            return latest is not None and latest.ready == latest.desired == ready and not latest.stale
+        await self.wait_for(reached, timeout_s, f"{ready} ready replicas with fresh metrics")
         assert self.latest is not None
         return self.latest
 

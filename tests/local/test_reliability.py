@@ -42,7 +42,7 @@ def _processes(up: KapaUp, needle: str) -> list[int]:
 async def test_a_killed_app_costs_only_its_requests_and_is_replaced(tmp_path: Path) -> None:
     up = await KapaUp.start(tmp_path, hello_services({**ANNOTATIONS, knative_annotation("min-scale"): "2"}), CONFIG)
     try:
-        await up.wait_replicas(2, 30)
+        await up.wait_fresh(2)
         load = asyncio.create_task(up.load(concurrency=20, duration_s=15))
         await asyncio.sleep(4)
         apps = _processes(up, "sample-app")
@@ -65,7 +65,7 @@ async def test_prometheus_outage_holds_replicas_and_says_stale_then_resumes(tmp_
     up = await KapaUp.start(tmp_path, hello_services(ANNOTATIONS), CONFIG)
     (prometheus,) = _processes(up, "prometheus --config.file")
     try:
-        await up.wait_replicas(1, 30)
+        await up.wait_fresh(1)
         await up.load(concurrency=30, duration_s=12)
         assert up.latest is not None and up.latest.desired == 3
         # The load has stopped; without Prometheus the scaler must not read that as zero traffic.
