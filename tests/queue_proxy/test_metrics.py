@@ -82,7 +82,7 @@ async def test_a_5ms_request_between_two_scrapes_counts(proxy: Proxy) -> None:
 async def test_rate_over_a_window_is_the_average_concurrency(proxy: Proxy) -> None:
     """Three requests span the whole window: the increase over it is 3 x its length."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        load = asyncio.create_task(_sleeps(session, proxy, count=3, ms=1500))
+        load = asyncio.create_task(_sleeps(session, proxy, count=3, ms=2000))
         await asyncio.sleep(0.2)
         # Each scrape happened somewhere between sending it and getting its answer.
         sent_first = time.monotonic()
