@@ -57,6 +57,8 @@ async def test_a_killed_app_costs_only_its_requests_and_is_replaced(tmp_path: Pa
         # moment before the backend took it out of the activator: 502s, nothing else.
         assert set(failed) <= {502} and sum(failed.values()) <= 25 and result.errors == 0, result.summary()
         assert result.status_counts.get(200, 0) > 1000
+        print(f"figures: killed one of 2 replicas under -c 20: {sum(failed.values())} failed requests "
+              f"({failed}) of {result.requests}")
     finally:
         await up.stop()
 

@@ -51,9 +51,13 @@ async def test_target_10_at_full_utilisation_holds_5_then_scales_to_zero_and_wak
 
         await up.wait_replicas(0, WINDOW_S + GRACE_S + 15)
         assert up.latest is not None and up.latest.at - ended >= WINDOW_S, "scaled to zero before the window"
+        at_zero = up.latest.at
         woken = await run_load(LoadConfig(f"{up.entry_url}/?sleep=100", requests=1, headers=(("Host", HOST),),
                                           timeout_s=30))
         assert woken.status_counts == {200: 1}, woken.summary()
+        print(f"figures: 5 replicas {settled - began:.1f}s after the load began; {result.responses} responses, "
+              f"p99 {result.latency_quantile_s(0.99) * 1000:.0f} ms; zero {at_zero - ended:.1f}s after it ended; "
+              f"first request from zero answered in {woken.latencies_s[0] * 1000:.0f} ms")
     finally:
         await up.stop()
 
