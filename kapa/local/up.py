@@ -186,6 +186,7 @@ def _status(stack: LocalStack, key: ServiceKey, telemetry: Telemetry, history: R
         failures=counts.failures,
         stable=None if decision is None else decision.stable_value,
         panic=None if decision is None else decision.panic_value,
+        target=None if decision is None else decision.target,
         panic_mode=bool(decision and decision.panic_mode),
         stale=bool(decision and decision.stale) or telemetry.rps is None,
         # Where the scaler would route; only Envoy acts on it (without it everything goes through the activator).

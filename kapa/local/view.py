@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -18,8 +19,8 @@ from rich.text import Text
 from kapa.services import ServiceKey
 
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
-#: Seconds of replica history the sparkline shows (one sample a second); sized so the table fits 132 columns.
-HISTORY_S = 45
+#: Seconds of replica history the sparkline shows (one sample a second).
+HISTORY_S = 60
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class ServiceStatus:
     failures: int = 0
     stable: float | None = None
     panic: float | None = None
+    #: Concurrency (or rps) per replica the scaler aims at, after utilisation.
+    target: float | None = None
     panic_mode: bool = False
     stale: bool = False
     #: Where its traffic goes: "serve" (straight to replicas) or "proxy" (through the activator).
@@ -72,18 +75,22 @@ def _number(value: float | None, digits: int = 1) -> str:
 
 
 def render(statuses: Sequence[ServiceStatus], header: Sequence[str]) -> Group:
-    """The whole screen: the header lines (where things are), then one table row per service."""
-    table = Table(expand=False, header_style="bold")
-    table.add_column("service")
-    table.add_column("replicas\nready/desired", justify="right")
+    """The whole screen: the header lines (where things are), one table row per service, then each service's
+    sparkline on a line of its own, so the table stays narrow and the history gets the terminal's width."""
+    table = Table(box=box.SIMPLE_HEAVY, header_style="bold")
+    table.add_column("service", no_wrap=True)
+    table.add_column("replicas\nready/want", justify="right")
     table.add_column("starting\ndraining", justify="right")
     table.add_column("stable\nconc.", justify="right")
     table.add_column("panic\nconc.", justify="right")
+    table.add_column("target\n/replica", justify="right")
     table.add_column("mode")
     table.add_column("req/s", justify="right")
     table.add_column("held", justify="right")
     table.add_column("data")
-    table.add_column(f"ready replicas, last {HISTORY_S}s", min_width=HISTORY_S, no_wrap=True)
+    history = Table.grid(padding=(0, 2))
+    history.add_column(no_wrap=True)
+    history.add_column(no_wrap=True, overflow="crop")
     for status in statuses:
         replicas = Text(f"{status.ready}/{status.desired}", style="bold green" if status.ready == status.desired
                         else "bold yellow")
@@ -99,13 +106,16 @@ def render(statuses: Sequence[ServiceStatus], header: Sequence[str]) -> Group:
             f"{status.starting}/{status.draining}",
             _number(status.stable),
             _number(status.panic),
+            _number(status.target),
             mode,
             _number(status.rps),
             "-" if status.held is None else str(status.held),
             data,
-            Text(sparkline(status.history, status.desired), style="cyan"),
         )
-    return Group(*(Text(line) for line in header), table)
+        top = max((*status.history, status.desired, 1))
+        history.add_row(f"{status.key} ready replicas, last {len(status.history)}s (top {top}):",
+                        Text(sparkline(status.history, top), style="cyan"))
+    return Group(*(Text(line) for line in header), table, history)
 
 
 def change_line(previous: ServiceStatus | None, current: ServiceStatus) -> str | None:

@@ -28,12 +28,12 @@ def test_history_keeps_the_last_samples() -> None:
 
 
 def test_render_shows_every_figure() -> None:
-    status = ServiceStatus(HELLO, desired=5, ready=4, starting=1, stable=49.6, panic=51.2, panic_mode=True,
+    status = ServiceStatus(HELLO, desired=5, ready=4, starting=1, stable=49.6, panic=51.2, target=7.0, panic_mode=True,
                            mode="serve", rps=480.5, held=3, stale=True, failures=1, history=(0, 2, 4))
     console = Console(width=160, record=True)
     console.print(render([status], ["Prometheus: http://127.0.0.1:9"]))
     text = console.export_text()
-    for expected in ("Prometheus: http://127.0.0.1:9", "default/hello", "4/5", "1/0", "49.6", "51.2", "PANIC",
+    for expected in ("Prometheus: http://127.0.0.1:9", "default/hello", "4/5", "1/0", "49.6", "51.2", "7.0", "PANIC",
                      "serve", "480.5", "STALE", "1 failed", "▁▄▇"):
         assert expected in text, expected
 
