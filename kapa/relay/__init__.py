@@ -5,7 +5,8 @@ It knows nothing about counting, limits or routing: a `Handler` decides those. T
 - `RelayServer(handler, pool)`: pass `relay.protocol` to `loop.create_server`. Each request's head is
   parsed into an `Exchange`; `handler.request_received(exchange)` then calls `exchange.forward((host,
   port))` (relay to an upstream, bodies streamed both ways with flow control) or `exchange.respond(status,
-  body)`, now or later. `handler.request_finished(exchange)` follows exactly once however it ends, with
+  body, extra_headers=...)`, now or later (or `exchange.forward_on(conn)` with a connection the handler
+  opened through the pool itself). `handler.request_finished(exchange)` follows exactly once however it ends, with
   `exchange.status` set to what the client got. `handler.malformed_request(status)` reports a 400/431.
 - `UpstreamPool`: keep-alive upstream connections keyed by (host, port).
 - WebSocket and other upgrades: when the upstream answers 101 the connection becomes a byte `Pipe`; the

@@ -81,10 +81,13 @@ def status_phrase(status: int) -> bytes:
         return b"Unknown"
 
 
-def local_response(status: int, body: bytes, keep_alive: bool, head_only: bool = False) -> bytes:
-    """A complete plain-text response the relay sends itself."""
-    return b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n%s" % (
-        status, status_phrase(status), len(body), b"keep-alive" if keep_alive else b"close", b"" if head_only else body,
+def local_response(
+    status: int, body: bytes, keep_alive: bool, head_only: bool = False, extra_headers: bytes = b""
+) -> bytes:
+    """A complete plain-text response the relay sends itself; `extra_headers` are CRLF-terminated lines."""
+    return b"HTTP/1.1 %d %s\r\n%sContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n%s" % (
+        status, status_phrase(status), extra_headers, len(body), b"keep-alive" if keep_alive else b"close",
+        b"" if head_only else body,
     )
 
 
@@ -179,8 +182,18 @@ class Exchange:
         else:
             asyncio.get_running_loop().create_task(self._connect(address))
 
-    def respond(self, status: int, body: bytes, close: bool = False) -> None:
-        """Answer the client from the relay (a plain-text body) and end the exchange."""
+    def forward_on(self, conn: UpstreamConnection) -> None:
+        """Send the request on `conn`, an idle connection the handler opened (`pool.connect`) or took
+        (`pool.take`) itself; it returns to the pool afterwards as if `forward` had used it."""
+        if self.done:
+            self.server.relay.pool.put(conn)
+            return
+        self.address = conn.address
+        self._attach(conn)
+
+    def respond(self, status: int, body: bytes, close: bool = False, extra_headers: bytes = b"") -> None:
+        """Answer the client from the relay (a plain-text body; `extra_headers`: CRLF-terminated lines) and
+        end the exchange."""
         if self.done:
             return
         self._drop_upstream()
@@ -195,7 +208,9 @@ class Exchange:
         self.status = status
         self.response_started = True
         if not self.server.closed:
-            self.server.transport.write(local_response(status, body, keep, head_only=self.method == b"HEAD"))
+            self.server.transport.write(
+                local_response(status, body, keep, head_only=self.method == b"HEAD", extra_headers=extra_headers)
+            )
         self._finish(keep)
 
     def abort(self) -> None:
@@ -261,10 +276,7 @@ class Exchange:
                 self.respond(502, b"kapa: could not connect to the app at %s:%d: %s\n" % (
                     address[0].encode(), address[1], reason.encode()))
             return
-        if self.done:
-            pool.put(conn)
-        else:
-            self._attach(conn)
+        self.forward_on(conn)
 
     def _attach(self, conn: UpstreamConnection) -> None:
         self.upstream = conn

@@ -11,11 +11,8 @@ import grpc
 import h2.config
 import h2.connection
 import h2.events
-import pytest
-from hpack import Encoder
 
 from kapa import contract
-from kapa.relay.h2c import read_status
 from tests.queue_proxy.conftest import Proxy, queue_proxy
 from tests.support import free_port
 
@@ -98,14 +95,6 @@ async def test_grpc_over_h2c_is_relayed_and_each_stream_counted(tmp_path: Path) 
                 assert await _metric(proxy, contract.CONCURRENCY_SECONDS) >= 0.3
     finally:
         await server.stop(None)
-
-
-@pytest.mark.parametrize("status", ["200", "204", "404", "500", "503", "302", "201", "429"])
-@pytest.mark.parametrize("huffman", [True, False])
-def test_read_status_from_an_hpack_block(status: str, huffman: bool) -> None:
-    block = Encoder().encode([(":status", status), ("content-type", "text/plain")], huffman=huffman)
-    read = read_status(block)
-    assert read == int(status) or (huffman and read == int(status[0]) * 100)
 
 
 async def _h2c_upgrade_app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
