@@ -39,7 +39,7 @@ class ServiceStatus:
     target: float | None = None
     panic_mode: bool = False
     stale: bool = False
-    #: Where its traffic goes: "serve" (straight to replicas) or "proxy" (through the activator).
+    #: Where Envoy sends its traffic: MODE_SERVE (straight to replicas) or MODE_PROXY (through the activator).
     mode: str | None = None
     rps: float | None = None
     held: int | None = None

@@ -37,7 +37,7 @@ async def test_envoy_serves_straight_to_the_replicas_and_scales(tmp_path: Path) 
     }
     up = await KapaUp.start(tmp_path, hello_services(annotations), extra_args=("--envoy",))
     try:
-        await up.wait_for(lambda: bool(up.latest and up.latest.ready == 1 and up.latest.mode == "serve"), 30,
+        await up.wait_for(lambda: bool(up.latest and up.latest.ready == 1 and up.latest.mode == contract.MODE_SERVE), 30,
                           "one replica in serve mode")
         began = time.monotonic()
         load = asyncio.create_task(up.load(concurrency=50, duration_s=15))
@@ -45,7 +45,7 @@ async def test_envoy_serves_straight_to_the_replicas_and_scales(tmp_path: Path) 
         result = await load
         assert max(s.desired for s in up.since(began)) == 5
         assert result.errors == 0 and set(result.status_counts) == {200}, result.summary()
-        assert all(s.mode == "serve" for s in up.since(began) if s.ready > 0)
+        assert all(s.mode == contract.MODE_SERVE for s in up.since(began) if s.ready > 0)
         await asyncio.sleep(2)  # a last scrape
         through_activator = await _activator_requests(up.prometheus_url)
         assert through_activator < 0.02 * result.responses, (through_activator, result.responses)
