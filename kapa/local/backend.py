@@ -155,8 +155,12 @@ class LocalBackend:
             key: _Service(
                 entry,
                 app,
-                _non_negative_int(entry, contract.ANNOTATION_CONTAINER_CONCURRENCY, contract.DEFAULT_CONTAINER_CONCURRENCY),
-                _non_negative_int(entry, contract.ANNOTATION_TIMEOUT_SECONDS, contract.DEFAULT_REVISION_TIMEOUT_SECONDS),
+                _non_negative_int(
+                    entry, contract.ANNOTATION_CONTAINER_CONCURRENCY, contract.DEFAULT_CONTAINER_CONCURRENCY
+                ),
+                _non_negative_int(
+                    entry, contract.ANNOTATION_TIMEOUT_SECONDS, contract.DEFAULT_REVISION_TIMEOUT_SECONDS
+                ),
             )
             for key, (entry, app) in services.items()
         }
@@ -281,7 +285,9 @@ class LocalBackend:
                 f"{replica.name}-app", service.app.argv(replica.ports.app), service.app.environment(replica.ports.app)
             )
             proxy = await self._supervisor.start(
-                f"{replica.name}-queue-proxy", [sys.executable, "-m", "queue_proxy"], self._queue_proxy_env(service, replica)
+                f"{replica.name}-queue-proxy",
+                [sys.executable, "-m", "queue_proxy"],
+                self._queue_proxy_env(service, replica),
             )
             became_ready = await self._serve(service, replica, app, proxy)
             # Out of the endpoints before anything stops, so no new request is sent to it.

@@ -35,7 +35,7 @@ from scaler.catalog import StaticCatalog
 from scaler.config import AutoscalerConfig
 from scaler.decision import Decision
 from scaler.http_api import make_app
-from scaler.loop import Scaler
+from scaler.loop import Actuator, Scaler
 from scaler.prometheus_source import PrometheusMetrics
 
 log = get_logger(__name__)
@@ -111,8 +111,10 @@ class LocalStack:
         )
         self.metrics = PrometheusMetrics(self.prometheus.url)
         # The backend is both the exact ready-pod counter and the actuator: it knows every replica it runs.
-        self.scaler = Scaler(options.config, StaticCatalog(entry.spec for entry in self.entries), self.metrics, self.backend,
-                             actuators=[self.backend, *([self.gateway_routes] if self.gateway_routes else [])])
+        # With Envoy, the gateway also follows each decision's routing mode.
+        actuators: list[Actuator] = [self.backend, *([self.gateway_routes] if self.gateway_routes else [])]
+        catalog = StaticCatalog(entry.spec for entry in self.entries)
+        self.scaler = Scaler(options.config, catalog, self.metrics, self.backend, actuators=actuators)
         self._scaler_http: web.AppRunner | None = None
         self.activator: Child | None = None
         self.gateway: Child | None = None

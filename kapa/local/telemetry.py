@@ -1,8 +1,9 @@
 """The two figures of the live view that the scaler does not decide with: requests/s and held requests.
 
-Requests/s comes from the Prometheus the scaler reads (one query for all services), with the scaler's own rps
-query: each request counted once, whether it went through the activator, straight to a replica, or both. Held requests are a gauge of the activator's that Prometheus scrapes only every
-15 s, so the view reads it from the activator's own metrics endpoint, every refresh.
+Requests/s comes from the Prometheus the scaler reads (one query for all services), with the scaler's own
+rps query: each request counted once, whether it went through the activator, straight to a replica, or
+both. Held requests are a gauge of the activator's that Prometheus scrapes only every 15 s, so the view
+reads it from the activator's own metrics endpoint, every refresh.
 """
 
 from __future__ import annotations

@@ -99,7 +99,9 @@ async def _run(entries: list[ServiceEntry], apps: dict[ServiceKey, AppSpec], opt
     stack = LocalStack(entries, apps, options, default_services_text())
     if live_view:
         # The screen belongs to the view: logs go to a file next to the children's.
-        logging.getLogger().handlers[0].setStream(open(stack.log_dir / "kapa-up.log", "a"))  # type: ignore[attr-defined]
+        handler = logging.getLogger().handlers[0]
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(open(stack.log_dir / "kapa-up.log", "a"))
     console = Console()
     try:
         await stack.start()

@@ -37,8 +37,10 @@ async def test_envoy_serves_straight_to_the_replicas_and_scales(tmp_path: Path) 
     }
     up = await KapaUp.start(tmp_path, hello_services(annotations), extra_args=("--envoy",))
     try:
-        await up.wait_for(lambda: bool(up.latest and up.latest.ready == 1 and up.latest.mode == contract.MODE_SERVE), 30,
-                          "one replica in serve mode")
+        await up.wait_for(
+            lambda: bool(up.latest and up.latest.ready == 1 and up.latest.mode == contract.MODE_SERVE), 30,
+            "one replica in serve mode",
+        )
         began = time.monotonic()
         load = asyncio.create_task(up.load(concurrency=50, duration_s=15))
         await up.wait_replicas(5, 12)

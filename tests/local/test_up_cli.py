@@ -13,7 +13,7 @@ from kapa.local.up import main
     ("services", "message"),
     [
         ("services: []\n", "the services file lists no service"),
-        ("services:\n - name: x\n   local: {command: [app]}\n", "service default/x: local: the app must learn its port"),
+        ("services:\n - name: x\n   local: {command: [app]}\n", "default/x: local: the app must learn its port"),
         ("services:\n - name: x\n", "service default/x: local.command: expected a non-empty list"),
         ("nothing: here\n", "expected a mapping with a 'services' list"),
     ],
