@@ -85,8 +85,10 @@ class KapaUp:
             args += ["--config", str(config_file)]
         stderr_path = workdir / "kapa-up.stderr"
         with open(stderr_path, "wb") as stderr:
+            # TMPDIR: kapa up's work directory (logs of every part) lands in the test's own directory.
             process = await asyncio.create_subprocess_exec(
-                *args, stdout=asyncio.subprocess.PIPE, stderr=stderr, start_new_session=True
+                *args, stdout=asyncio.subprocess.PIPE, stderr=stderr, start_new_session=True,
+                env={**os.environ, "TMPDIR": str(workdir)},
             )
         up = cls(process, stderr_path)
         up._reader = asyncio.get_running_loop().create_task(up._read())
