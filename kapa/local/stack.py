@@ -29,7 +29,7 @@ from kapa.local.ports import LOOPBACK, PortAllocator
 from kapa.local.processes import Child, Supervisor
 from kapa.local.registrations import ActivatorEndpoints, GatewayRoutes
 from kapa.log import get_logger
-from kapa.prometheus_server import PrometheusServer, ScrapeTarget
+from kapa.prometheus_server import DEFAULT_BINARY, PrometheusServer, ScrapeTarget
 from kapa.services import ServiceEntry, ServiceKey
 from scaler.catalog import StaticCatalog
 from scaler.config import AutoscalerConfig
@@ -54,6 +54,7 @@ class StackOptions:
     entry_port: int = 0
     envoy: bool = False
     drain_s: float = LOCAL_DRAIN_SECONDS
+    prometheus_binary: str = DEFAULT_BINARY
 
 
 class _Targets:
@@ -94,7 +95,8 @@ class LocalStack:
         self.activator_admin_port = self.ports.allocate()
         self.scaler_http_port = self.ports.allocate()
         self.prometheus = PrometheusServer(
-            port=self.ports.allocate(), workdir=self.workdir / "prometheus", log_path=self.log_dir / "prometheus.log"
+            port=self.ports.allocate(), workdir=self.workdir / "prometheus", log_path=self.log_dir / "prometheus.log",
+            binary=options.prometheus_binary,
         )
         self.activator_endpoints = ActivatorEndpoints(f"http://{LOOPBACK}:{self.activator_admin_port}")
         self.gateway_routes = GatewayRoutes(f"http://{LOOPBACK}:{self.gateway_admin_port}") if options.envoy else None

@@ -26,12 +26,10 @@ from kapa.local.backend import LOCAL_DRAIN_SECONDS
 from kapa.local.stack import LocalStack, StackOptions
 from kapa.local.telemetry import Telemetry, TelemetryReader
 from kapa.local.view import ReplicaHistory, ServiceStatus, change_line, render
-from kapa.log import configure, get_logger
-from kapa.prometheus_server import DEFAULT_BINARY, PrometheusNotInstalled
-from scaler.config import AutoscalerConfig
+from kapa.log import configure
+from kapa.prometheus_server import PrometheusNotInstalled
 from kapa.services import ServiceEntry, ServiceKey, ServicesFileError, load_services, parse_services
-
-log = get_logger(__name__)
+from scaler.config import AutoscalerConfig
 
 REFRESH_S = 1.0
 DEFAULT_SERVICES = "default_services.yaml"
@@ -102,11 +100,10 @@ async def _run(entries: list[ServiceEntry], apps: dict[ServiceKey, AppSpec], opt
         handler = logging.getLogger().handlers[0]
         assert isinstance(handler, logging.StreamHandler)
         handler.setStream(open(stack.log_dir / "kapa-up.log", "a"))
-    console = Console()
     try:
         await stack.start()
     except PrometheusNotInstalled:
-        print(PROMETHEUS_MISSING.format(binary=DEFAULT_BINARY), file=sys.stderr)
+        print(PROMETHEUS_MISSING.format(binary=options.prometheus_binary), file=sys.stderr)
         await stack.stop()
         return 1
     except (RuntimeError, TimeoutError, OSError) as error:
@@ -118,7 +115,7 @@ async def _run(entries: list[ServiceEntry], apps: dict[ServiceKey, AppSpec], opt
         if not live_view:
             for line in header:
                 print(line, flush=True)
-        broken = await _show(stack, stop, header, console if live_view else None)
+        broken = await _show(stack, stop, header, Console() if live_view else None)
     finally:
         print("kapa up: stopping: replicas, activator, scaler, Prometheus", flush=True)
         await stack.stop()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 
-from kapa.local.up import main
+from kapa.local.app_spec import app_spec
+from kapa.local.stack import StackOptions
+from kapa.local.up import _run, default_services_text, main
+from kapa.services import parse_services
 
 
 @pytest.mark.parametrize(
@@ -30,3 +35,15 @@ def test_missing_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "none.yaml" in capsys.readouterr().err
     assert main(["--config", str(tmp_path / "none.yaml")]) == 2
     assert "--config" in capsys.readouterr().err
+
+
+async def test_missing_prometheus_says_how_to_install_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # kapa up's work directory
+    entries = parse_services(yaml.safe_load(default_services_text()))
+    apps = {entry.spec.key: app_spec(entry) for entry in entries}
+    options = StackOptions(services_file=None, prometheus_binary=str(tmp_path / "prometheus"))
+    assert await _run(entries, apps, options, live_view=False) == 1
+    err = capsys.readouterr().err
+    assert "Prometheus is not installed" in err and "make setup" in err and "apt-get install prometheus" in err
