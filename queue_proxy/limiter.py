@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 
 from kapa.relay import Exchange
 
@@ -39,10 +40,8 @@ class ConcurrencyLimiter:
     def release(self, exchange: Exchange) -> None:
         """The exchange ended: free its slot (for the next in line) or its place in the queue."""
         if not exchange.slot_held:
-            try:
+            with suppress(ValueError):  # not there: it was refused, never queued
                 self.waiting.remove(exchange)  # gave up while waiting; rare, so O(queue) is fine
-            except ValueError:
-                pass  # refused: never queued
             return
         exchange.slot_held = False
         waiting = self.waiting

@@ -46,46 +46,56 @@ class StatsCollector(Collector):
     def _family(self, name: str, snap: Snapshot) -> Metric:
         labels = self._labels
         if name == contract.CONCURRENCY_SECONDS:
-            family = CounterMetricFamily(name, "Time integral of in-flight requests (request-seconds).", labels=_BASE_LABELS)
-            family.add_metric(labels, snap.concurrency_seconds)
-        elif name == contract.PROXIED_CONCURRENCY_SECONDS:
-            family = CounterMetricFamily(
-                name, "Time integral of in-flight requests that came through the activator.", labels=_BASE_LABELS
-            )
-            family.add_metric(labels, snap.proxied_concurrency_seconds)
-        elif name == contract.REQUESTS:
-            family = CounterMetricFamily(
+            return _counter(name, "Time integral of in-flight requests (request-seconds).", labels,
+                            snap.concurrency_seconds)
+        if name == contract.PROXIED_CONCURRENCY_SECONDS:
+            return _counter(name, "Time integral of in-flight requests that came through the activator.", labels,
+                            snap.proxied_concurrency_seconds)
+        if name == contract.PROXIED_REQUESTS:
+            return _counter(name, "Requests answered that came through the activator.", labels,
+                            snap.proxied_requests)
+        if name == contract.REQUESTS:
+            by_class = CounterMetricFamily(
                 name, "Requests answered, by response code class.", labels=[*_BASE_LABELS, contract.LABEL_CODE_CLASS]
             )
             for code_class, count in snap.requests_by_class.items():
-                family.add_metric([*labels, code_class], count)
-        elif name == contract.PROXIED_REQUESTS:
-            family = CounterMetricFamily(name, "Requests answered that came through the activator.", labels=_BASE_LABELS)
-            family.add_metric(labels, snap.proxied_requests)
-        elif name == contract.REQUEST_DURATION:
-            family = HistogramMetricFamily(name, "Request duration at the queue-proxy.", labels=_BASE_LABELS)
-            cumulative = 0
-            buckets: list[tuple[str, float]] = []
-            for bound, count in zip((*contract.DURATION_BUCKETS_S, float("inf")), snap.duration_bucket_counts):
-                cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            family.add_metric(labels, buckets, snap.duration_sum_s)
-        elif name == contract.REQUESTS_IN_FLIGHT:
-            family = GaugeMetricFamily(name, "Requests inside the queue-proxy (waiting or at the app).", labels=_BASE_LABELS)
-            family.add_metric(labels, snap.in_flight)
-        elif name == contract.QUEUE_DEPTH:
-            family = GaugeMetricFamily(name, "Requests waiting for a concurrency slot.", labels=_BASE_LABELS)
-            family.add_metric(labels, snap.queue_depth)
-        elif name == contract.REJECTED_REQUESTS:
-            family = CounterMetricFamily(
+                by_class.add_metric([*labels, code_class], count)
+            return by_class
+        if name == contract.REJECTED_REQUESTS:
+            by_reason = CounterMetricFamily(
                 name, "Requests refused or failed by the queue-proxy itself, by reason.",
                 labels=[*_BASE_LABELS, contract.LABEL_REASON],
             )
             for reason in REJECT_REASONS:
-                family.add_metric([*labels, reason], snap.rejected_by_reason.get(reason, 0))
-        else:
-            raise KeyError(f"the queue-proxy does not export {name}")
-        return family
+                by_reason.add_metric([*labels, reason], snap.rejected_by_reason.get(reason, 0))
+            return by_reason
+        if name == contract.REQUEST_DURATION:
+            histogram = HistogramMetricFamily(name, "Request duration at the queue-proxy.", labels=_BASE_LABELS)
+            cumulative = 0
+            buckets: list[tuple[str, float]] = []
+            bounds = [repr(bound) for bound in contract.DURATION_BUCKETS_S] + ["+Inf"]
+            for bound, count in zip(bounds, snap.duration_bucket_counts, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            histogram.add_metric(labels, buckets, snap.duration_sum_s)
+            return histogram
+        if name == contract.REQUESTS_IN_FLIGHT:
+            return _gauge(name, "Requests inside the queue-proxy (waiting or at the app).", labels, snap.in_flight)
+        if name == contract.QUEUE_DEPTH:
+            return _gauge(name, "Requests waiting for a concurrency slot.", labels, snap.queue_depth)
+        raise KeyError(f"the queue-proxy does not export {name}")
+
+
+def _counter(name: str, documentation: str, labels: list[str], value: float) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=_BASE_LABELS)
+    family.add_metric(labels, value)
+    return family
+
+
+def _gauge(name: str, documentation: str, labels: list[str], value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=_BASE_LABELS)
+    family.add_metric(labels, value)
+    return family
 
 
 ALL_METRICS = (
@@ -94,7 +104,9 @@ ALL_METRICS = (
 )
 
 
-def metric_routes(stats: RequestStats, queue_depth: Callable[[], int], namespace: str, service: str) -> dict[str, Route]:
+def metric_routes(
+    stats: RequestStats, queue_depth: Callable[[], int], namespace: str, service: str
+) -> dict[str, Route]:
     """The routes of the metrics port."""
 
     def exposition(names: tuple[str, ...]) -> Route:

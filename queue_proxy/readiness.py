@@ -43,7 +43,9 @@ async def probe_once(probe: ProbeConfig, timeout_s: float) -> bool:
                 )
                 status_line = await reader.readline()
                 parts = status_line.split(b" ", 2)
-                return len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit() and 200 <= int(parts[1]) < 400
+                if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+                    return False
+                return 200 <= int(parts[1]) < 400
             finally:
                 writer.close()
     except (OSError, TimeoutError, ValueError):

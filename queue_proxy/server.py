@@ -14,7 +14,7 @@ import time
 
 from kapa import contract
 from kapa.log import get_logger
-from kapa.relay import RelayServer, serve_routes
+from kapa.relay import RelayServer, Route, serve_routes
 from queue_proxy.config import Config
 from queue_proxy.handler import QueueProxyHandler
 from queue_proxy.metrics import metric_routes
@@ -26,7 +26,7 @@ log = get_logger(__name__)
 _TEXT = "text/plain; charset=utf-8"
 
 
-def admin_routes(readiness: Readiness) -> dict[str, object]:
+def admin_routes(readiness: Readiness) -> dict[str, Route]:
     def ready() -> tuple[int, str, bytes]:
         if readiness.ready:
             return 200, _TEXT, b"ready\n"
@@ -48,7 +48,7 @@ async def serve(config: Config) -> int:
     relay = RelayServer(handler)
     host = config.bind_address
     serving = await loop.create_server(relay.protocol, host, config.serving_port, backlog=4096, reuse_address=True)
-    admin = await serve_routes(host, config.admin_port, admin_routes(readiness))  # type: ignore[arg-type]
+    admin = await serve_routes(host, config.admin_port, admin_routes(readiness))
     metrics = await serve_routes(
         host, config.metrics_port,
         metric_routes(stats, lambda: handler.queue_depth, config.namespace, config.service),

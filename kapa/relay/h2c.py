@@ -123,7 +123,8 @@ class _FrameScanner:
             stream_id = int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
             pos += 9
             # Only a HEADERS frame's payload is looked at (its first bytes, for the status).
-            self._on_frame(frame_type, flags, stream_id, data[pos : pos + min(length, 64)] if frame_type == _HEADERS else b"")
+            payload = data[pos : pos + min(length, 64)] if frame_type == _HEADERS else b""
+            self._on_frame(frame_type, flags, stream_id, payload)
             pos += length
         if pos > size:
             self._skip = pos - size

@@ -85,7 +85,9 @@ def local_response(
     status: int, body: bytes, keep_alive: bool, head_only: bool = False, extra_headers: bytes = b""
 ) -> bytes:
     """A complete plain-text response the relay sends itself; `extra_headers` are CRLF-terminated lines."""
-    return b"HTTP/1.1 %d %s\r\n%sContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n%s" % (
+    return (
+        b"HTTP/1.1 %d %s\r\n%sContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n%s"
+    ) % (
         status, status_phrase(status), extra_headers, len(body), b"keep-alive" if keep_alive else b"close",
         b"" if head_only else body,
     )

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import sys
 
 from aiohttp import WSMsgType, web
