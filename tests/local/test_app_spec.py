@@ -11,7 +11,7 @@ import yaml
 
 from kapa.local.app_spec import AppSpecError, app_spec
 from kapa.local.up import default_services_text
-from kapa.services import parse_services
+from kapa.services import load_services, parse_services
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,3 +58,9 @@ def test_default_is_the_shipped_example() -> None:
     assert str(entry.spec.key) == "default/hello"
     assert entry.spec.annotations["autoscaling.knative.dev/target"] == "10"
     assert app_spec(entry).argv(1234)[-2:] == ["--port", "1234"]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_example_is_valid_for_kapa_up(path: Path) -> None:
+    entries = load_services(path)
+    assert entries and all(app_spec(entry).command for entry in entries)
