@@ -1,4 +1,5 @@
-"""A minimal, fast HTTP/1.1 responder (uvloop + httptools) for the proxy's throughput check.
+"""A minimal, fast HTTP/1.1 responder (uvloop + httptools): the app for load tests and for measuring the
+proxy's own CPU cost (an app this cheap leaves the proxy as the bottleneck).
 
 `python -m tests.queue_proxy.fast_upstream PORT` answers every request with 200 and a 13-byte body.
 """

@@ -138,3 +138,16 @@ def test_pipelined_requests_are_answered_in_order(proxy: Proxy) -> None:
             data += chunk
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
     assert statuses == [b"200", b"201", b"202"]
+
+
+def test_expect_100_continue_passes_the_interim_response(proxy: Proxy) -> None:
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(b"POST /digest HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        interim = sock.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100 ")
+        sock.sendall(b"hello")
+        final = b""
+        while b"sha256" not in final:
+            final += sock.recv(65536)
+    assert re.match(rb"HTTP/1\.1 200 ", final)
+    assert hashlib.sha256(b"hello").hexdigest().encode() in final
