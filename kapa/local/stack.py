@@ -28,7 +28,6 @@ from kapa.local.backend import LOCAL_DRAIN_SECONDS, EndpointSink, LocalBackend
 from kapa.local.ports import LOOPBACK, PortAllocator
 from kapa.local.processes import Child, Supervisor
 from kapa.local.registrations import ActivatorEndpoints, GatewayRoutes
-from kapa.log import get_logger
 from kapa.prometheus_server import DEFAULT_BINARY, PrometheusServer, ScrapeTarget
 from kapa.services import ServiceEntry, ServiceKey
 from scaler.catalog import StaticCatalog
@@ -37,8 +36,6 @@ from scaler.decision import Decision
 from scaler.http_api import make_app
 from scaler.loop import Actuator, Scaler
 from scaler.prometheus_source import PrometheusMetrics
-
-log = get_logger(__name__)
 
 STOP_GRACE_S = 5.0
 START_TIMEOUT_S = 30.0
