@@ -130,6 +130,9 @@ QUEUE_METRICS_PORT: Final = 9091
 QUEUE_ADMIN_PORT: Final = 8022
 READY_PATH: Final = "/ready"
 LIVE_PATH: Final = "/live"
+#: Admin path a preStop hook on the app's container calls: it starts the queue-proxy's drain and answers
+#: once no request has arrived for the drain period, so Kubernetes stops the app only after that.
+WAIT_FOR_DRAIN_PATH: Final = "/wait-for-drain"
 SCALER_GRPC_PORT: Final = 9095
 SCALER_HTTP_PORT: Final = 9096
 ACTIVATOR_PORT: Final = 8013
