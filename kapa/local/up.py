@@ -136,6 +136,7 @@ def _banner(stack: LocalStack) -> list[str]:
     ]
     lines += [f"Explain:    {stack.scaler_url}/v1/explain/{key.namespace}/{key.name}"
               for key in (entry.spec.key for entry in stack.entries)]
+    lines.append(f"            in words: kapa explain {first} --scaler {stack.scaler_url}")
     return lines
 
 
