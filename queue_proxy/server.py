@@ -1,9 +1,7 @@
-"""Wiring: the serving, admin and metrics listeners, the background tasks, and the graceful drain.
+"""Wiring: the serving, admin and metrics listeners, the background tasks, and shutdown.
 
-Drain (Knative's): on SIGTERM readiness turns 503 at once, so the endpoint is taken out of rotation, but
-requests keep being served, including new ones from clients that have not noticed yet, until none has
-arrived for `drain_s`. Then the serving port closes, in-flight requests finish (bounded by the revision
-timeout) and the process exits 0. SIGINT does the same without the quiet period.
+On SIGTERM the drain (queue_proxy.drain) runs its quiet period; then the serving port closes, in-flight
+requests finish (bounded by the revision timeout) and the process exits 0.
 """
 
 from __future__ import annotations
@@ -16,6 +14,7 @@ from kapa import contract
 from kapa.log import get_logger
 from kapa.relay import RelayServer, Route, serve_routes
 from queue_proxy.config import Config
+from queue_proxy.drain import Drain
 from queue_proxy.handler import QueueProxyHandler
 from queue_proxy.metrics import metric_routes
 from queue_proxy.readiness import Readiness, keep_probing
@@ -26,7 +25,7 @@ log = get_logger(__name__)
 _TEXT = "text/plain; charset=utf-8"
 
 
-def admin_routes(readiness: Readiness) -> dict[str, Route]:
+def admin_routes(readiness: Readiness, drain: Drain) -> dict[str, Route]:
     def ready() -> tuple[int, str, bytes]:
         if readiness.ready:
             return 200, _TEXT, b"ready\n"
@@ -36,7 +35,12 @@ def admin_routes(readiness: Readiness) -> dict[str, Route]:
         # Answered by the event loop that serves requests: if this answers, the proxy is working.
         return 200, _TEXT, b"alive\n"
 
-    return {contract.READY_PATH: ready, contract.LIVE_PATH: live}
+    async def wait_for_drain() -> tuple[int, str, bytes]:
+        drain.begin("preStop")
+        await drain.quiet()
+        return 200, _TEXT, b"drained\n"
+
+    return {contract.READY_PATH: ready, contract.LIVE_PATH: live, contract.WAIT_FOR_DRAIN_PATH: wait_for_drain}
 
 
 async def serve(config: Config) -> int:
@@ -48,7 +52,6 @@ async def serve(config: Config) -> int:
     relay = RelayServer(handler)
     host = config.bind_address
     serving = await loop.create_server(relay.protocol, host, config.serving_port, backlog=4096, reuse_address=True)
-    admin = await serve_routes(host, config.admin_port, admin_routes(readiness))
     metrics = await serve_routes(
         host, config.metrics_port,
         metric_routes(stats, lambda: handler.queue_depth, config.namespace, config.service),
@@ -64,26 +67,19 @@ async def serve(config: Config) -> int:
         service=f"{config.namespace}/{config.service}",
     )
 
+    drain = Drain(readiness, stats, config.drain_s)
+    admin = await serve_routes(host, config.admin_port, admin_routes(readiness, drain))
     stop = asyncio.Event()
-    quiet_period_s = config.drain_s
 
     def on_signal(signum: int) -> None:
-        nonlocal quiet_period_s
-        if signum == signal.SIGINT:
-            quiet_period_s = 0.0
-        if not readiness.draining:
-            readiness.draining = True
-            stats.last_arrival = max(stats.last_arrival, time.monotonic())
-            log.info("draining", signal=signal.Signals(signum).name, quiet_period_s=quiet_period_s)
+        # SIGINT (a person at a terminal) drains without the quiet period.
+        drain.begin(signal.Signals(signum).name, 0.0 if signum == signal.SIGINT else None)
         stop.set()
 
     loop.add_signal_handler(signal.SIGTERM, on_signal, signal.SIGTERM)
     loop.add_signal_handler(signal.SIGINT, on_signal, signal.SIGINT)
     await stop.wait()
-
-    # Serve until no request has arrived for the quiet period.
-    while (wait_s := stats.last_arrival + quiet_period_s - time.monotonic()) > 0:
-        await asyncio.sleep(min(wait_s, 0.1) if quiet_period_s == 0 else wait_s)
+    await drain.quiet()
     serving.close()
     relay.close_idle()
     deadline = time.monotonic() + config.revision_timeout_s

@@ -1,20 +1,23 @@
 """A small HTTP/1.1 server for a proxy's own GET endpoints (metrics, readiness, liveness).
 
-Each route is a function called per request that returns (status, content type, body); the query string
-is ignored. Keep-alive is kept, since Prometheus scrapes over one connection.
+Each route is a function called per request that returns (status, content type, body), or a coroutine
+function whose result is that (for an answer that waits, like the queue-proxy's wait-for-drain); the query
+string is ignored. Keep-alive is kept, since Prometheus scrapes over one connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
 
 import httptools
 
 from kapa.relay.http1 import status_phrase
 
-#: Returns (status, content type, body) for one request.
-Route = Callable[[], tuple[int, str, bytes]]
+Answer = tuple[int, str, bytes]
+#: Returns (status, content type, body) for one request, or an awaitable of it.
+Route = Callable[[], Answer | Awaitable[Answer]]
 
 
 class _RoutesProtocol(asyncio.Protocol):
@@ -52,7 +55,19 @@ class _RoutesProtocol(asyncio.Protocol):
         if route is None:
             self._send(404, "text/plain", b"not found; try: %s\n" % " ".join(self._routes).encode(), keep_alive)
             return
-        status, content_type, body = route()
+        answer = route()
+        if inspect.isawaitable(answer):
+            asyncio.get_running_loop().create_task(self._send_later(answer, method, keep_alive))
+            return
+        self._answer(answer, method, keep_alive)
+
+    async def _send_later(self, pending: Awaitable[Answer], method: bytes, keep_alive: bool) -> None:
+        answer = await pending
+        if not self.transport.is_closing():
+            self._answer(answer, method, keep_alive)
+
+    def _answer(self, answer: Answer, method: bytes, keep_alive: bool) -> None:
+        status, content_type, body = answer
         self._send(status, content_type, b"" if method == b"HEAD" else body, keep_alive, len(body))
 
     def _send(self, status: int, content_type: str, body: bytes, keep_alive: bool, length: int | None = None) -> None:

@@ -53,3 +53,30 @@ async def test_sigterm_mid_load_fails_no_request(app_port: int, tmp_path: Path) 
         assert 0.8 <= exited_after < 2.5  # the quiet period of 1 s after the last request
         failures = [o for o in outcomes if o != 200]
         assert len(outcomes) > 500 and failures == []
+
+
+async def test_wait_for_drain_holds_a_prestop_hook_until_quiet(app_port: int, tmp_path: Path) -> None:
+    with queue_proxy(tmp_path, app_port, KAPA_DRAIN_SECONDS="1") as proxy:
+        admin = f"http://127.0.0.1:{proxy.admin_port}"
+
+        def wait_for_drain() -> tuple[int, float]:
+            with urllib.request.urlopen(admin + contract.WAIT_FOR_DRAIN_PATH, timeout=10) as response:
+                return response.status, time.monotonic()
+
+        hook = asyncio.create_task(asyncio.to_thread(wait_for_drain))
+        await asyncio.sleep(0.2)
+        assert await asyncio.to_thread(_ready_status, proxy.admin_port) == 503
+        async with aiohttp.ClientSession() as session:
+            for _ in range(5):  # still served while draining, and each one restarts the quiet period
+                async with session.get(f"{proxy.url}/sleep?ms=0") as response:
+                    assert response.status == 200
+                last_request = time.monotonic()
+                await asyncio.sleep(0.3)
+            assert not hook.done()
+        status, answered_at = await hook
+        assert status == 200 and 0.9 <= answered_at - last_request < 1.6  # 1 s after the last arrival
+        # The quiet period has passed: SIGTERM now ends the process at once.
+        proxy.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        assert await asyncio.to_thread(proxy.process.wait, 5) == 0
+        assert time.monotonic() - signalled < 0.6
