@@ -4,6 +4,8 @@ the timeout, and the slot freed however a request ends."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import socket
 import time
 from pathlib import Path
@@ -92,3 +94,15 @@ async def test_client_disconnects_do_not_leak_slots(app_port: int, tmp_path: Pat
             status, _, elapsed = await _get(session, f"{proxy.url}/sleep?ms=10")
         assert status == 200 and elapsed < 0.5
         assert proxy.metric(contract.REQUESTS, code_class="4xx") == 5  # recorded as 499, client closed request
+
+
+async def test_a_queued_upload_waits_unread_and_then_streams_whole(app_port: int, tmp_path: Path) -> None:
+    payload = os.urandom(8 * 1024 * 1024)
+    with queue_proxy(tmp_path, app_port, CONTAINER_CONCURRENCY="1") as proxy:
+        async with aiohttp.ClientSession() as session:
+            holder = asyncio.create_task(_get(session, f"{proxy.url}/sleep?ms=700"))
+            await asyncio.sleep(0.1)
+            async with session.post(f"{proxy.url}/digest", data=payload) as response:
+                result = await response.json()
+            assert (await holder)[0] == 200
+    assert result == {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
