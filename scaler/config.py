@@ -285,10 +285,14 @@ class AutoscalerConfig:
 
     @classmethod
     def load_file(cls, path: str | Path) -> tuple[AutoscalerConfig, list[ConfigError]]:
-        """Read a YAML file: a flat mapping of config-autoscaler keys, or a ConfigMap manifest (its `data`)."""
+        """Read config-autoscaler from a path: a YAML file (a flat mapping of keys, or a ConfigMap manifest whose
+        `data` holds them), or a directory of one file per key, as Kubernetes mounts a ConfigMap volume."""
+        path = Path(path)
+        if path.is_dir():
+            return cls._load_directory(path)
         try:
-            document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as error:
+            document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
             return _DEFAULT_CONFIG, [ConfigError(str(path), GLOBAL, f"cannot read config file: {error}")]
         if document is None:
             return _DEFAULT_CONFIG, []
@@ -300,6 +304,28 @@ class AutoscalerConfig:
                 return _DEFAULT_CONFIG, [ConfigError(str(path), GLOBAL, "the ConfigMap's data is not a mapping")]
             return cls.from_mapping(data)
         return cls.from_mapping(document)
+
+    @classmethod
+    def _load_directory(cls, path: Path) -> tuple[AutoscalerConfig, list[ConfigError]]:
+        """A ConfigMap volume: each key is a file holding its value. The kubelet's own entries (`..data`, the
+        `..<timestamp>` directory it swaps atomically) and other dot-files are not keys; neither are
+        subdirectories. A file that cannot be read is an error naming it, and its key keeps the default."""
+        data: dict[str, str] = {}
+        errors: list[ConfigError] = []
+        try:
+            entries = sorted(path.iterdir())
+        except OSError as error:
+            return _DEFAULT_CONFIG, [ConfigError(str(path), GLOBAL, f"cannot read config directory: {error}")]
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_file():
+                continue
+            try:
+                # A value written with `kubectl create configmap --from-file` usually ends in a newline.
+                data[entry.name] = entry.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as error:
+                errors.append(ConfigError(entry.name, GLOBAL, f"cannot read {entry}: {error}; using the default"))
+        config, parse_errors = cls.from_mapping(data)
+        return config, errors + parse_errors
 
 
 def _as_text(value: object) -> str:

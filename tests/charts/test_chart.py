@@ -374,11 +374,6 @@ def test_dockerfile_user_is_the_charts_run_as_user(helm: str) -> None:
     assert re.search(r'^ENTRYPOINT \["kapa"\]', dockerfile, re.MULTILINE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scaler.config.AutoscalerConfig.load_file reads one YAML file; the chart mounts ConfigMap "
-    "config-autoscaler as kubelet does, a directory with one file per key, so the scaler needs to read that",
-)
 def test_scaler_reads_config_autoscaler_as_the_chart_mounts_it(helm: str, tmp_path: Path) -> None:
     from scaler.config import AutoscalerConfig
 

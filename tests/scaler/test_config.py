@@ -245,6 +245,48 @@ def test_load_file_empty_is_defaults(tmp_path: Path) -> None:
     assert AutoscalerConfig.load_file(path) == (AutoscalerConfig.default(), [])
 
 
+def configmap_volume(directory: Path, data: dict[str, bytes]) -> Path:
+    """Lay out `data` as the kubelet mounts a ConfigMap: the values in a timestamped directory, `..data` a
+    symlink to it, and each key a symlink through `..data`."""
+    directory.mkdir()
+    versioned = directory / "..2026_11_29_11_00_00.123456789"
+    versioned.mkdir()
+    for key, value in data.items():
+        (versioned / key).write_bytes(value)
+    (directory / "..data").symlink_to(versioned.name)
+    for key in data:
+        (directory / key).symlink_to(f"..data/{key}")
+    return directory
+
+
+def test_load_file_configmap_volume_directory(tmp_path: Path) -> None:
+    volume = configmap_volume(
+        tmp_path / "config-autoscaler",
+        {
+            "stable-window": b"30s",
+            "enable-scale-to-zero": b"false\n",  # --from-file keeps the trailing newline
+            "_example": b"# Knative's long documentation block\nstable-window: 1h\n",
+            "max-scale-up-rate": b"abc",
+        },
+    )
+    (volume / ".hidden").write_text("stable-window: 2h")  # dot-files are not keys
+    (volume / "nested").mkdir()  # neither are directories
+    config, errors = AutoscalerConfig.load_file(volume)
+    assert (config.stable_window_s, config.enable_scale_to_zero, config.max_scale_up_rate) == (30.0, False, 1000.0)
+    assert [(error.key, error.service) for error in errors] == [("max-scale-up-rate", "global")]
+
+
+def test_load_file_directory_unreadable_key_keeps_its_default(tmp_path: Path) -> None:
+    volume = configmap_volume(tmp_path / "config", {"stable-window": b"\xff\xfe", "max-scale-up-rate": b"50"})
+    config, errors = AutoscalerConfig.load_file(volume)
+    assert (config.stable_window_s, config.max_scale_up_rate) == (60.0, 50.0)
+    assert len(errors) == 1 and errors[0].key == "stable-window" and "cannot read" in errors[0].message
+
+
+def test_load_file_empty_directory_is_defaults(tmp_path: Path) -> None:
+    assert AutoscalerConfig.load_file(tmp_path) == (AutoscalerConfig.default(), [])
+
+
 # --- per-service annotations ---------------------------------------------------------------------------------------
 
 
