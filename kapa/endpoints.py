@@ -349,6 +349,7 @@ class KubernetesEndpointSource(_Broadcaster):
                 if resource_version is None:
                     response = self._call(api)
                     try:
+                        _check_status(response)
                         listed = json.loads(response.data)
                     finally:
                         response.release_conn()
@@ -377,6 +378,7 @@ class KubernetesEndpointSource(_Broadcaster):
             _request_timeout=(10, self.WATCH_TIMEOUT_S + 30),
         )
         try:
+            _check_status(response)
             for line in iter_resp_lines(response):
                 if self._stopping.is_set():
                     break
@@ -389,6 +391,18 @@ class KubernetesEndpointSource(_Broadcaster):
             response.close()
             response.release_conn()
         return resource_version
+
+
+def _check_status(response: Any) -> None:
+    """Raise for an API error answered as an HTTP status (with `_preload_content=False` the client does not):
+    WatchExpired for 410 Gone (a resourceVersion too old to watch from), RuntimeError otherwise."""
+    status = getattr(response, "status", 200)
+    if 200 <= status < 300:
+        return
+    body = response.data.decode(errors="replace")[:500]
+    if status == 410:
+        raise WatchExpired(body)
+    raise RuntimeError(f"API server answered {status}: {body}")
 
 
 def next_resource_version(event: Mapping[str, Any], current: str) -> str:

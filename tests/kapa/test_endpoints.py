@@ -16,6 +16,7 @@ from kapa.endpoints import (
     KubernetesEndpointSource,
     LocalEndpointSource,
     WatchExpired,
+    _check_status,
     next_resource_version,
     parse_endpoint_slice,
 )
@@ -157,6 +158,14 @@ def test_410_gone_means_list_again() -> None:
         next_resource_version({"type": "ERROR", "object": {"code": 403, "reason": "Forbidden", "message": "no"}}, "5")
 
 
+def test_api_errors_answered_as_http_status_are_raised() -> None:
+    _check_status(_Response(b"{}"))
+    with pytest.raises(WatchExpired):
+        _check_status(_Response(b'{"kind":"Status","code":410}', status=410))
+    with pytest.raises(RuntimeError, match="403.*forbidden"):
+        _check_status(_Response(b'{"kind":"Status","code":403,"message":"forbidden"}', status=403))
+
+
 # --- the source: stream semantics ------------------------------------------------------------------------
 
 
@@ -183,8 +192,9 @@ async def test_local_source_streams_snapshot_then_changes_and_coalesces() -> Non
 class _Response:
     """Stands in for the urllib3 response the client returns with _preload_content=False."""
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, status: int = 200) -> None:
         self.data = body
+        self.status = status
 
     def stream(self, amt: Any = None, decode_content: bool = False) -> Iterator[bytes]:
         yield self.data
