@@ -8,8 +8,14 @@ appears, or gets 504 at the service's timeout. When the exchange ends, however i
 gone, pod gone), the relay calls `request_finished` exactly once: the slot goes back, the response is
 counted, and a pod whose request failed is taken out and probed again.
 
-The relay does the HTTP itself (parsing, streaming bodies with flow control, upgrades, keep-alive); a
-held request's body waits in the relay's bounded buffer, and the client is not read beyond it.
+The relay does the HTTP itself (parsing, streaming bodies with flow control, upgrades, keep-alive). A
+held request with a body is not read until it is forwarded, so what a held request costs is its head.
+A pod that refuses the connection (gone before its endpoint update arrived) sends the request back to
+wait for another pod; a pod that fails once the request is on its way costs that request a 502.
+
+Where kapa.relay's API stops, small adapters here (each says so): 503 with Retry-After
+(`respond_with_headers`), connecting before forwarding (`_connect_and_forward`), and pausing a held
+upload (a reason bit of our own in the relay's pause/resume).
 """
 
 from __future__ import annotations
