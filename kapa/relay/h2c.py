@@ -203,7 +203,7 @@ class H2cRelay:
             stream = self.streams.get(stream_id)
             if stream is None:
                 return
-            if stream.status == 0:
+            if stream.status < 200:  # not yet, or only an interim 1xx: this may be the final response
                 start = 0
                 if flags & _PADDED:
                     start += 1
