@@ -13,9 +13,8 @@ held request with a body is not read until it is forwarded, so what a held reque
 A pod that refuses the connection (gone before its endpoint update arrived) sends the request back to
 wait for another pod; a pod that fails once the request is on its way costs that request a 502.
 
-Where kapa.relay's API stops, small adapters here (each says so): 503 with Retry-After
-(`respond_with_headers`), connecting before forwarding (`_connect_and_forward`), and pausing a held
-upload (a reason bit of our own in the relay's pause/resume).
+Where kapa.relay's API stops, one adapter: a held upload is paused with a reason bit of our own in the
+relay's ServerProtocol.pause/resume.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from collections.abc import Mapping
 
 from kapa import contract
 from kapa.log import get_logger
-from kapa.relay import FAILURE_UPSTREAM, Exchange, H2cTunnel, H2Stream, RelayServer, local_response
+from kapa.relay import FAILURE_UPSTREAM, Exchange, H2cTunnel, H2Stream, RelayServer
 from kapa.services import ServiceKey
 
 from activator.backends import Backends
@@ -41,6 +40,7 @@ log = get_logger(__name__)
 _PROXY_LINE = f"{contract.PROXY_HEADER}: {contract.PROXY_HEADER_VALUE}\r\n".encode()
 _HOST = b"\r\nhost:"
 _CONTENT_LENGTH = b"\r\ncontent-length:"
+_TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
 #: Our own bit in the relay's reasons for not reading a client (ServerProtocol.pause/resume); the relay
 #: uses 1 and 2, and clears every bit when an exchange finishes.
 _PAUSED_HELD = 64
@@ -75,16 +75,15 @@ def request_host(head_lower: bytes) -> bytes | None:
     return head_lower[start : head_lower.index(b"\r\n", start)].strip()
 
 
-def request_has_body(exchange: Exchange) -> bool:
-    """Whether the request announces a body (chunked, or a Content-Length above zero)."""
-    if exchange.chunked:
+def request_has_body(head_lower: bytes) -> bool:
+    """Whether a (lower-cased) request head announces a body: chunked, or a Content-Length above zero."""
+    if _TRANSFER_ENCODING in head_lower:
         return True
-    start = exchange.head_lower.find(_CONTENT_LENGTH)
+    start = head_lower.find(_CONTENT_LENGTH)
     if start < 0:
         return False
     start += len(_CONTENT_LENGTH)
-    value = exchange.head_lower[start : exchange.head_lower.index(b"\r\n", start)].strip()
-    return value not in (b"0", b"")
+    return head_lower[start : head_lower.index(b"\r\n", start)].strip() not in (b"0", b"")
 
 
 def mark_proxied(head: bytes) -> bytes:
@@ -142,7 +141,7 @@ class ActivatorProxy:
         if throttler.ready_count == 0:
             ticket.cold = True
             self._poker.activate(key)
-        if request_has_body(exchange):
+        if request_has_body(exchange.head_lower):
             # A body is coming: read none of it while held, so 10,000 held uploads cost their heads, not
             # the relay's per-exchange buffer each. (A body-less request stays read, so a client that
             # gives up is noticed at once and frees its place.)
@@ -157,11 +156,11 @@ class ActivatorProxy:
             pod = await service.throttler.acquire(max(0.0, remaining_s))
         except QueueFull:
             service.stats.count_rejected(contract.REASON_QUEUE_FULL)
-            respond_with_headers(
-                exchange, 503,
+            exchange.respond(
+                503,
                 b"kapa activator: %d requests are already waiting for service %s; retry later\n"
                 % (service.throttler.held, str(service.settings.key).encode()),
-                b"Retry-After: %d\r\n" % RETRY_AFTER_S,
+                extra_headers=b"Retry-After: %d\r\n" % RETRY_AFTER_S,
             )
             return
         except HoldTimeout:
@@ -186,13 +185,9 @@ class ActivatorProxy:
             ticket.marked = True
             exchange.head = mark_proxied(exchange.head)
         address = (pod.endpoint.host, pod.endpoint.port)
-        pool = self.relay.pool
-        idle = pool.take(address)
+        idle = self.relay.pool.take(address)
         if idle is not None:
-            # The hot path: a pooled keep-alive connection. The relay's forward takes it from the pool
-            # itself (its API has no "forward on this connection"), so it goes straight back.
-            pool.put(idle)
-            exchange.forward(address)
+            exchange.forward_on(idle)  # the hot path: a pooled keep-alive connection
         else:
             ticket.waiter = asyncio.get_running_loop().create_task(self._connect_and_forward(exchange, ticket, address))
 
@@ -213,9 +208,7 @@ class ActivatorProxy:
             ticket.waiter = asyncio.get_running_loop().create_task(self._hold(exchange, ticket))
             return
         ticket.waiter = None
-        # Hand the fresh connection to the relay through its pool; nothing else runs in between.
-        pool.put(conn)
-        exchange.forward(address)
+        exchange.forward_on(conn)
 
     def request_finished(self, exchange: Exchange) -> None:
         ticket: _Ticket | None = exchange.tag  # type: ignore[assignment]
@@ -252,29 +245,3 @@ class ActivatorProxy:
     def stream_closed(self, stream: H2Stream) -> None:
         return None
 
-
-def respond_with_headers(exchange: Exchange, status: int, body: bytes, extra_headers: bytes) -> None:
-    """`exchange.respond` with extra response headers (the relay's local responses carry none).
-
-    Only for a request that has no upstream and no response yet (a refusal before forwarding): the
-    response is written whole and the exchange finished exactly as `respond` does, keeping the connection
-    only when the request was read completely (otherwise its body would be taken for the next request).
-    """
-    if exchange.done:
-        return
-    keep = exchange.keep_alive and exchange.request_complete and not exchange.upgrade
-    response = local_response_with_headers(status, body, keep, extra_headers, head_only=exchange.method == b"HEAD")
-    exchange.status = status
-    exchange.response_started = True
-    if not exchange.server.closed:
-        exchange.server.transport.write(response)
-    exchange._finish(keep)
-
-
-def local_response_with_headers(
-    status: int, body: bytes, keep_alive: bool, extra_headers: bytes, head_only: bool
-) -> bytes:
-    """The relay's plain-text local response with `extra_headers` (CRLF-terminated lines) after the status line."""
-    plain = local_response(status, body, keep_alive, head_only)
-    head_end = plain.index(b"\r\n") + 2
-    return plain[:head_end] + extra_headers + plain[head_end:]

@@ -6,7 +6,7 @@ import pytest
 
 from kapa import contract
 
-from activator.proxy import local_response_with_headers, mark_proxied, request_host
+from activator.proxy import mark_proxied, request_has_body, request_host
 
 
 @pytest.mark.parametrize(
@@ -32,9 +32,15 @@ def test_mark_proxied_adds_one_header_line(head: bytes) -> None:
     assert marked.endswith(line + b"\r\n") and marked.replace(line, b"") == head
 
 
-def test_local_response_with_headers() -> None:
-    response = local_response_with_headers(503, b"full\n", True, b"Retry-After: 1\r\n", head_only=False)
-    head, _, body = response.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n")
-    assert b"Content-Length: 5" in head and b"Connection: keep-alive" in head and body == b"full\n"
-    assert local_response_with_headers(503, b"full\n", False, b"X: y\r\n", head_only=True).endswith(b"\r\n\r\n")
+
+@pytest.mark.parametrize(
+    ("head", "has_body"),
+    [
+        (b"get / http/1.1\r\nhost: a\r\n\r\n", False),
+        (b"post / http/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n", False),
+        (b"post / http/1.1\r\ncontent-length: 12\r\nhost: a\r\n\r\n", True),
+        (b"post / http/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n", True),
+    ],
+)
+def test_request_has_body(head: bytes, has_body: bool) -> None:
+    assert request_has_body(head) is has_body
