@@ -28,6 +28,7 @@ from kapa.local.backend import LOCAL_DRAIN_SECONDS, EndpointSink, LocalBackend
 from kapa.local.ports import LOOPBACK, PortAllocator
 from kapa.local.processes import Child, Supervisor
 from kapa.local.registrations import ActivatorEndpoints, GatewayRoutes
+from kapa.log import get_logger
 from kapa.prometheus_server import DEFAULT_BINARY, PrometheusServer, ScrapeTarget
 from kapa.services import ServiceEntry, ServiceKey
 from scaler.catalog import StaticCatalog
@@ -37,8 +38,12 @@ from scaler.http_api import make_app
 from scaler.loop import Actuator, Scaler
 from scaler.prometheus_source import PrometheusMetrics
 
+log = get_logger(__name__)
+
 STOP_GRACE_S = 5.0
 START_TIMEOUT_S = 30.0
+#: After Prometheus exits, wait this long before starting it again (on the same port, storage and targets).
+PROMETHEUS_RESTART_DELAY_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,7 @@ class LocalStack:
         catalog = StaticCatalog(entry.spec for entry in self.entries)
         self.scaler = Scaler(options.config, catalog, self.metrics, self.backend, actuators=actuators)
         self._scaler_http: web.AppRunner | None = None
+        self._prometheus_watch: asyncio.Task[None] | None = None
         self.activator: Child | None = None
         self.gateway: Child | None = None
 
@@ -157,6 +163,22 @@ class LocalStack:
         if self.options.envoy:
             await self._start_gateway()
         self.scaler.start()
+        self._prometheus_watch = asyncio.get_running_loop().create_task(self._keep_prometheus_running())
+
+    async def _keep_prometheus_running(self) -> None:
+        """Restart Prometheus when it exits. Meanwhile the scaler has no data: it holds every decision and
+        says so (stale), so an outage never reads as zero traffic; scaling resumes once it answers again."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.prometheus.running:
+                continue
+            log.error("prometheus exited; starting it again", delay_s=PROMETHEUS_RESTART_DELAY_S,
+                      log=str(self.prometheus.log_path))
+            await asyncio.sleep(PROMETHEUS_RESTART_DELAY_S)
+            try:
+                await self.prometheus.start()
+            except (RuntimeError, TimeoutError, OSError) as error:
+                log.error("prometheus did not start again; will retry", error=str(error))
 
     async def _start_gateway(self) -> None:
         """The xDS control plane and the Envoy it runs; every service starts routed to the activator."""
@@ -172,15 +194,17 @@ class LocalStack:
         await _wait_http(f"http://{LOOPBACK}:{self.envoy_admin_port}/ready", self.gateway)
 
     def broken(self) -> str | None:
-        """Which part `kapa up` cannot run without has exited, with where its log is; None if all run."""
+        """Which part `kapa up` cannot run without has exited, with where its log is; None if all run.
+        (Prometheus is not one of them: it is restarted, see _keep_prometheus_running.)"""
         for child in (self.activator, self.gateway):
             if child is not None and not child.running:
                 return f"{child.name} exited with {child.process.returncode}; its log: {child.log_path}"
-        if not self.prometheus.running:
-            return f"prometheus exited; its log: {self.prometheus.log_path}"
         return None
 
     async def stop(self) -> None:
+        if self._prometheus_watch is not None:
+            self._prometheus_watch.cancel()
+            await asyncio.gather(self._prometheus_watch, return_exceptions=True)
         await self.scaler.stop()
         if self._scaler_http is not None:
             await self._scaler_http.cleanup()

@@ -1,9 +1,11 @@
 """Issue 5's reliability cases, end to end under `kapa up`: a replica's app dies mid-load; Prometheus stops
-answering. Both act on processes `kapa up` started, found below it by command line, by pid."""
+answering (SIGSTOP: connections hang, queries time out) and later dies (SIGKILL). Each acts on a process
+`kapa up` started, found below it by command line, by pid."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -80,6 +82,15 @@ async def test_prometheus_outage_holds_replicas_and_says_stale_then_resumes(tmp_
         await up.wait_for(lambda: bool(up.latest and not up.latest.stale), 10, "fresh data again")
         await up.wait_for(lambda: bool(up.latest and up.latest.desired < 3), WINDOW_S + GRACE_S + 10,
                           "scaling to resume")
+
+        # Prometheus dying outright: the same hold, and kapa up starts it again on its port and storage.
+        os.kill(prometheus, signal.SIGKILL)
+        killed = len(up.samples)
+        await up.wait_for(lambda: any(s.stale for s in up.samples[killed:]), 10, "stale after the kill")
+        await up.wait_for(lambda: bool(up.latest and not up.latest.stale), 30, "fresh data from a new Prometheus")
+        (restarted,) = _processes(up, "prometheus --config.file")
+        assert restarted != prometheus
     finally:
-        os.kill(prometheus, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(prometheus, signal.SIGCONT)
         await up.stop()
