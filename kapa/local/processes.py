@@ -43,6 +43,7 @@ class Supervisor:
         self.log_dir = log_dir
         self._children: set[Child] = set()
         self._spawning: set[asyncio.Future[Child]] = set()
+        self._reapers: set[asyncio.Task[None]] = set()
 
     @property
     def children(self) -> frozenset[Child]:
@@ -72,7 +73,9 @@ class Supervisor:
             )
         child = Child(name, process, log_path)
         self._children.add(child)
-        asyncio.get_running_loop().create_task(self._forget_when_done(child))
+        reaper = asyncio.get_running_loop().create_task(self._forget_when_done(child))
+        self._reapers.add(reaper)
+        reaper.add_done_callback(self._reapers.discard)
         return child
 
     async def _forget_when_done(self, child: Child) -> None:
@@ -81,10 +84,10 @@ class Supervisor:
         _signal_group(child.pid, signal.SIGKILL)
         self._children.discard(child)
 
-    async def stop(self, child: Child, grace_s: float, sig: signal.Signals = signal.SIGTERM) -> int:
-        """Send `sig` to the child's group, wait up to grace_s for it to exit, then SIGKILL the group."""
+    async def stop(self, child: Child, grace_s: float) -> int:
+        """SIGTERM the child's group, wait up to grace_s for the child to exit, then SIGKILL the group."""
         if child.running:
-            _signal_group(child.pid, sig)
+            _signal_group(child.pid, signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(child.process.wait(), grace_s)
         if child.running:
