@@ -109,6 +109,8 @@ ACTIVATOR_POKES: Final = "kapa_activator_pokes_total"
 
 #: On the scaler's HTTP port: the activator's "a request arrived for this service at zero" (POST).
 SCALER_POKE_PATH: Final = "/v1/poke/{namespace}/{name}"
+#: On the scaler's HTTP port: a service's configuration and last decisions with reasons (GET; `kapa explain`).
+SCALER_EXPLAIN_PATH: Final = "/v1/explain/{namespace}/{name}"
 #: On the activator's admin port: the local mode's endpoint feed (PUT, JSON list of "host:port").
 ACTIVATOR_ENDPOINTS_PATH: Final = "/v1/endpoints/{namespace}/{name}"
 
