@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from kapa.log import get_logger
 from kapa.services import ServiceKey, ServicesFileError, ServiceSpec, load_services
@@ -21,6 +21,15 @@ class ServiceCatalog(Protocol):
     """The services enrolled with Kapa, as of now. Called every tick: must be cheap."""
 
     def services(self) -> Mapping[ServiceKey, ServiceSpec]: ...
+
+
+@runtime_checkable
+class ReplicaRecord(Protocol):
+    """A catalog that also knows the replica count each service's workload is set to (Kubernetes: the
+    Deployment's spec.replicas); None when it does not know. The loop asks once per service, at its first
+    decision: a workload set to zero was scaled to zero before and stays there (observations.existed_before)."""
+
+    def replicas(self, key: ServiceKey) -> int | None: ...
 
 
 class StaticCatalog:

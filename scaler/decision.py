@@ -10,9 +10,11 @@ It reproduces Knative's KPA (decider and scale-to-zero handling) from its docume
   it, and ends only once a full stable window has passed without crossing; in panic the count is
   max(stable, panic) and never goes down; a restarted scaler starts in panic holding the ready pods;
 * scale-down-delay applies the largest count of the last delay seconds;
-* initial-scale holds until the service first has that many ready pods; min-scale and max-scale clamp
-  (min-scale always: Knative drops it only for revisions no route reaches, and every service Kapa
-  manages is reachable);
+* initial-scale holds until the service first has that many ready pods; Knative applies it only when a
+  revision is created, so a service that already runs pods when the scaler first sees it (a restarted
+  scaler) is past it, as is one the caller knows existed before (`DecisionState.initial(initialised=True)`);
+  min-scale and max-scale clamp (min-scale always: Knative drops it only for revisions no route reaches,
+  and every service Kapa manages is reachable);
 * scale to zero only when enabled and min-scale is 0: after the service has been idle for a stable window
   it becomes inactive (the activator steps into the path) and keeps one pod for max(grace period, pod
   retention period) before going to zero;
@@ -32,12 +34,11 @@ import math
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
+from kapa.contract import MODE_PROXY, MODE_SERVE
 from scaler.config import ServiceConfig
 
 #: How often the scaler decides for every service (Knative's decider tick).
 TICK_INTERVAL_S: Final = 2.0
-MODE_SERVE: Final = "serve"
-MODE_PROXY: Final = "proxy"
 #: Float noise must not add a pod: 21 / 7.000000000000001 is 3, not 4.
 _CEIL_TOLERANCE = 1e-9
 _Frozen = TypeVar("_Frozen")
@@ -63,8 +64,8 @@ class Decision:
     """One service's decision at one tick, with the reasons that produced it.
 
     `desired_pods` is what the Deployment should have after every bound, delay and grace period.
-    `mode` is "proxy" when the activator must stay in the request path (the scaler wants zero pods, the
-    excess burst capacity is negative, or no pod is ready), else "serve".
+    `mode` is MODE_PROXY when the activator must stay in the request path (the scaler wants zero pods, the
+    excess burst capacity is negative, or no pod is ready), else MODE_SERVE (kapa.contract).
     """
 
     desired_pods: int
@@ -153,12 +154,15 @@ def decide(
     """Decide one service's pod count at time `now` (seconds, monotonic) and return the state to carry on."""
     notes: list[str] = []
     ready_pods = observation.ready_pods
-    initialised = state.initialised or ready_pods >= config.initial_scale
+    first = not state.started
+    initialised = state.initialised or ready_pods >= config.initial_scale or (first and ready_pods > 0)
     panic_since = state.panic_since_s
     max_panic = state.max_panic_pods
     active_since = state.active_since_s
     last_poke = now if observation.poked else state.last_poke_s
-    if not state.started and ready_pods > 0:
+    if first and initialised and ready_pods < config.initial_scale:
+        notes.append(f"existed before this scaler started: initial-scale {config.initial_scale} is not applied again")
+    if first and ready_pods > 0:
         # A scaler that (re)starts in front of running pods treats them as just activated, and, like
         # Knative's, starts in panic holding them until it has seen a stable window of data.
         active_since = now

@@ -71,7 +71,7 @@ def describe(explanation: Mapping[str, Any], limit: int = 3) -> str:
 
 
 def fetch(scaler_url: str, key: ServiceKey, timeout_s: float = 5.0) -> dict[str, Any]:
-    url = f"{scaler_url.rstrip('/')}/v1/explain/{key.namespace}/{key.name}"
+    url = scaler_url.rstrip("/") + contract.SCALER_EXPLAIN_PATH.format(namespace=key.namespace, name=key.name)
     with urllib.request.urlopen(url, timeout=timeout_s) as response:
         return json.load(response)
 

@@ -58,7 +58,7 @@ class _DecisionCollector(Collector):
                 families["panic"].add_metric(labels, decision.panic_value)
             families["target"].add_metric(labels, decision.target)
             families["panic_mode"].add_metric(labels, float(decision.panic_mode))
-            families["proxy_mode"].add_metric(labels, float(decision.mode == "proxy"))
+            families["proxy_mode"].add_metric(labels, float(decision.mode == contract.MODE_PROXY))
             families["ebc"].add_metric(labels, decision.excess_burst_capacity)
             families["stale"].add_metric(labels, float(decision.stale))
         yield from families.values()

@@ -122,9 +122,9 @@ def make_app(scaler: Scaler) -> web.Application:
     app.add_routes(
         [
             web.post(contract.SCALER_POKE_PATH, poke),
-            web.get("/v1/explain/{namespace}/{name}", explain),
+            web.get(contract.SCALER_EXPLAIN_PATH, explain),
             web.get("/v1/decisions", decisions),
-            web.get("/metrics", metrics),
+            web.get(contract.METRICS_PATH, metrics),
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
         ]

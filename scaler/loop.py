@@ -9,6 +9,11 @@ Determinism: ticks fall on wall-clock multiples of TICK_INTERVAL_S and Prometheu
 tick's time, so scaler replicas reading the same Prometheus see the same numbers at the same instants, and
 nothing here is random: each service's decision state is a function of the observations (and pokes, which
 the activator sends to every replica) since the replica started.
+
+Restarts: a scaler that starts (or restarts, or is a new replica) in front of running services must not treat
+them as new. A service's first decision waits until its ready pods are known (a tick never guesses them as
+zero), and a service that shows it existed before (ready pods, series in Prometheus, a workload the catalog
+says is set to zero: observations.existed_before) does not get initial-scale again.
 """
 
 from __future__ import annotations
@@ -23,12 +28,19 @@ from typing import Protocol
 
 from kapa.log import get_logger
 from kapa.services import ServiceKey, ServiceSpec
-from scaler.catalog import ServiceCatalog
+from scaler.catalog import ReplicaRecord, ServiceCatalog
 from scaler.config import AutoscalerConfig, ServiceConfig, service_config
 from scaler.decision import TICK_INTERVAL_S, Decision, DecisionState, Observation, decide
 from scaler.exported_metrics import ScalerTelemetry
 from scaler.feed import DecisionChange, DecisionFeed
-from scaler.observations import MetricsSnapshot, MetricsSource, ReadyPodCounter, WindowQuery, observed_value
+from scaler.observations import (
+    MetricsSnapshot,
+    MetricsSource,
+    ReadyPodCounter,
+    WindowQuery,
+    existed_before,
+    observed_value,
+)
 
 log = get_logger(__name__)
 
@@ -101,6 +113,7 @@ class Scaler:
         self.metrics = metrics
         self.ready_pod_counter = ready_pods
         self.actuators = tuple(actuators)
+        self._replica_record = catalog if isinstance(catalog, ReplicaRecord) else None
         self.clock = clock
         self.history_length = history_length
         self.telemetry = ScalerTelemetry(self._latest_decisions, lambda: self._snapshot.stale)
@@ -216,21 +229,38 @@ class Scaler:
         if changed:
             self._windows = {query for s in self._services.values() for query in (s.stable_query, s.panic_query)}
 
-    def _observation(self, service: _Service, poked: bool) -> Observation:
+    def _observation(self, service: _Service, poked: bool) -> Observation | None:
+        """This tick's observation; None while a service never decided for has no known ready-pod count."""
         key = service.key
         ready = self.ready_pod_counter.ready_pods(key)
         if ready is None:  # unknown: keep what the last decision saw
-            ready = service.latest.ready_pods if service.latest is not None else 0
+            if service.latest is not None:
+                ready = service.latest.ready_pods
+            elif poked:
+                ready = 0  # a held request must not wait for the count: decide as for a service at zero
+            else:
+                return None  # read as zero, running pods would get initial-scale (a restart scaling them down)
         stable = observed_value(self._snapshot, service.stable_query, key, ready)
         panic = observed_value(self._snapshot, service.panic_query, key, ready)
         return Observation(stable_value=stable, panic_value=panic, ready_pods=ready, poked=poked)
 
+    def _first_state(self, service: _Service) -> DecisionState:
+        """The state a service's first decision starts from: initialised when it existed before."""
+        replicas = self._replica_record.replicas(service.key) if self._replica_record is not None else None
+        queries = (service.stable_query, service.panic_query)
+        return DecisionState.initial(initialised=existed_before(self._snapshot, queries, service.key, replicas))
+
     def _decide(self, service: _Service, at: float, poked: bool) -> Decision | None:
-        """Run the pure decision for one service and keep its new state; None if the decision failed."""
+        """Run the pure decision for one service and keep its new state; None if there is no decision (it
+        failed, or the service's first one waits for its ready pods to be known)."""
         # A poke may have decided after this tick's time; the decision's clock must not run backwards.
         now = at if service.decided_at is None or at >= service.decided_at else service.decided_at
         try:
-            decision, state = decide(service.config, self._observation(service, poked), service.state, now)
+            observation = self._observation(service, poked)
+            if observation is None:
+                return None
+            state = service.state if service.state.started else self._first_state(service)
+            decision, state = decide(service.config, observation, state, now)
         except Exception:
             if not service.failed:
                 service.failed = True

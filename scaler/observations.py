@@ -8,7 +8,7 @@ ready-pod counter of its own, and Kubernetes EndpointSlices can later.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
@@ -70,6 +70,26 @@ def observed_value(snapshot: MetricsSnapshot, query: WindowQuery, key: ServiceKe
     if value is None and ready_pods == 0:
         return 0.0
     return value
+
+
+def existed_before(
+    snapshot: MetricsSnapshot, queries: Iterable[WindowQuery], key: ServiceKey, replicas: int | None
+) -> bool:
+    """Evidence, at the scaler's first decision for a service, that the service ran before this scaler saw
+    it, so that initial-scale (which Knative applies only when a revision is created) is not applied again
+    by a restarted scaler. Either counts:
+
+    - series for the service in a fresh snapshot: its queue-proxies or the activator reported within the
+      window, so it had pods or requests moments ago;
+    - its workload set to zero replicas (`replicas`, from the catalog when it knows it): scaled to zero
+      before, by Kapa or by its owner, and to stay there until a request arrives.
+
+    Ready pods are the third sign; the decision checks them itself. Every input is shared by all scaler
+    replicas (the same Prometheus at the same tick time, the same API server), so they agree.
+    """
+    if replicas == 0:
+        return True
+    return not snapshot.stale and any(key in snapshot.values.get(query, ()) for query in queries)
 
 
 class MetricsSource(Protocol):

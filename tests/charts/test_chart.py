@@ -99,7 +99,7 @@ def test_queue_proxy_the_webhook_injects_is_held_to_the_same_standard() -> None:
         "metadata": {"name": "p", "labels": {contract.ANNOTATION_ENABLED: "true"}},
         "spec": {"containers": [{"name": "app", "image": "x"}]},
     }
-    (container,) = [c for c in inject.inject_document(document).document["spec"]["containers"] if c["name"] == "queue-proxy"]
+    (container,) = [c for c in inject.inject_document(document).document["spec"]["containers"] if c["name"] == inject.QUEUE_PROXY_CONTAINER]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["resources"]["requests"] and container["readinessProbe"] and container["livenessProbe"]
 

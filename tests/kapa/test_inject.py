@@ -394,14 +394,17 @@ def test_command_reports_a_missing_file(tmp_path: Path) -> None:
     assert result.returncode == 2 and "cannot read" in result.stderr
 
 
+SCALER_ADDRESS = f"kapa-scaler.kapa.svc:{contract.SCALER_GRPC_PORT}"
+
+
 def test_scaled_objects_follow_enrolled_deployments_when_asked(tmp_path: Path) -> None:
     path = tmp_path / "app.yaml"
     path.write_text(manifest().rstrip("\n"))  # no final newline: the ScaledObject still starts a new document
-    result = run_kapa("-f", str(path), "--scaled-objects", "kapa-scaler.kapa.svc:9095")
+    result = run_kapa("-f", str(path), "--scaled-objects", SCALER_ADDRESS)
     assert result.returncode == 0, result.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(result.stdout)]
     assert kinds == ["Service", "Deployment", "ScaledObject", "Deployment"]
     scaled = list(yaml.safe_load_all(result.stdout))[2]
     assert scaled["metadata"] == {"name": "hello", "namespace": "shop", "labels": {"app.kubernetes.io/managed-by": "kapa"}}
-    assert scaled["spec"]["triggers"][0]["metadata"]["scalerAddress"] == "kapa-scaler.kapa.svc:9095"
+    assert scaled["spec"]["triggers"][0]["metadata"]["scalerAddress"] == SCALER_ADDRESS
     assert "ScaledObject" not in run_kapa("-f", str(path)).stdout

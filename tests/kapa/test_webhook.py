@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from kapa import contract
-from kapa.inject import SERVING_PORT_NAME, inject_document
+from kapa.inject import QUEUE_PROXY_CONTAINER, SERVING_PORT_NAME, inject_document
 from kapa.webhook import review_response
 from tests.support import free_port, running, wait_for_port
 
@@ -104,7 +104,7 @@ async def test_webhook_patches_an_enrolled_pod_like_kapa_inject(certificate: tup
     assert result["patchType"] == "JSONPatch"
     patched = apply_patch(submitted, json.loads(base64.b64decode(result["patch"])))
     assert patched == inject_document(submitted, "kapa:hook").document
-    assert [c["name"] for c in patched["spec"]["containers"]] == ["app", "queue-proxy"]
+    assert [c["name"] for c in patched["spec"]["containers"]] == ["app", QUEUE_PROXY_CONTAINER]
     assert {"name": contract.ENV_SERVING_SERVICE, "value": "hello"} in patched["spec"]["containers"][1]["env"]
     (warning,) = result["warnings"]
     assert warning.startswith(f"kapa: {contract.ANNOTATION_TIMEOUT_SECONDS} (shop/hello): ") and "'never'" in warning

@@ -14,7 +14,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from kapa import contract
 from kapa.prometheus_server import PrometheusServer, ScrapeTarget
+from kapa.services import ServiceKey
 from tests.support import REPO, free_port, running, wait_for_http
 
 T = TypeVar("T")
@@ -27,6 +29,11 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
         return loop.run_until_complete(coroutine)
     finally:
         loop.close()
+
+
+def series(metric: str, key: ServiceKey) -> str:
+    """A per-service sample's name and labels as the exposition format spells them."""
+    return f'{metric}{{{contract.LABEL_NAMESPACE}="{key.namespace}",{contract.LABEL_SERVICE}="{key.name}"}}'
 
 
 def query(prometheus_url: str, promql: str) -> list[dict[str, Any]]:
@@ -63,7 +70,7 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExporterContr
     port = free_port()
     log = tmp_path_factory.mktemp("exporter") / "exporter.log"
     with running([sys.executable, "-m", "tests.scaler.exporter", str(port)], env={"PYTHONPATH": str(REPO)}, log=log):
-        wait_for_http(f"http://127.0.0.1:{port}/metrics/scaling")
+        wait_for_http(f"http://127.0.0.1:{port}{contract.SCALING_METRICS_PATH}")
         yield ExporterControl(port)
 
 
@@ -74,7 +81,7 @@ def prometheus(exporter: ExporterControl, tmp_path_factory: pytest.TempPathFacto
     run_sync(server.start())
     try:
         wait_until(
-            lambda: bool(query(server.url, 'up{job="kapa-scaling"} == 1')), 15, "Prometheus scrapes the exporter"
+            lambda: bool(query(server.url, f'up{{job="{contract.SCRAPE_JOB_SCALING}"}} == 1')), 15, "Prometheus scrapes the exporter"
         )
         yield server
     finally:

@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import pytest
 
-from kapa.contract import ANNOTATION_CONTAINER_CONCURRENCY, knative_annotation
+from kapa.contract import ANNOTATION_CONTAINER_CONCURRENCY, MODE_PROXY, MODE_SERVE, knative_annotation
 from kapa.services import ServiceKey, ServiceSpec
 from scaler.config import AutoscalerConfig, ServiceConfig, service_config
-from scaler.decision import MODE_PROXY, MODE_SERVE, TICK_INTERVAL_S, Decision, DecisionState, Observation, decide
+from scaler.decision import TICK_INTERVAL_S, Decision, DecisionState, Observation, decide
 
 
 def make_config(annotations: Mapping[str, str] | None = None, **global_keys: str) -> ServiceConfig:
@@ -491,15 +491,61 @@ def test_decide_does_not_mutate_its_inputs() -> None:
 
 
 @pytest.mark.parametrize(
-    ("initialised", "expected"),
+    ("annotations", "known_before", "observation", "expected_pods", "expected_panic", "note"),
     [
-        pytest.param(False, 1, id="new-service-gets-initial-scale"),
-        pytest.param(True, 0, id="known-service-at-zero-stays-at-zero"),
+        pytest.param({}, False, Observation(0.0, 0.0, 0), 1, False, "initial-scale 1 until first reached",
+                     id="new-service-gets-initial-scale"),
+        pytest.param({"initial-scale": "3"}, False, Observation(None, None, 0), 3, False, "no data yet: starts at 3 pods",
+                     id="new-service-without-data-gets-initial-scale"),
+        pytest.param({}, True, Observation(0.0, 0.0, 0), 0, False, "idle: stays at zero",
+                     id="service-known-at-zero-stays-at-zero"),
+        pytest.param({}, True, Observation(None, None, 0), 0, False, "no data yet: starts at 0 pods",
+                     id="service-known-at-zero-without-data-stays-at-zero"),
+        pytest.param({"initial-scale": "5"}, False, Observation(0.0, 0.0, 2), 2, True,
+                     "existed before this scaler started: initial-scale 5 is not applied again",
+                     id="running-below-initial-scale-keeps-its-pods"),
+        pytest.param({"initial-scale": "3"}, False, Observation(None, None, 1), 1, False,
+                     "existed before this scaler started: initial-scale 3 is not applied again",
+                     id="one-running-pod-without-data-is-kept"),
+        pytest.param({}, False, Observation(0.0, 0.0, 4), 4, True, "restart: holds 4 ready pods in panic for a stable window",
+                     id="idle-running-pods-are-held-in-panic"),
     ],
 )
-def test_initial_state_for_a_service_at_zero(initialised: bool, expected: int) -> None:
-    decision, _ = decide(make_config(), Observation(0.0, 0.0, 0), DecisionState.initial(initialised=initialised), 0.0)
-    assert decision.desired_pods == expected
+def test_first_decision_after_a_scaler_restart(
+    annotations: dict[str, str],
+    known_before: bool,
+    observation: Observation,
+    expected_pods: int,
+    expected_panic: bool,
+    note: str,
+) -> None:
+    """Knative applies initial-scale only when a revision is created: a (re)started scaler must not apply it to
+    a service that already ran, whether it shows running pods or the caller knows it existed before."""
+    decision, state = decide(make_config(annotations), observation, DecisionState.initial(known_before), 0.0)
+    assert (decision.desired_pods, decision.panic_mode) == (expected_pods, expected_panic)
+    assert note in decision.explanation
+    assert state.initialised == (known_before or observation.ready_pods > 0)
+
+
+@pytest.mark.parametrize(
+    ("ready", "panic", "held"),
+    [
+        pytest.param(0, False, 0, id="no-pods-no-panic"),
+        pytest.param(1, False, 0, id="one-pod-no-panic"),
+        pytest.param(2, True, 2, id="two-pods-panic-holding-2"),
+        pytest.param(9, True, 9, id="nine-pods-panic-holding-9"),
+    ],
+)
+def test_a_restarted_decider_starts_in_panic_when_more_than_one_pod_is_ready(ready: int, panic: bool, held: int) -> None:
+    """Knative's decider starts in panic with maxPanicPods = ready pods when more than one is ready, so a
+    restart never scales down at once; with data below the threshold it holds them for a stable window."""
+    config = make_config()
+    decision, state = decide(config, Observation(0.0, 0.0, ready), DecisionState.initial(), 100.0)
+    assert (decision.panic_mode, state.max_panic_pods) == (panic, held)
+    assert state.panic_since_s == (100.0 if panic else None)
+    if panic:
+        still, _ = decide(config, Observation(0.0, 0.0, ready), state, 100.0 + config.stable_window_s)
+        assert still.desired_pods == ready and still.panic_mode
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from kapa.contract import MODE_SERVE
 from kapa.services import ServiceKey
 from scaler.decision import Decision
 from scaler.feed import DecisionChange, DecisionFeed
@@ -14,7 +15,7 @@ A, B = ServiceKey("default", "a"), ServiceKey("default", "b")
 
 
 def decision(pods: int) -> Decision:
-    return Decision(pods, 0, False, False, "serve", 1.0, 1.0, 1.0, pods, 0.0, ())
+    return Decision(pods, 0, False, False, MODE_SERVE, 1.0, 1.0, 1.0, pods, 0.0, ())
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,8 @@ from scaler.config import AutoscalerConfig
 from scaler.decision import TICK_INTERVAL_S, Decision
 from scaler.loop import Scaler, UnknownService
 from scaler.prometheus_source import PrometheusMetrics
-from tests.scaler.conftest import ExporterControl, query, wait_until
+from tests.scaler.conftest import ExporterControl, query, series, wait_until
+from tests.support import free_port
 
 HELLO = ServiceKey("default", "hello")
 IDLE = ServiceKey("default", "idle")
@@ -90,7 +91,7 @@ async def test_tick_poke_subscribe_and_config_errors(
         assert actuator.applied == [decisions]
         # No pods and no series anywhere: truly idle (not "no data"); initial-scale keeps 1 / allows 0.
         assert decisions[IDLE].stable_value == 0.0 and decisions[IDLE].desired_pods == 1
-        assert decisions[SLEEPY].desired_pods == 0 and decisions[SLEEPY].mode == "proxy"
+        assert decisions[SLEEPY].desired_pods == 0 and decisions[SLEEPY].mode == contract.MODE_PROXY
         # The bad annotation: logged naming key and service, the default used (target 100 x 100 %).
         assert scaler.service_config(BROKEN).target == pytest.approx(100.0)
         assert decisions[BROKEN].desired_pods == 1
@@ -113,8 +114,8 @@ async def test_tick_poke_subscribe_and_config_errors(
         assert fields["service"] == str(BROKEN) and fields["key"] == contract.knative_annotation("target")
 
         exposition = scaler.telemetry.exposition().decode()
-        assert f'{contract.SCALER_DESIRED_PODS}{{kapa_namespace="default",kapa_service="hello"}} 5.0' in exposition
-        assert f'{contract.SCALER_POKES}{{kapa_namespace="default",kapa_service="sleepy"}} 1.0' in exposition
+        assert f"{series(contract.SCALER_DESIRED_PODS, HELLO)} 5.0" in exposition
+        assert f"{series(contract.SCALER_POKES, SLEEPY)} 1.0" in exposition
         assert f"{contract.SCALER_METRICS_SOURCE_STALE} 0.0" in exposition
         assert f"{contract.SCALER_TICK_DURATION}_count 2.0" in exposition
     finally:
@@ -156,7 +157,7 @@ async def test_prometheus_outage_holds_decision_then_recovers(exporter: Exporter
         assert scaler.metrics_stale()
         exposition = scaler.telemetry.exposition().decode()
         assert f"{contract.SCALER_METRICS_SOURCE_STALE} 1.0" in exposition
-        assert f'{contract.SCALER_STALE}{{kapa_namespace="default",kapa_service="hello"}} 1.0' in exposition
+        assert f"{series(contract.SCALER_STALE, HELLO)} 1.0" in exposition
 
         await prometheus.start()
         deadline = time.monotonic() + 20
@@ -170,6 +171,54 @@ async def test_prometheus_outage_holds_decision_then_recovers(exporter: Exporter
     finally:
         await source.close()
         await prometheus.close()
+
+
+class DeploymentsAtScale(StaticCatalog):
+    """A catalog that also knows each workload's replica setting, as the Kubernetes catalog does."""
+
+    def __init__(self, specs: list[ServiceSpec], replicas: Mapping[ServiceKey, int]) -> None:
+        super().__init__(specs)
+        self._replicas = dict(replicas)
+
+    def replicas(self, key: ServiceKey) -> int | None:
+        return self._replicas.get(key)
+
+
+async def test_a_restarted_scaler_leaves_a_service_at_zero_at_zero(prometheus: PrometheusServer) -> None:
+    """Neither service has pods or series; the catalog says one was scaled to zero (it ran before), the other
+    is a new workload at one replica. Only the new one gets initial-scale."""
+    scaled_down, new = ServiceKey("default", "scaled-down"), ServiceKey("default", "new")
+    specs = [ServiceSpec(scaled_down, FAST), ServiceSpec(new, FAST)]
+    source = PrometheusMetrics(prometheus.url)
+    try:
+        at = time.time()
+        restarted = Scaler(AutoscalerConfig.default(), DeploymentsAtScale(specs, {scaled_down: 0, new: 1}), source,
+                           ready_pods=source)  # fmt: skip
+        decisions = await restarted.tick(at)
+        assert (decisions[scaled_down].desired_pods, decisions[new].desired_pods) == (0, 1)
+        assert any(note.startswith("existed before this scaler started") for note in decisions[scaled_down].explanation)
+        # Without the catalog's record nothing tells the two apart: both are new.
+        unaware = Scaler(AutoscalerConfig.default(), StaticCatalog(specs), source, ready_pods=source)
+        assert {d.desired_pods for d in (await unaware.tick(at)).values()} == {1}
+    finally:
+        await source.close()
+
+
+async def test_first_decision_waits_until_ready_pods_are_known() -> None:
+    """Prometheus unreachable from the start: the ready pods are unknown, and reading them as zero would give
+    running services initial-scale (a restart scaling them down). No tick decides; a poke still wakes."""
+    source = PrometheusMetrics(f"http://127.0.0.1:{free_port()}", timeout_s=0.3)
+    actuator = RecordingActuator()
+    scaler = Scaler(CONFIG, StaticCatalog([ServiceSpec(HELLO, FAST), ServiceSpec(SLEEPY, FAST)]), source,
+                    ready_pods=source, actuators=[actuator])  # fmt: skip
+    try:
+        assert await scaler.tick(time.time()) == {}
+        assert scaler.latest(HELLO) is None and actuator.applied == []
+        poked = await scaler.poke(SLEEPY)
+        assert poked is not None and poked.desired_pods == 1 and poked.stale
+        assert actuator.applied == [{SLEEPY: poked}]
+    finally:
+        await source.close()
 
 
 def test_file_catalog_follows_the_file_and_keeps_the_last_good_list(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from kapa.services import ServiceKey
 from scaler.grpc_server import metric_name
 from scaler.proto import externalscaler_pb2 as pb
 from scaler.proto import externalscaler_pb2_grpc as pb_grpc
-from tests.scaler.conftest import run_sync
+from tests.scaler.conftest import run_sync, series
 from tests.support import KAPA, free_port, running, wait_for_http
 
 #: Stable window 6 s, panic 3 s, 2 concurrent requests per pod: 5 in flight -> ceil(5 / 2) = 3 pods.
@@ -34,6 +34,7 @@ FAST = {
     contract.knative_annotation("target"): "2",
     contract.knative_annotation("target-utilization-percentage"): "100",
 }
+HELLO = ServiceKey("default", "hello")
 IN_FLIGHT = 5
 SLEEP_MS = 400
 
@@ -129,7 +130,7 @@ async def _load(ports: list[int], in_flight: int, until: float) -> int:
 
 
 async def _explain(session: aiohttp.ClientSession, url: str, service: str) -> dict[str, object]:
-    async with session.get(f"{url}/v1/explain/default/{service}") as response:
+    async with session.get(url + contract.SCALER_EXPLAIN_PATH.format(namespace="default", name=service)) as response:
         assert response.status == 200
         return await response.json()
 
@@ -157,7 +158,7 @@ async def test_known_concurrency_through_queue_proxies_drives_decision_and_grpc(
             assert (await stub.IsActive(ref("hello"))).result is True
             spec = await stub.GetMetricSpec(ref("hello"))
             assert [(s.metricName, s.targetSize, s.targetSizeFloat) for s in spec.metricSpecs] == [
-                (metric_name(ServiceKey("default", "hello")), 1, 1.0)
+                (metric_name(HELLO), 1, 1.0)
             ]
             metrics = await stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref("hello"), metricName="s0-x"))
             (value,) = metrics.metricValues
@@ -168,10 +169,10 @@ async def test_known_concurrency_through_queue_proxies_drives_decision_and_grpc(
             )
             assert other.metricValues[0].metricValue == 3
 
-            async with session.get(f"{stack.http_url}/metrics") as response:
+            async with session.get(stack.http_url + contract.METRICS_PATH) as response:
                 exposition = await response.text()
-            assert f'{contract.SCALER_DESIRED_PODS}{{kapa_namespace="default",kapa_service="hello"}} 3.0' in exposition
-            assert f'{contract.SCALER_READY_PODS}{{kapa_namespace="default",kapa_service="hello"}} 2.0' in exposition
+            assert f"{series(contract.SCALER_DESIRED_PODS, HELLO)} 3.0" in exposition
+            assert f"{series(contract.SCALER_READY_PODS, HELLO)} 2.0" in exposition
             async with session.get(f"{stack.http_url}/v1/decisions") as response:
                 compact = await response.json()
             assert compact["services"]["default/hello"]["desired_pods"] == 3

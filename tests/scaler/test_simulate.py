@@ -167,7 +167,7 @@ def test_cli_writes_ticks_plot_and_summary(tmp_path: Path, capsys: pytest.Captur
     config = write(tmp_path / "autoscaler.yaml", "stable-window: 20s\nscale-to-zero-grace-period: 10s\n")
     out, png = tmp_path / "ticks.csv", tmp_path / "plot.png"
     code = main(
-        ["--trace", str(trace), "--annotation", "autoscaling.knative.dev/target=2", "--config", str(config),
+        ["--trace", str(trace), "--annotation", knative_annotation("target") + "=2", "--config", str(config),
          "--startup-delay", "1s", "--tick", "2s", "--out", str(out), "--plot", str(png)]
     )  # fmt: skip
     assert code == 0
@@ -192,9 +192,9 @@ def test_cli_writes_ticks_plot_and_summary(tmp_path: Path, capsys: pytest.Captur
 
 def test_cli_reports_bad_annotation_values_and_carries_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trace = write(tmp_path / "c.csv", "time_s,concurrency\n0,5\n")
-    assert main(["--trace", str(trace), "--annotation", "autoscaling.knative.dev/window=-5s"]) == 0
+    assert main(["--trace", str(trace), "--annotation", knative_annotation("window") + "=-5s"]) == 0
     captured = capsys.readouterr()
-    assert "key=autoscaling.knative.dev/window" in captured.err and "service=simulate/c" in captured.err
+    assert f"key={knative_annotation('window')}" in captured.err and "service=simulate/c" in captured.err
     assert json.loads(captured.out)["decisions"] > 0
 
 
