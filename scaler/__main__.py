@@ -33,15 +33,18 @@ log = get_logger("scaler")
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kapa scaler", description="Knative's KPA over Prometheus, for KEDA.")
-    parser.add_argument("--services", type=Path, help="services file (re-read when it changes); not read with --kubernetes")
+    parser.add_argument(
+        "--services", type=Path, help="services file (re-read when it changes); not read with --kubernetes"
+    )
     parser.add_argument("--kubernetes", action="store_true",
                         help="services are the Deployments enrolled with kapa.dev/enabled, ready pods come from "
                         "EndpointSlices, bad annotations become Events (in-cluster config, else --kubeconfig)")
     parser.add_argument("--kubeconfig", help="kubeconfig file for --kubernetes outside a cluster")
     parser.add_argument("--kube-namespace", help="with --kubernetes: one namespace only (default: all)")
-    parser.add_argument("--actuator", choices=["none", "keda", "direct"], default=os.environ.get("KAPA_ACTUATOR", "none"),
-                        help="direct: patch each Deployment's scale (needs --kubernetes); keda: KEDA reads the gRPC "
-                        "port; none: decide only (default: env KAPA_ACTUATOR, else none)")
+    parser.add_argument("--actuator", choices=["none", "keda", "direct"],
+                        default=os.environ.get("KAPA_ACTUATOR", "none"),
+                        help="direct: patch each Deployment's scale (needs --kubernetes); keda: KEDA reads the "
+                        "gRPC port; none: decide only (default: env KAPA_ACTUATOR, else none)")
     parser.add_argument("--config", type=Path, help="config-autoscaler: flat YAML map or ConfigMap manifest")
     parser.add_argument("--prometheus-url", default="http://127.0.0.1:9090")
     parser.add_argument("--query-timeout", type=float, default=1.5, help="seconds before a query counts as failed")

@@ -8,8 +8,10 @@ binaries or root are missing; `.ci/run` builds the binaries first, so there they
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -96,13 +98,15 @@ def _node_ready(api: Any) -> bool:
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster() -> Iterator[Cluster]:
     reason = controlplane.skip_reason()
     if reason is not None:
         if os.environ.get("KAPA_K8S_REQUIRED"):  # set by .ci/run, which builds the binaries first
             pytest.fail(reason)
         pytest.skip(reason)
-    root = tmp_path_factory.mktemp("k8s")
+    # Not under pytest's basetemp: concurrent pytest runs prune old basetemps, and not under /tmp, which pods
+    # commonly mount an emptyDir over (the kubelet's volume sources must stay visible in the mount namespaces).
+    root = Path(tempfile.mkdtemp(prefix="kapa-k8s-", dir="/var/tmp"))
     network.create_bridge()
     try:
         with controlplane.control_plane(root / "plane") as plane:
@@ -121,6 +125,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                     stop_process(kubelet, grace_s=30)
     finally:
         network.sweep()
+        if os.environ.get("KAPA_K8S_KEEP"):
+            print(f"kept the cluster's files in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -130,12 +138,13 @@ class Prometheus:
 
 
 @pytest.fixture(scope="session")
-def prometheus(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+def prometheus(cluster: Cluster) -> Iterator[Prometheus]:
     """Real Prometheus in the root namespace, on the bridge address so the scaler's pod can query it, finding
     its targets through Kubernetes service discovery (role pod) against the test API server. Its scrape
     jobs are the chart's own (the rendered scrape-config ConfigMap), given once the chart is installed by
     `use_scrape_configs`; until then it scrapes nothing."""
-    root = tmp_path_factory.mktemp("prometheus")
+    root = cluster.plane.dir.parent / "prometheus"
+    root.mkdir()
     port = free_port()
     config = root / "prometheus.yml"
     config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},

@@ -207,7 +207,8 @@ class Pod:
         self.tasks.append(asyncio.create_task(self.report_status(), name=f"status {self.label()}"))
         self.mark_dirty()
         for container in self.containers:
-            container.tasks.append(asyncio.create_task(self.supervise(container), name=f"{self.label()}/{container.name}"))
+            name = f"{self.label()}/{container.name}"
+            container.tasks.append(asyncio.create_task(self.supervise(container), name=name))
         log("pod started", pod=self.label(), ip=self.address)
 
     def write_volumes(self) -> None:
@@ -332,6 +333,9 @@ class Pod:
             if mount.get("subPath"):
                 source = source / mount["subPath"]
             binds.append((source, mount["mountPath"], bool(mount.get("readOnly"))))
+        # A mount over an ancestor of the kubelet's directory (say an emptyDir at /tmp) would hide the sources
+        # of the mounts after it: such mounts go last.
+        binds.sort(key=lambda bind: self.kubelet.root.is_relative_to(bind[1]))
         for source, target, read_only in binds:
             self.kubelet.ensure_mount_point(Path(target), is_dir=Path(source).is_dir())
             lines.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(target)}")
@@ -824,7 +828,8 @@ class Kubelet:
         consumer.cancel()
         for task in background:
             task.cancel()
-        await asyncio.gather(*(pod.terminate(2.0, delete_object=False, hooks=False) for pod in list(self.pods.values())),
+        pods = list(self.pods.values())
+        await asyncio.gather(*(pod.terminate(2.0, delete_object=False, hooks=False) for pod in pods),
                              return_exceptions=True)
         await self.http.close()
         self.remove_mount_points()

@@ -8,6 +8,8 @@ wait is bounded and fails with the cluster's state (pods, container logs, kubele
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -166,3 +168,102 @@ def test_helm_install_every_pod_ready(release: Cluster) -> None:
     assert not not_ready, f"not Ready: {not_ready}\n{release.diagnose(NAMESPACE)}"
     for pod in pods:
         assert ipaddress.ip_address(pod.status.pod_ip) in network.POD_CIDR, pod.metadata.name
+
+
+def test_enrolled_deployment_gets_its_sidecar(release: Cluster) -> None:
+    release.apply(SAMPLE_MANIFEST)
+
+    def ready_pod() -> Any:
+        return next((pod for pod in sample_pods(release) if pod_ready(pod)), None)
+
+    pod = wait_for(ready_pod, 90, f"a Ready {SAMPLE} pod\n{release.diagnose(APPS)}")
+    containers = [c.name for c in pod.spec.containers]
+    assert containers == ["app", "queue-proxy"], containers
+    queue_proxy = pod.spec.containers[1]
+    assert queue_proxy.command == ["kapa", "queue-proxy"]
+    # The app's readiness now goes through the queue-proxy, and the grace period covers the timeout.
+    assert pod.spec.containers[0].readiness_probe.http_get.port == contract.QUEUE_ADMIN_PORT
+    assert pod.spec.termination_grace_period_seconds >= 10
+    status, body = get(f"http://{pod.status.pod_ip}:{contract.QUEUE_SERVING_PORT}/?sleep=1", SAMPLE, 10)
+    assert status == 200 and b"slept 1 ms" in body
+
+
+def test_scales_to_zero_then_from_zero_through_envoy_and_activator(release: Cluster) -> None:
+    # No traffic since the pod started: the scaler takes the Deployment to zero after the grace period.
+    wait_for(lambda: replicas(release) == 0, 150, f"{SAMPLE} scaled to 0\n{release.diagnose(NAMESPACE)}")
+    wait_for(lambda: not sample_pods(release), 90, f"{SAMPLE} pods gone\n{release.diagnose(APPS)}")
+    url = envoy_url(release)
+    started = time.monotonic()
+    status, body = get(f"{url}?sleep={SLEEP_MS}", f"{SAMPLE}.{APPS}", 90)
+    cold_start = time.monotonic() - started
+    assert status == 200, f"{status} {body[:300]!r}\n{release.diagnose(APPS)}"
+    assert f"slept {SLEEP_MS} ms".encode() in body
+    assert replicas(release) >= 1
+    print(f"cold start through Envoy and the activator: {cold_start:.1f} s")
+
+
+def test_scales_to_five_under_load_then_back_to_zero(release: Cluster) -> None:
+    url = envoy_url(release)
+    load = subprocess.Popen(
+        [sys.executable, "-m", "kapa", "load", "-c", str(LOAD_CONCURRENCY), "-z", "60s", "--sleep", str(SLEEP_MS),
+         "-H", f"Host: {SAMPLE}.{APPS}", url],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[int] = []
+    try:
+        deadline = time.monotonic() + 75
+        while time.monotonic() < deadline and load.poll() is None:
+            seen.append(replicas(release))
+            if seen[-1] >= LOAD_CONCURRENCY // TARGET and sum(pod_ready(p) for p in sample_pods(release)) >= 5:
+                break
+            time.sleep(1)
+    finally:
+        load.terminate()
+        output, _ = load.communicate(timeout=30)
+    expected = LOAD_CONCURRENCY // TARGET
+    print(f"replicas seen under load: {seen}\n{output[-800:]}")
+    assert max(seen) == expected, f"replicas seen {seen}, expected a peak of {expected}\n{release.diagnose(APPS)}"
+    # Idle again: back to zero once the stable window has no traffic and the grace period has passed.
+    wait_for(lambda: replicas(release) == 0, 150, f"{SAMPLE} back to 0\n{release.diagnose(NAMESPACE)}")
+
+
+def test_helm_uninstall_leaves_nothing_behind(release: Cluster) -> None:
+    from kubernetes import client
+
+    core(release).delete_namespace(APPS)
+    wait_for(lambda: APPS not in {n.metadata.name for n in core(release).list_namespace().items}, 120,
+             f"namespace {APPS} deleted\n{release.diagnose(APPS)}")
+    release.helm("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout", "3m", timeout_s=240)
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    rbac = client.RbacAuthorizationV1Api(release.api)
+    admission = client.AdmissionregistrationV1Api(release.api)
+    autoscaling = client.AutoscalingV2Api(release.api)
+
+    def leftovers() -> list[str]:
+        found = []
+        for kind, items in [
+            ("Pod", core(release).list_pod_for_all_namespaces(label_selector=selector).items),
+            ("Deployment", apps_api(release).list_deployment_for_all_namespaces(label_selector=selector).items),
+            ("Service", core(release).list_service_for_all_namespaces(label_selector=selector).items),
+            ("ConfigMap", core(release).list_config_map_for_all_namespaces(label_selector=selector).items),
+            ("Secret", core(release).list_secret_for_all_namespaces(label_selector=selector).items),
+            ("ServiceAccount", core(release).list_service_account_for_all_namespaces(label_selector=selector).items),
+            ("ClusterRole", rbac.list_cluster_role(label_selector=selector).items),
+            ("ClusterRoleBinding", rbac.list_cluster_role_binding(label_selector=selector).items),
+            ("Role", rbac.list_role_for_all_namespaces(label_selector=selector).items),
+            ("RoleBinding", rbac.list_role_binding_for_all_namespaces(label_selector=selector).items),
+            ("MutatingWebhookConfiguration",
+             admission.list_mutating_webhook_configuration(label_selector=selector).items),
+            ("HorizontalPodAutoscaler",
+             autoscaling.list_horizontal_pod_autoscaler_for_all_namespaces(label_selector=selector).items),
+        ]:
+            found += [f"{kind} {item.metadata.namespace or ''}/{item.metadata.name}" for item in items]
+        # Pods of the release are deleted with their ReplicaSets; wait for them, not just for Helm.
+        found += [f"Pod {NAMESPACE}/{pod.metadata.name}" for pod in core(release).list_namespaced_pod(NAMESPACE).items]
+        found += [f"Secret {NAMESPACE}/{s.metadata.name}" for s in core(release).list_namespaced_secret(NAMESPACE).items
+                  if s.type.startswith("helm.sh/")]
+        return found
+
+    deadline = time.monotonic() + 120
+    while leftovers() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not leftovers(), f"left behind: {leftovers()}\n{release.diagnose(NAMESPACE)}"

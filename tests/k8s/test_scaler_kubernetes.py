@@ -91,13 +91,13 @@ async def test_catalog_events_and_direct_scale(namespace: Cluster) -> None:
 
         actuator = ScaleActuator(namespace.api, catalog)
         await actuator.apply({key: decision(3)})
-        assert apps.read_namespaced_deployment_scale("enrolled", NAMESPACE).spec.replicas == 3
+        assert apps.read_namespaced_deployment("enrolled", NAMESPACE).spec.replicas == 3
         assert await eventually(lambda: catalog.replicas(key) == 3)
         await actuator.apply({key: decision(0)})
-        assert apps.read_namespaced_deployment_scale("enrolled", NAMESPACE).spec.replicas == 0
+        assert apps.read_namespaced_deployment("enrolled", NAMESPACE).spec.replicas == 0
         # A service the catalog does not enrol is never scaled.
         await actuator.apply({ServiceKey(NAMESPACE, "plain"): decision(2)})
-        assert apps.read_namespaced_deployment_scale("plain", NAMESPACE).spec.replicas == 0
+        assert apps.read_namespaced_deployment("plain", NAMESPACE).spec.replicas == 0
 
         apps.delete_namespaced_deployment("enrolled", NAMESPACE)
         assert await eventually(lambda: key not in catalog.services())
