@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes control plane for the end-to-end tests: kube-apiserver, kube-controller-manager,
-# kube-scheduler (from tests/k8s/build, pinned there), etcd (tests/k8s/build/etcd) and Helm, into a cache
+# kube-scheduler (from tests/k8s/build, pinned there), etcd and Prometheus (tests/k8s/build/*) and Helm, into a cache
 # outside the clone, so a warm run rebuilds nothing. Prints the bin directory. Needs Go and the Go module proxy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,13 @@ if [[ ! -x $BIN/etcd ]]; then
   echo "build-k8s: building etcd" >&2
   (cd tests/k8s/build/etcd && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/etcd.tmp" go.etcd.io/etcd/server/v3)
   mv "$BIN/etcd.tmp" "$BIN/etcd"
+fi
+if [[ ! -x $BIN/prometheus ]]; then
+  # Debian's prometheus is built without Kubernetes service discovery; this one has only that discovery.
+  echo "build-k8s: building prometheus" >&2
+  (cd tests/k8s/build/prometheus && CGO_ENABLED=0 go build -trimpath -tags "remove_all_sd enable_kubernetes_sd" \
+    -ldflags "-s -w" -o "$BIN/prometheus.tmp" github.com/prometheus/prometheus/cmd/prometheus)
+  mv "$BIN/prometheus.tmp" "$BIN/prometheus"
 fi
 if [[ ! -x $BIN/helm ]]; then
   echo "build-k8s: building helm $HELM_VERSION" >&2

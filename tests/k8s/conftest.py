@@ -139,7 +139,7 @@ class Prometheus:
 
 @pytest.fixture(scope="session")
 def prometheus(cluster: Cluster) -> Iterator[Prometheus]:
-    """Real Prometheus in the root namespace, on the bridge address so the scaler's pod can query it, finding
+    """Real Prometheus (built: Debian's lacks Kubernetes discovery) in the root namespace, on the bridge address so the scaler's pod can query it, finding
     its targets through Kubernetes service discovery (role pod) against the test API server. Its scrape
     jobs are the chart's own (the rendered scrape-config ConfigMap), given once the chart is installed by
     `use_scrape_configs`; until then it scrapes nothing."""
@@ -152,7 +152,7 @@ def prometheus(cluster: Cluster) -> Iterator[Prometheus]:
     address = f"{network.GATEWAY_IP}:{port}"
     with open(root / "prometheus.log", "wb") as log:
         process = subprocess.Popen(
-            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
+            [str(BIN_DIR / "prometheus"), f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
              f"--web.listen-address={address}", "--web.enable-lifecycle", "--storage.tsdb.retention.time=1h"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:

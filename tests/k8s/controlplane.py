@@ -27,7 +27,7 @@ from tests.support import free_port, stop_process
 K8S_VERSION = "v1.36.3"
 #: Where scripts/build-k8s.sh puts the binaries (KAPA_CACHE overrides the cache root, as in the script).
 BIN_DIR = Path(os.environ.get("KAPA_CACHE", Path.home() / ".cache" / "kapa")) / f"k8s-{K8S_VERSION}" / "bin"
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "helm")
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "helm", "prometheus")
 #: The first address of network.SERVICE_CIDR, which the API server gives the `kubernetes` Service.
 KUBERNETES_SERVICE_IP = "10.96.0.1"
 CLUSTER_DOMAIN = "cluster.local"

@@ -32,6 +32,7 @@ SAMPLE = "sample"
 TARGET = 10
 LOAD_CONCURRENCY = 50
 SLEEP_MS = 100
+GRACE_S = 10
 
 SAMPLE_MANIFEST = f"""
 apiVersion: v1
@@ -140,6 +141,8 @@ def release(cluster: Cluster, prometheus: Prometheus) -> Iterator[Cluster]:
     """`helm install` of charts/kapa with the direct actuator, then Prometheus fed the chart's scrape jobs."""
     values = {
         "actuator": "direct",
+        # Knative's minimum, so the scale-to-zero scenarios take seconds, not half a minute each.
+        "autoscaler": {"scale-to-zero-grace-period": f"{GRACE_S}s"},
         "prometheus": {"url": prometheus.url},
         "services": [{"name": SAMPLE, "namespace": APPS}],
     }
