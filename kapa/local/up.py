@@ -45,14 +45,19 @@ def default_services_text() -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="kapa up", description=__doc__.split("\n")[0])
-    parser.add_argument("--services", type=Path, help="services file (default: the sample app as default/hello)")
-    parser.add_argument("--config", type=Path,
+    parser = argparse.ArgumentParser(
+        prog="kapa up",
+        description="Run the whole autoscaling loop on this machine: a real Prometheus, the scaler, the activator "
+        "and each service's replicas as local processes on loopback, with a live view. Ctrl-C stops everything.",
+    )
+    parser.add_argument("--services", type=Path, metavar="FILE",
+                        help="services file (default: the sample app as default/hello, like examples/hello.yaml)")
+    parser.add_argument("--config", type=Path, metavar="FILE",
                         help="Knative config-autoscaler keys: a YAML mapping (e.g. stable-window: 20s) or a ConfigMap")
     parser.add_argument("--port", type=int, default=0, help="port to send traffic to (default: a free port)")
     parser.add_argument("--envoy", action="store_true", help="put Envoy (programmed by the gateway) in front")
     parser.add_argument("--no-view", action="store_true", help="print a line per change instead of the live view")
-    parser.add_argument("--drain-seconds", type=float, default=LOCAL_DRAIN_SECONDS,
+    parser.add_argument("--drain-seconds", type=float, default=LOCAL_DRAIN_SECONDS, metavar="S",
                         help="how long a replica being removed waits for quiet before it exits "
                              f"(default {LOCAL_DRAIN_SECONDS:g})")
     return parser.parse_args(argv)
