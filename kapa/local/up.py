@@ -60,7 +60,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--drain-seconds", type=float, default=LOCAL_DRAIN_SECONDS, metavar="S",
                         help="how long a replica being removed waits for quiet before it exits "
                              f"(default {LOCAL_DRAIN_SECONDS:g})")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be 0-65535, got {args.port}")
+    if args.drain_seconds < 0:
+        parser.error(f"--drain-seconds must not be negative, got {args.drain_seconds}")
+    return args
 
 
 def main(argv: list[str]) -> int:
