@@ -141,7 +141,7 @@ def release(cluster: Cluster, prometheus: Prometheus) -> Iterator[Cluster]:
     """`helm install` of charts/kapa with the direct actuator, then Prometheus fed the chart's scrape jobs."""
     values = {
         "actuator": "direct",
-        # Knative's minimum, so the scale-to-zero scenarios take seconds, not half a minute each.
+        # Shortened (default 30 s) so the scale-to-zero scenarios take seconds.
         "autoscaler": {"scale-to-zero-grace-period": f"{GRACE_S}s"},
         "prometheus": {"url": prometheus.url},
         "services": [{"name": SAMPLE, "namespace": APPS}],
