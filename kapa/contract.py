@@ -243,6 +243,9 @@ ANNOTATION_ENABLED: Final = KAPA_ANNOTATION_PREFIX + "enabled"
 ANNOTATION_CONTAINER_CONCURRENCY: Final = KAPA_ANNOTATION_PREFIX + "container-concurrency"
 #: Knative's timeoutSeconds, as an annotation.
 ANNOTATION_TIMEOUT_SECONDS: Final = KAPA_ANNOTATION_PREFIX + "timeout-seconds"
+#: The reason of the Warning Event that names a rejected annotation value and the default used instead, on
+#: the Deployment (the scaler and the webhook report them; `kubectl get events --field-selector reason=...`).
+EVENT_REASON_INVALID_ANNOTATION: Final = "InvalidAutoscalingAnnotation"
 
 
 def knative_annotation(key: str) -> str:
