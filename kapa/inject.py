@@ -19,7 +19,8 @@ on manifests for GitOps users, so both produce the same pod spec. What it does:
 
 Injection is idempotent: a pod that already has a queue-proxy container is returned unchanged. A malformed
 `kapa.dev/*` annotation never stops injection: its default is used and a warning names the key and the
-service (`kapa inject` prints it; the webhook returns it to the API client as an admission warning).
+service (`kapa inject` prints it; the webhook returns it to the API client as an admission warning and
+records it as an Event on the pod's Deployment).
 Annotation values are parsed by scaler.config, the scaler's and the activator's parser, with Knative's bounds.
 """
 
@@ -41,7 +42,7 @@ import yaml
 from kapa import __version__, contract
 from kapa.endpoints import DEFAULT_PORT_NAME
 from kapa.services import ServiceKey, ServiceSpec
-from scaler.config import AutoscalerConfig, service_config
+from scaler.config import AutoscalerConfig, ConfigError, service_config
 
 QUEUE_PROXY_CONTAINER: str = "queue-proxy"
 #: Container port names (IANA service names, at most 15 characters). The chart's PodMonitor and raw scrape
@@ -80,11 +81,15 @@ class InjectionError(ValueError):
 
 @dataclass(frozen=True)
 class Injection:
-    """The result of injecting one document: the new document, whether it changed, and warnings to show."""
+    """The result of injecting one document: the new document, whether it changed, and warnings to show.
+
+    `errors` are the rejected values of the annotations the sidecar carries (each also among `warnings`), for
+    callers that report them apart, as the webhook does with Events."""
 
     document: dict[str, Any]
     changed: bool
     warnings: tuple[str, ...] = ()
+    errors: tuple[ConfigError, ...] = ()
 
 
 def is_enrolled(document: Mapping[str, Any]) -> bool:
@@ -139,7 +144,8 @@ def inject_document(document: Mapping[str, Any], image: str = DEFAULT_IMAGE, nam
     # The scaler's parser, so the sidecar, the activator and the scaler agree on every value and its bounds.
     key = ServiceKey(str(metadata.get("namespace") or namespace or "default"), service)
     settings, errors = service_config(AutoscalerConfig.default(), ServiceSpec(key, _string_values(annotations)))
-    warnings = [str(e) for e in errors if e.key in _SIDECAR_ANNOTATIONS]
+    sidecar_errors = tuple(e for e in errors if e.key in _SIDECAR_ANNOTATIONS)
+    warnings = [str(e) for e in sidecar_errors]
     concurrency, timeout_s = settings.container_concurrency, settings.timeout_s
     app = _app_container(containers, service)
     user_port = _user_port(app)
@@ -170,7 +176,7 @@ def inject_document(document: Mapping[str, Any], image: str = DEFAULT_IMAGE, nam
                 f"{service}: annotation {key}={existing!r} is kept (it is the app's); Kapa's PodMonitor or raw"
                 f" scrape config must scrape the queue-proxy (port {METRICS_PORT_NAME}) instead"
             )
-    return Injection(result, changed=True, warnings=tuple(warnings))
+    return Injection(result, changed=True, warnings=tuple(warnings), errors=sidecar_errors)
 
 
 def _service_through_queue_proxy(service: dict[str, Any]) -> Injection:
@@ -192,15 +198,20 @@ def _service_through_queue_proxy(service: dict[str, Any]) -> Injection:
     return Injection(service, changed=True)
 
 
-def _pod_service_name(metadata: Mapping[str, Any]) -> str:
+def pod_deployment_name(metadata: Mapping[str, Any]) -> str | None:
     """The Deployment a Pod belongs to: its ReplicaSet owner's name less the pod-template-hash suffix (what
-    the Deployment controller appends), else the Pod's own name."""
+    the Deployment controller appends); None for a Pod no Deployment made."""
     pod_hash = (metadata.get("labels") or {}).get("pod-template-hash")
     for owner in metadata.get("ownerReferences") or []:
         name = str(owner.get("name", ""))
         if owner.get("kind") == "ReplicaSet" and pod_hash and name.endswith(f"-{pod_hash}"):
             return name.removesuffix(f"-{pod_hash}")
-    return str(metadata.get("name") or "")
+    return None
+
+
+def _pod_service_name(metadata: Mapping[str, Any]) -> str:
+    """The service a Pod serves under: its Deployment's name, else the Pod's own name."""
+    return pod_deployment_name(metadata) or str(metadata.get("name") or "")
 
 
 def _string_values(annotations: Mapping[str, Any]) -> dict[str, str]:
@@ -380,6 +391,10 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--port", type=int, default=8443, help="webhook: port (default 8443)")
     parser.add_argument("--tls-cert", type=Path, help="webhook: PEM certificate (with --tls-key; else plain HTTP)")
     parser.add_argument("--tls-key", type=Path, help="webhook: PEM private key")
+    parser.add_argument(
+        "--kubeconfig", type=Path,
+        help="webhook: kubeconfig for recording Events about bad annotations (default: the pod's ServiceAccount)",
+    )
     args = parser.parse_args(list(argv))
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
@@ -388,7 +403,7 @@ def main(argv: Sequence[str]) -> int:
         from kapa.webhook import serve
 
         kapa_log.configure()
-        return serve(args.host, args.port, args.tls_cert, args.tls_key, args.image)
+        return serve(args.host, args.port, args.tls_cert, args.tls_key, args.image, args.kubeconfig)
     if args.filename is None:
         parser.error("-f/--filename is required (or --serve)")
     try:

@@ -6,29 +6,63 @@ kapa.inject.inject_document, the same rewrite `kapa inject -f` applies to manife
 blocks anything: an object that cannot be injected is allowed unchanged, and that reason, like any
 malformed annotation, comes back as an admission warning (kubectl prints it) and a log line naming the key
 and the service.
+
+A malformed annotation is also recorded as a Warning Event on the pod's Deployment (the object its owner
+edits and `kubectl describe`s), naming the key and the problem. Events are created in the background after
+the answer is computed, through the Kubernetes API (in-cluster ServiceAccount, or --kubeconfig): a slow or
+failing API server, or missing RBAC, costs a log line, never an admission. Each problem gets one Event per
+EVENT_REPEAT_AFTER_S (every new pod of a broken Deployment repeats it), named after its content so webhook
+replicas create the same Event instead of one each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
 import json
 import ssl
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from kapa import contract
-from kapa.inject import InjectionError, inject_document
+from kapa.inject import InjectionError, inject_document, pod_deployment_name
 from kapa.log import get_logger
+from scaler.config import ConfigError
 
 log = get_logger("kapa.webhook")
 MUTATE_PATH = "/mutate"
+#: source.component and reportingComponent of the Events the webhook creates.
+EVENT_SOURCE = "kapa-webhook"
+#: The same problem on the same object is recorded again only after this long (the API server keeps Events
+#: for an hour by default).
+EVENT_REPEAT_AFTER_S = 600.0
+#: Event creations in flight at most; beyond, problems are only logged (a flood of pods must not queue work).
+MAX_PENDING_EVENTS = 64
+#: Seconds an API call may take (connect, read): a hung API server must not pin worker threads for long.
+API_TIMEOUT_S = 5.0
 _IMAGE_KEY = web.AppKey("image", str)
 
 
-def review_response(review: Any, image: str) -> dict[str, Any]:
-    """The AdmissionReview answering `review`; raises ValueError when it is not an AdmissionReview request."""
+@dataclass(frozen=True)
+class Admission:
+    """The answer to one AdmissionReview, and the annotation problems to record as Events about `owner`."""
+
+    review: dict[str, Any]
+    problems: tuple[ConfigError, ...] = ()
+    #: The involvedObject of those Events (without a uid: the recorder looks a Deployment's up); None when
+    #: the object names nothing an Event can be about (a Pod with only a generateName and no Deployment).
+    owner: dict[str, str] | None = None
+
+
+def admit(review: Any, image: str) -> Admission:
+    """Answer `review`; raises ValueError when it is not an AdmissionReview request."""
     request = review.get("request") if isinstance(review, dict) else None
     if not isinstance(request, dict) or not request.get("uid") or not isinstance(request.get("object"), dict):
         raise ValueError("expected an admission.k8s.io/v1 AdmissionReview with request.uid and request.object")
@@ -36,21 +70,71 @@ def review_response(review: Any, image: str) -> dict[str, Any]:
     # The namespace is on the request, not (yet) on an object created with generateName.
     name = f"{request.get('namespace', '')}/{obj.get('metadata', {}).get('name') or request.get('name') or '?'}"
     response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
+    answer = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
     try:
         injection = inject_document(obj, image, namespace=request.get("namespace"))
     except InjectionError as error:
         log.warning("not injected", object=name, error=str(error))
         response["warnings"] = [f"kapa: not injected: {error}"]
-    else:
-        for warning in injection.warnings:
-            log.warning("annotation problem", object=name, problem=warning)
-        if injection.warnings:
-            response["warnings"] = [f"kapa: {w}" for w in injection.warnings]
-        if injection.changed:
-            patch = json_patch(injection.document)
-            response["patchType"] = "JSONPatch"
-            response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
+        return Admission(answer)
+    for warning in injection.warnings:
+        log.warning("annotation problem", object=name, problem=warning)
+    if injection.warnings:
+        response["warnings"] = [f"kapa: {w}" for w in injection.warnings]
+    if injection.changed:
+        patch = json_patch(injection.document)
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
+    owner = event_owner(obj, str(request.get("namespace") or "")) if injection.errors else None
+    return Admission(answer, injection.errors, owner)
+
+
+def event_owner(obj: Mapping[str, Any], namespace: str) -> dict[str, str] | None:
+    """What an Event about an object under admission is about: a Pod's Deployment, else the controller that
+    owns it (its ownerReference, uid included), else the object itself when it has a name."""
+    metadata = obj.get("metadata") or {}
+    namespace = str(metadata.get("namespace") or namespace)
+    deployment = pod_deployment_name(metadata) if obj.get("kind") == "Pod" else None
+    if deployment is not None:
+        return {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": namespace, "name": deployment}
+    owners = [o for o in metadata.get("ownerReferences") or [] if isinstance(o, dict)]
+    controller = next((o for o in owners if o.get("controller")), owners[0] if owners else None)
+    if controller is not None and controller.get("name") and controller.get("kind"):
+        owner = {"apiVersion": str(controller.get("apiVersion", "")), "kind": str(controller["kind"]),
+                 "namespace": namespace, "name": str(controller["name"])}  # fmt: skip
+        if controller.get("uid"):
+            owner["uid"] = str(controller["uid"])
+        return owner
+    if metadata.get("name"):
+        return {"apiVersion": str(obj.get("apiVersion", "v1")), "kind": str(obj.get("kind", "")),
+                "namespace": namespace, "name": str(metadata["name"])}  # fmt: skip
+    return None
+
+
+def event_name(error: ConfigError, involved: Mapping[str, str]) -> str:
+    """The Event's name, from the object and the problem: every webhook replica (and every new pod showing the
+    same problem) names the same Event, so the API server keeps one and a second creation is a conflict."""
+    identity = (involved["kind"], involved["namespace"], involved["name"], error.key, error.message)
+    return f"{involved['name']}.{hashlib.sha256(chr(0).join(identity).encode()).hexdigest()[:16]}"
+
+
+def annotation_event(error: ConfigError, involved: Mapping[str, str], now: datetime) -> dict[str, Any]:
+    """A core/v1 Warning Event on `involved` naming the rejected annotation, its problem and the default used."""
+    stamp = now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": event_name(error, involved), "namespace": involved["namespace"]},
+        "involvedObject": dict(involved),
+        "type": "Warning",
+        "reason": contract.EVENT_REASON_INVALID_ANNOTATION,
+        "message": f"annotation {error.key} of {error.service}: {error.message}",
+        "source": {"component": EVENT_SOURCE},
+        "reportingComponent": EVENT_SOURCE,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
 
 
 def json_patch(injected: dict[str, Any]) -> list[dict[str, Any]]:
@@ -67,35 +151,147 @@ def json_patch(injected: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+class EventRecorder:
+    """Creates the Events of bad annotations through the Kubernetes API, in the background.
+
+    `record` returns at once; the API calls (the official client is synchronous, so in worker threads) run
+    as tasks that log and swallow every failure. A Deployment's uid is looked up first, since `kubectl
+    describe` shows only the Events whose involvedObject carries the object's uid.
+    """
+
+    def __init__(self, api: Any, clock: Callable[[], float] = time.monotonic) -> None:
+        from kubernetes import client
+
+        self._core = client.CoreV1Api(api)
+        self._apps = client.AppsV1Api(api)
+        self._clock = clock
+        #: Event name -> when it was last recorded, for EVENT_REPEAT_AFTER_S.
+        self._recorded: dict[str, float] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def record(self, owner: Mapping[str, str], problems: Sequence[ConfigError]) -> None:
+        """Schedule Events about `owner` for `problems`; never raises, never waits."""
+        now = self._clock()
+        if len(self._recorded) > 4096:  # forget what can be recorded again anyway
+            self._recorded = {n: t for n, t in self._recorded.items() if now - t < EVENT_REPEAT_AFTER_S}
+        names = {error: event_name(error, owner) for error in problems}
+        last = {error: self._recorded.get(name) for error, name in names.items()}
+        due = [error for error, seen in last.items() if seen is None or now - seen >= EVENT_REPEAT_AFTER_S]
+        if not due:
+            return
+        if len(self._pending) >= MAX_PENDING_EVENTS:
+            log.warning("too many events in flight; this one is only logged", object=owner["name"],
+                        problems=len(due))  # fmt: skip
+            return
+        for error in due:
+            self._recorded[names[error]] = now
+        task = asyncio.get_running_loop().create_task(self._create(dict(owner), due))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _create(self, owner: dict[str, str], problems: list[ConfigError]) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            if owner["kind"] == "Deployment" and "uid" not in owner:
+                deployment = await asyncio.to_thread(
+                    self._apps.read_namespaced_deployment, owner["name"], owner["namespace"],
+                    _request_timeout=API_TIMEOUT_S,
+                )
+                owner["uid"] = deployment.metadata.uid
+        except Exception as error:  # noqa: BLE001 - without the uid the Event still shows in `get events`
+            log.warning("cannot look the deployment up for its events", object=owner["name"], error=_brief(error))
+        for error in problems:
+            event = annotation_event(error, owner, datetime.now(timezone.utc))
+            try:
+                await asyncio.to_thread(
+                    self._core.create_namespaced_event, owner["namespace"], event, _request_timeout=API_TIMEOUT_S
+                )
+            except ApiException as failure:
+                if failure.status != 409:  # 409: already recorded (another replica, an earlier pod)
+                    log.warning("cannot create event", object=owner["name"], key=error.key, error=_brief(failure))
+            except Exception as failure:  # noqa: BLE001 - an Event is a courtesy; the log line went out
+                log.warning("cannot create event", object=owner["name"], key=error.key, error=_brief(failure))
+
+    async def close(self) -> None:
+        """Wait briefly for Events in flight, then give up on them."""
+        if self._pending:
+            _, late = await asyncio.wait(set(self._pending), timeout=2.0)
+            for task in late:
+                task.cancel()
+
+
+_RECORDER_KEY: web.AppKey[EventRecorder | None] = web.AppKey("events")
+
+
+def _brief(error: BaseException) -> str:
+    status = getattr(error, "status", None)
+    return f"HTTP {status}: {getattr(error, 'reason', '')}" if status else (str(error) or type(error).__name__)
+
+
+def kubernetes_api(kubeconfig: Path | None) -> Any | None:
+    """An ApiClient from `kubeconfig`, else from the pod's ServiceAccount; None (events off) without either."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    try:
+        if kubeconfig is not None:
+            config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+        else:
+            config.load_incluster_config(client_configuration=configuration)
+    except (config.ConfigException, OSError) as error:
+        log.warning("no Kubernetes API: annotation problems are admission warnings and log lines only",
+                    error=str(error))  # fmt: skip
+        return None
+    return client.ApiClient(configuration)
+
+
 async def _mutate(request: web.Request) -> web.Response:
     try:
         review = await request.json()
-        answer = review_response(review, request.app[_IMAGE_KEY])
+        admission = admit(review, request.app[_IMAGE_KEY])
     except (ValueError, UnicodeDecodeError) as error:  # json.JSONDecodeError is a ValueError
         return web.Response(status=400, text=f"kapa webhook: {error}\n")
-    return web.json_response(answer)
+    recorder = request.app[_RECORDER_KEY]
+    if recorder is not None and admission.problems and admission.owner is not None:
+        recorder.record(admission.owner, admission.problems)
+    return web.json_response(admission.review)
 
 
 async def _ok(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
-def webhook_app(image: str) -> web.Application:
+def webhook_app(image: str, api: Any | None = None) -> web.Application:
+    """The webhook's routes; with `api` (a kubernetes ApiClient) bad annotations also become Events."""
     app = web.Application(client_max_size=4 * 1024 * 1024)
     app[_IMAGE_KEY] = image
+    app[_RECORDER_KEY] = None
+
+    async def events(app: web.Application) -> Any:
+        app[_RECORDER_KEY] = EventRecorder(api) if api is not None else None
+        yield
+        recorder = app[_RECORDER_KEY]
+        if recorder is not None:
+            await recorder.close()
+
+    app.cleanup_ctx.append(events)
     app.router.add_post(MUTATE_PATH, _mutate)
     app.router.add_get(contract.READY_PATH, _ok)
     app.router.add_get(contract.LIVE_PATH, _ok)
     return app
 
 
-def serve(host: str, port: int, tls_cert: Path | None, tls_key: Path | None, image: str) -> int:
+def serve(
+    host: str, port: int, tls_cert: Path | None, tls_key: Path | None, image: str, kubeconfig: Path | None = None
+) -> int:
     """Run the webhook until SIGTERM/SIGINT. The API server only calls webhooks over HTTPS; plain HTTP (no
     certificate given) is for trying it by hand."""
     context = None
     if tls_cert is not None and tls_key is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(tls_cert, tls_key)
-    log.info("webhook listening", address=f"{host}:{port}", tls=context is not None, image=image)
-    web.run_app(webhook_app(image), host=host, port=port, ssl_context=context, print=None, access_log=None)
+    api = kubernetes_api(kubeconfig)
+    log.info("webhook listening", address=f"{host}:{port}", tls=context is not None, image=image, events=api is not None)
+    web.run_app(webhook_app(image, api), host=host, port=port, ssl_context=context, print=None, access_log=None)
     return 0

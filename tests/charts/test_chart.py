@@ -190,6 +190,12 @@ def test_rbac_is_least_privilege(helm: str, variant: str) -> None:
         rule == {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}
         for rule in activator
     )
+    webhook = rules_of(manifests, "kapa-webhook")
+    if find(manifests, "MutatingWebhookConfiguration"):  # Events about bad annotations, on their Deployment
+        assert grants(webhook, "", "events", "create") and grants(webhook, "apps", "deployments", "get")
+        assert not any(grants(webhook, "apps", "deployments", verb) for verb in ("list", "watch", "patch", "update"))
+    else:
+        assert not webhook
     envoy_account = one(manifests, "ServiceAccount", "kapa-envoy")
     assert envoy_account["automountServiceAccountToken"] is False
     assert not rules_of(manifests, "kapa-envoy")

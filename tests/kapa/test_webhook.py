@@ -3,23 +3,36 @@ same injection `kapa inject` makes out."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
+import logging
 import shutil
 import ssl
 import subprocess
 import sys
+import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from kapa import contract
 from kapa.inject import QUEUE_PROXY_CONTAINER, SERVING_PORT_NAME, inject_document
-from kapa.webhook import review_response
+from kapa.webhook import (
+    EVENT_SOURCE,
+    MUTATE_PATH,
+    admit,
+    annotation_event,
+    event_name,
+    event_owner,
+    webhook_app,
+)
 from tests.support import free_port, running, wait_for_port
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a test certificate")
@@ -113,14 +126,14 @@ async def test_webhook_patches_an_enrolled_pod_like_kapa_inject(certificate: tup
 def test_already_injected_or_unenrolled_pods_are_allowed_without_a_patch() -> None:
     injected = inject_document(pod()).document
     for obj in (injected, {**pod(), "metadata": {"generateName": "x-"}}):
-        result = review_response(review(obj), "kapa:hook")["response"]
+        result = admit(review(obj), "kapa:hook").review["response"]
         assert result["allowed"] is True and "patch" not in result
 
 
 def test_a_pod_that_cannot_carry_the_sidecar_is_allowed_with_a_warning() -> None:
     clash = pod()
     clash["spec"]["containers"][0]["ports"] = [{"containerPort": contract.QUEUE_SERVING_PORT}]
-    result = review_response(review(clash), "kapa:hook")["response"]
+    result = admit(review(clash), "kapa:hook").review["response"]
     assert result["allowed"] is True and "patch" not in result
     assert "not injected" in result["warnings"][0] and "reserved for the queue-proxy" in result["warnings"][0]
 
@@ -132,7 +145,100 @@ def test_an_enrolled_service_is_patched_to_target_the_queue_proxy() -> None:
         "metadata": {"name": "hello", "labels": {contract.ANNOTATION_ENABLED: "true"}},
         "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8000}]},
     }
-    result = review_response(review(submitted), "kapa:hook")["response"]
+    result = admit(review(submitted), "kapa:hook").review["response"]
     patched = apply_patch(submitted, json.loads(base64.b64decode(result["patch"])))
     assert patched == inject_document(submitted).document
     assert patched["spec"]["ports"][0]["targetPort"] == SERVING_PORT_NAME
+
+
+# --- Events about bad annotations -------------------------------------------------------------------------------
+
+NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=timezone.utc)
+DEPLOYMENT = {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "shop", "name": "hello"}
+
+
+def test_bad_sidecar_annotations_become_events_on_the_deployment() -> None:
+    bad = {contract.ANNOTATION_TIMEOUT_SECONDS: "never", contract.ANNOTATION_CONTAINER_CONCURRENCY: "-3"}
+    admission = admit(review(pod(annotations=bad)), "kapa:hook")
+    assert admission.owner == DEPLOYMENT
+    assert sorted(error.key for error in admission.problems) == sorted(bad)
+    assert len(admission.review["response"]["warnings"]) == 2  # the admission warnings stay
+    events = [annotation_event(error, {**DEPLOYMENT, "uid": "d-1"}, NOW) for error in admission.problems]
+    for event, error in zip(events, admission.problems):
+        assert event["involvedObject"] == {**DEPLOYMENT, "uid": "d-1"}
+        assert (event["type"], event["reason"]) == ("Warning", contract.EVENT_REASON_INVALID_ANNOTATION)
+        assert event["message"] == f"annotation {error.key} of shop/hello: {error.message}"
+        assert event["metadata"]["namespace"] == "shop" and event["metadata"]["name"].startswith("hello.")
+        assert (event["firstTimestamp"], event["lastTimestamp"], event["count"]) == ("2026-11-29T12:00:00Z",) * 2 + (1,)
+        assert event["source"] == {"component": EVENT_SOURCE}
+    timeout = next(e for e in events if contract.ANNOTATION_TIMEOUT_SECONDS in e["message"])
+    assert "'never'" in timeout["message"] and "using 300" in timeout["message"]
+    # Named after the object and the problem: another pod (or webhook replica) names the same Event.
+    again = admit(review(pod(annotations=bad)), "kapa:hook")
+    assert [event_name(e, DEPLOYMENT) for e in again.problems] == [e["metadata"]["name"] for e in events]
+    assert len({e["metadata"]["name"] for e in events}) == 2
+
+
+def test_good_annotations_and_uninjectable_pods_record_no_events() -> None:
+    assert admit(review(pod(annotations={contract.ANNOTATION_TIMEOUT_SECONDS: "30"})), "kapa:hook").problems == ()
+    clash = pod(annotations={contract.ANNOTATION_TIMEOUT_SECONDS: "never"})
+    clash["spec"]["containers"][0]["ports"] = [{"containerPort": contract.QUEUE_SERVING_PORT}]
+    assert admit(review(clash), "kapa:hook").problems == ()  # not injected: the warning says why
+
+
+def with_metadata(**metadata: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata}
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        pytest.param(pod(), DEPLOYMENT, id="pod-of-a-deployment"),
+        pytest.param(
+            with_metadata(name="db-0", ownerReferences=[
+                {"apiVersion": "v1", "kind": "Service", "name": "other", "uid": "s-1"},
+                {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": "ss-1", "controller": True},
+            ]),
+            {"apiVersion": "apps/v1", "kind": "StatefulSet", "namespace": "shop", "name": "db", "uid": "ss-1"},
+            id="pod-of-another-controller",
+        ),
+        pytest.param(with_metadata(name="lonely"), {"apiVersion": "v1", "kind": "Pod", "namespace": "shop",
+                                                    "name": "lonely"}, id="bare-named-pod"),
+        pytest.param(with_metadata(generateName="anon-"), None, id="nothing-to-name"),
+    ],
+)  # fmt: skip
+def test_event_owner(obj: dict[str, Any], expected: dict[str, str] | None) -> None:
+    assert event_owner(obj, "shop") == expected
+
+
+async def test_an_unreachable_api_server_never_delays_admission(caplog: pytest.LogCaptureFixture) -> None:
+    """Events go out after the answer: with the API server down the webhook still answers at once, logs the
+    failed Event, and records each problem only once per EVENT_REPEAT_AFTER_S however many pods show it."""
+    from kubernetes import client
+
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    configuration.retries = 0
+    caplog.set_level(logging.WARNING, logger="kapa.webhook")
+    runner = web.AppRunner(webhook_app("kapa:hook", client.ApiClient(configuration)))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    bad = pod(annotations={contract.ANNOTATION_TIMEOUT_SECONDS: "never"})
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):  # three pods of the same Deployment
+                started = time.monotonic()
+                async with session.post(f"http://127.0.0.1:{port}{MUTATE_PATH}", json=review(bad)) as response:
+                    answer = await response.json()
+                assert time.monotonic() - started < 1.0
+                assert answer["response"]["allowed"] is True and "patch" in answer["response"]
+            for _ in range(100):
+                if any(r.getMessage() == "cannot create event" for r in caplog.records):
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await runner.cleanup()
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages.count("cannot create event") == 1
+    assert messages.count("cannot look the deployment up for its events") == 1
