@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kapa import contract
 from kapa.log import get_logger
 from kapa.services import Endpoint, ServiceKey
 
@@ -133,5 +134,5 @@ def admin_app(gateway: Gateway) -> web.Application:
     app.router.add_delete("/v1/routes/{namespace}/{name}", delete_route)
     app.router.add_put("/v1/activator", put_activator)
     app.router.add_get("/v1/routes", get_routes)
-    app.router.add_get("/ready", get_ready)
+    app.router.add_get(contract.READY_PATH, get_ready)
     return app

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 
+from kapa import contract
 from kapa.services import Endpoint, ServiceKey
 
 from gateway.bootstrap import DEFAULT_NODE_ID as NODE
@@ -64,7 +65,7 @@ async def switch_latencies_ms(gateway: Gateway, count: int) -> list[float]:
     latencies = []
     for index in range(count):
         start = time.perf_counter()
-        gateway.set_mode(KEY, "proxy" if index % 2 == 0 else "serve")
+        gateway.set_mode(KEY, contract.MODE_PROXY if index % 2 == 0 else contract.MODE_SERVE)
         version = gateway.cache.snapshot()[ROUTE_TYPE].version
         while gateway.xds_status()[NODE][ROUTE_TYPE].acked_version != version:
             await asyncio.sleep(0.0005)
@@ -78,7 +79,7 @@ async def endpoint_change_latencies_ms(services: int, delta: bool, count: int) -
     gateway = Gateway(GatewayConfig("127.0.0.1", xds_port, ListenerConfig("127.0.0.1", free_port())))
     keys = [ServiceKey("bench", f"svc{index}") for index in range(services)]
     for index, key in enumerate(keys):
-        gateway.set_service(key, "serve", [Endpoint(f"10.{index // 250}.{index % 250}.1", 8012)])
+        gateway.set_service(key, contract.MODE_SERVE, [Endpoint(f"10.{index // 250}.{index % 250}.1", 8012)])
     await gateway.start()
     latencies = []
     try:
@@ -106,7 +107,7 @@ async def bench(seconds: int, connections: int, services: int) -> None:
         wait_for_port(upstream_port)
         pod = Endpoint("127.0.0.1", upstream_port)
         gateway = Gateway(GatewayConfig("127.0.0.1", xds_port, ListenerConfig("127.0.0.1", listener_port)))
-        gateway.set_service(KEY, "serve", [pod])
+        gateway.set_service(KEY, contract.MODE_SERVE, [pod])
         await gateway.start()
         try:
             async with EnvoyProcess(BootstrapConfig(xds_port=xds_port, admin_port=free_port())) as envoy:

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from kapa import contract
 from kapa.services import Endpoint, ServiceKey
 
 from gateway.bootstrap import BootstrapConfig
@@ -117,7 +118,7 @@ async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
         GatewayConfig("127.0.0.1", xds_port, ListenerConfig("127.0.0.1", listener_port)),
         activator=[activator.endpoint],
     )
-    gateway.set_service(KEY, "proxy", [])
+    gateway.set_service(KEY, contract.MODE_PROXY, [])
     await gateway.start()
     envoy = EnvoyProcess(BootstrapConfig(xds_port=xds_port, admin_port=free_port(), delta=request.param == "delta"))
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 
+from kapa import contract
 from tests.gateway.conftest import Upstream, eventually
 from tests.support import KAPA, free_port, running, wait_for_http
 
@@ -37,7 +38,7 @@ async def test_kapa_gateway_serves_admin_api_and_runs_envoy(tmp_path: Path) -> N
     admin_url, listener_url = f"http://127.0.0.1:{admin}", f"http://127.0.0.1:{listener}"
     try:
         with running(args, log=log) as process:
-            await asyncio.to_thread(wait_for_http, admin_url + "/ready", 15)
+            await asyncio.to_thread(wait_for_http, admin_url + contract.READY_PATH, 15)
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
 
                 async def fetch(path: str, host: str) -> tuple[int, str]:
@@ -59,14 +60,15 @@ async def test_kapa_gateway_serves_admin_api_and_runs_envoy(tmp_path: Path) -> N
                     async with session.put(admin_url + path, json=body) as response:
                         return response.status, await response.json()
 
-                status, route = await put("/v1/routes/default/hello", {"mode": "serve", "endpoints": [str(pod.endpoint)]})
+                serve = {"mode": contract.MODE_SERVE, "endpoints": [str(pod.endpoint)]}
+                status, route = await put("/v1/routes/default/hello", serve)
                 assert (status, route["target"], route["timeout_s"]) == (200, "pods", 20.0)
                 assert (await put("/v1/routes/default/hello", {"mode": "fast"}))[0] == 400
                 assert (await put("/v1/routes/default/hello", {"endpoints": ["pod.example:1"]}))[0] == 400
-                assert (await put("/v1/routes/other/svc", {"mode": "serve", "extra": 1}))[0] == 400
-                assert (await put("/v1/routes/other/bad%20name", {"mode": "serve"}))[0] == 400
+                assert (await put("/v1/routes/other/svc", {"mode": contract.MODE_SERVE, "extra": 1}))[0] == 400
+                assert (await put("/v1/routes/other/bad%20name", {"mode": contract.MODE_SERVE}))[0] == 400
                 # A new service whose default host another one claims as an extra host: a conflict.
-                assert (await put("/v1/routes/localhost/hello", {"mode": "serve"}))[0] == 409
+                assert (await put("/v1/routes/localhost/hello", {"mode": contract.MODE_SERVE}))[0] == 409
 
                 async def served_by_pod() -> bool:
                     return await fetch("/", "hello.default") == (200, "pod-a")

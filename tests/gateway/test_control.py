@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from kapa import contract
 from kapa.endpoints import LocalEndpointSource
 from kapa.services import Endpoint, ServiceEntry, ServiceKey, ServiceSpec
 
@@ -33,14 +34,14 @@ def versions(gateway: Gateway) -> dict[str, str]:
 
 def test_decisions_change_only_the_route_table() -> None:
     gateway = Gateway(GatewayConfig(), [ServiceEntry(ServiceSpec(HELLO))], [Endpoint("127.0.0.1", 8013)])
-    assert gateway.state.services[HELLO].mode == "proxy"  # enrolled services start at the activator
+    assert gateway.state.services[HELLO].mode == contract.MODE_PROXY  # enrolled services start at the activator
     gateway.set_endpoints(HELLO, [POD])
     before = versions(gateway)
-    gateway.apply_decision(HELLO, FakeDecision("serve"))
+    gateway.apply_decision(HELLO, FakeDecision(contract.MODE_SERVE))
     after = versions(gateway)
     assert gateway.state.services[HELLO].serves_directly
     assert [t for t in after if after[t] != before[t]] == [ROUTE_TYPE]
-    gateway.apply_decision(HELLO, FakeDecision("serve"))  # same decision again: nothing to push
+    gateway.apply_decision(HELLO, FakeDecision(contract.MODE_SERVE))  # same decision again: nothing to push
     assert versions(gateway) == after
     with pytest.raises(RoutingError):
         gateway.apply_decision(HELLO, FakeDecision("sideways"))
@@ -49,7 +50,7 @@ def test_decisions_change_only_the_route_table() -> None:
 
 def test_losing_every_pod_while_serving_moves_the_route_before_emptying_the_cluster() -> None:
     gateway = Gateway(GatewayConfig(), [ServiceEntry(ServiceSpec(HELLO))])
-    gateway.set_service(HELLO, "serve", [POD])  # endpoints arrive with the decision: endpoints first
+    gateway.set_service(HELLO, contract.MODE_SERVE, [POD])  # endpoints arrive with the decision: endpoints first
     assert gateway.cache.order == TYPE_ORDER
     gateway.set_endpoints(HELLO, [])  # every pod gone at once: the route must leave first
     assert gateway.cache.order == ROUTES_FIRST_ORDER
@@ -60,10 +61,10 @@ def test_losing_every_pod_while_serving_moves_the_route_before_emptying_the_clus
 
 def test_add_service_keeps_what_the_scaler_and_endpoints_said() -> None:
     gateway = Gateway(GatewayConfig())
-    gateway.set_service(HELLO, "serve", [POD])
+    gateway.set_service(HELLO, contract.MODE_SERVE, [POD])
     gateway.add_service(ServiceEntry(ServiceSpec(HELLO), extra_hosts=("hello.example",)))
     route = gateway.state.services[HELLO]
-    assert (route.mode, route.endpoints, route.hosts[-1]) == ("serve", frozenset({POD}), "hello.example")
+    assert (route.mode, route.endpoints, route.hosts[-1]) == (contract.MODE_SERVE, frozenset({POD}), "hello.example")
     gateway.remove_service(HELLO)
     assert HELLO not in gateway.state.services
     assert set(gateway.cache.snapshot()[CLUSTER_TYPE].resources) == {"kapa_activator"}

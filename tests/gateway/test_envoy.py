@@ -10,6 +10,7 @@ from collections import Counter
 import aiohttp
 import pytest
 
+from kapa import contract
 from kapa.services import ServiceKey
 
 from gateway.bootstrap import BootstrapConfig
@@ -32,11 +33,11 @@ async def test_routes_follow_the_mode(rig: Rig) -> None:
     assert await rig.get(host="svc.ns.svc.cluster.local") == (200, "activator")
     assert (await rig.get(host="other.ns"))[0] == 404
 
-    rig.gateway.set_service(KEY, "serve", [rig.pods["pod-a"].endpoint])
+    rig.gateway.set_service(KEY, contract.MODE_SERVE, [rig.pods["pod-a"].endpoint])
     to_serve = await eventually(answered_by(rig, "pod-a"), what="serve mode")
     assert (await rig.responders(20)) == Counter({"pod-a": 20})
 
-    rig.gateway.set_mode(KEY, "proxy")
+    rig.gateway.set_mode(KEY, contract.MODE_PROXY)
     to_proxy = await eventually(answered_by(rig, "activator"), what="proxy mode")
     assert (await rig.responders(20)) == Counter({"activator": 20})
     print(f"switch took effect after {to_serve * 1000:.0f} ms (serve), {to_proxy * 1000:.0f} ms (proxy)")
@@ -61,7 +62,7 @@ async def test_switch_proxy_serve_proxy_under_load_loses_nothing(rig: Rig) -> No
 
     async def switcher() -> list[tuple[str, int]]:
         phases = []
-        for mode in ("serve", "proxy"):
+        for mode in (contract.MODE_SERVE, contract.MODE_PROXY):
             await asyncio.sleep(2.0)
             phases.append((mode, sum(results.values())))
             rig.gateway.set_mode(KEY, mode)  # type: ignore[arg-type]
@@ -83,7 +84,7 @@ async def test_switch_proxy_serve_proxy_under_load_loses_nothing(rig: Rig) -> No
 
 async def test_endpoint_changes_take_effect(rig: Rig) -> None:
     a, b, c = (rig.pods[name].endpoint for name in ("pod-a", "pod-b", "pod-c"))
-    rig.gateway.set_service(KEY, "serve", [a, b])
+    rig.gateway.set_service(KEY, contract.MODE_SERVE, [a, b])
 
     async def both_serve() -> bool:
         return set(await rig.responders(10)) == {"pod-a", "pod-b"}
@@ -110,7 +111,7 @@ async def test_endpoint_changes_take_effect(rig: Rig) -> None:
 
 async def test_nack_keeps_the_last_good_config(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="gateway.ads")
-    rig.gateway.set_service(KEY, "serve", [rig.pods["pod-a"].endpoint])
+    rig.gateway.set_service(KEY, contract.MODE_SERVE, [rig.pods["pod-a"].endpoint])
     await eventually(answered_by(rig, "pod-a"), what="serve mode")
     good = rig.gateway.cache.snapshot()[ROUTE_TYPE].version
     assert await rig.route_version_in_envoy() == good
@@ -152,7 +153,7 @@ async def test_nack_keeps_the_last_good_config(rig: Rig, caplog: pytest.LogCaptu
     assert len(sent_bad) == 1
 
     # The next real change supersedes the bad version and is accepted.
-    rig.gateway.set_mode(KEY, "proxy")
+    rig.gateway.set_mode(KEY, contract.MODE_PROXY)
     fixed = rig.gateway.cache.snapshot()[ROUTE_TYPE].version
     assert fixed not in {good, bad}
 
@@ -169,7 +170,7 @@ async def test_every_connected_envoy_gets_each_change(rig: Rig) -> None:
     second = EnvoyProcess(BootstrapConfig(xds_port=xds_port, admin_port=free_port(), node_id="second"))
     async with second:
         assert set(rig.gateway.xds_status()) == {"kapa-gateway", "second"}
-        for mode in ("serve", "proxy", "serve"):
+        for mode in (contract.MODE_SERVE, contract.MODE_PROXY, contract.MODE_SERVE):
             rig.gateway.set_service(KEY, mode, [rig.pods["pod-a"].endpoint])  # type: ignore[arg-type]
             version = rig.gateway.cache.snapshot()[ROUTE_TYPE].version
 
@@ -190,27 +191,27 @@ async def test_every_connected_envoy_gets_each_change(rig: Rig) -> None:
 
 async def test_requests_in_flight_finish_when_their_pod_is_removed_or_the_mode_switches(rig: Rig) -> None:
     a, b = rig.pods["pod-a"].endpoint, rig.pods["pod-b"].endpoint
-    rig.gateway.set_service(KEY, "serve", [a])
+    rig.gateway.set_service(KEY, contract.MODE_SERVE, [a])
     await eventually(answered_by(rig, "pod-a"), what="serve mode")
     slow_on_a = asyncio.create_task(rig.get(path="/slow?delay_ms=1000"))
     await eventually(lambda: rig.pods["pod-a"].in_flight == 1, what="slow request at pod-a")
-    rig.gateway.set_service(KEY, "serve", [b])  # pod-a leaves EDS while serving the slow request
+    rig.gateway.set_service(KEY, contract.MODE_SERVE, [b])  # pod-a leaves EDS while serving the slow request
     await eventually(answered_by(rig, "pod-b"), what="pod-b serving")
     slow_on_b = asyncio.create_task(rig.get(path="/slow?delay_ms=1000"))
     await eventually(lambda: rig.pods["pod-b"].in_flight == 1, what="slow request at pod-b")
-    rig.gateway.set_mode(KEY, "proxy")  # the route leaves pod-b while it serves the other one
+    rig.gateway.set_mode(KEY, contract.MODE_PROXY)  # the route leaves pod-b while it serves the other one
     await eventually(answered_by(rig, "activator"), what="proxy mode")
     assert await slow_on_a == (200, "pod-a")
     assert await slow_on_b == (200, "pod-b")
 
 
 async def test_envoy_keeps_serving_while_the_xds_server_is_away(rig: Rig) -> None:
-    rig.gateway.set_service(KEY, "serve", [rig.pods["pod-a"].endpoint])
+    rig.gateway.set_service(KEY, contract.MODE_SERVE, [rig.pods["pod-a"].endpoint])
     await eventually(answered_by(rig, "pod-a"), what="serve mode")
     await rig.gateway.stop()
     assert await rig.responders(20) == Counter({"pod-a": 20})  # last config stays in force
     # The control plane back on its port, with a decision made while it was away: Envoy reconnects and obeys.
-    rig.gateway.set_mode(KEY, "proxy")
+    rig.gateway.set_mode(KEY, contract.MODE_PROXY)
     await rig.gateway.start()
     await eventually(answered_by(rig, "activator"), timeout_s=15, what="reconnect to the xDS server")
 
@@ -233,8 +234,8 @@ async def test_an_endpoint_change_sends_one_service_with_delta_every_service_wit
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
     other = ServiceKey("ns", "other")
-    rig.gateway.set_service(other, "serve", [rig.pods["pod-b"].endpoint])
-    rig.gateway.set_service(KEY, "serve", [rig.pods["pod-a"].endpoint])
+    rig.gateway.set_service(other, contract.MODE_SERVE, [rig.pods["pod-b"].endpoint])
+    rig.gateway.set_service(KEY, contract.MODE_SERVE, [rig.pods["pod-a"].endpoint])
     await eventually(answered_by(rig, "pod-a"), what="serve mode")
     caplog.set_level(logging.DEBUG, logger="gateway.ads")
     rig.gateway.set_endpoints(KEY, [rig.pods["pod-c"].endpoint])
@@ -247,7 +248,7 @@ async def test_an_endpoint_change_sends_one_service_with_delta_every_service_wit
 
 
 async def test_a_removed_service_leaves_envoy(rig: Rig) -> None:
-    rig.gateway.set_service(KEY, "serve", [rig.pods["pod-a"].endpoint])
+    rig.gateway.set_service(KEY, contract.MODE_SERVE, [rig.pods["pod-a"].endpoint])
     await eventually(answered_by(rig, "pod-a"), what="serve mode")
     rig.gateway.remove_service(KEY)
 

@@ -41,18 +41,18 @@ def target(state: RoutingState, key: ServiceKey = HELLO) -> str:
 @pytest.mark.parametrize(
     ("mode", "endpoints", "expected"),
     [
-        ("proxy", (), ACTIVATOR_CLUSTER),
-        ("proxy", (POD,), ACTIVATOR_CLUSTER),
-        ("serve", (POD,), service_cluster_name(HELLO)),
+        (contract.MODE_PROXY, (), ACTIVATOR_CLUSTER),
+        (contract.MODE_PROXY, (POD,), ACTIVATOR_CLUSTER),
+        (contract.MODE_SERVE, (POD,), service_cluster_name(HELLO)),
         # "serve" before any pod is known would 503; the activator holds those requests instead.
-        ("serve", (), ACTIVATOR_CLUSTER),
+        (contract.MODE_SERVE, (), ACTIVATOR_CLUSTER),
     ],
 )
 def test_route_target_follows_mode(mode: str, endpoints: tuple[Endpoint, ...], expected: str) -> None:
     assert target(state_with(mode, endpoints)) == expected
 
 
-@pytest.mark.parametrize("mode", ["serve", "proxy"])
+@pytest.mark.parametrize("mode", [contract.MODE_SERVE, contract.MODE_PROXY])
 def test_service_cluster_and_endpoints_exist_in_both_modes(mode: str) -> None:
     resources = build_resources(state_with(mode, (POD,)), ListenerConfig())
     name = service_cluster_name(HELLO)
@@ -63,16 +63,16 @@ def test_service_cluster_and_endpoints_exist_in_both_modes(mode: str) -> None:
 
 
 def test_mode_switch_changes_only_the_route_table() -> None:
-    serve = build_resources(state_with("serve", (POD,)), ListenerConfig())
-    proxy = build_resources(state_with("proxy", (POD,)), ListenerConfig())
+    serve = build_resources(state_with(contract.MODE_SERVE, (POD,)), ListenerConfig())
+    proxy = build_resources(state_with(contract.MODE_PROXY, (POD,)), ListenerConfig())
     for type_url in (LISTENER_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE):
         assert serve[type_url] == proxy[type_url]
     assert serve[ROUTE_TYPE] != proxy[ROUTE_TYPE]
 
 
 def test_timeouts_and_safe_retries() -> None:
-    serve = route_configuration(state_with("serve", (POD,))).virtual_hosts[0].routes[0].route
-    proxy = route_configuration(state_with("proxy", (POD,))).virtual_hosts[0].routes[0].route
+    serve = route_configuration(state_with(contract.MODE_SERVE, (POD,))).virtual_hosts[0].routes[0].route
+    proxy = route_configuration(state_with(contract.MODE_PROXY, (POD,))).virtual_hosts[0].routes[0].route
     assert serve.timeout.seconds == contract.DEFAULT_REVISION_TIMEOUT_SECONDS
     assert proxy.timeout.seconds == contract.DEFAULT_REVISION_TIMEOUT_SECONDS + ACTIVATOR_GRACE_S
     for action in (serve, proxy):
@@ -108,8 +108,8 @@ def test_a_path_prefix_wins_over_the_host() -> None:
     state = (
         RoutingState()
         .with_route(route_for_entry(world))
-        .with_service(HELLO, "proxy")
-        .with_service(WORLD, "serve", [POD])
+        .with_service(HELLO, contract.MODE_PROXY)
+        .with_service(WORLD, contract.MODE_SERVE, [POD])
     )
     hello_routes = {v.name: v for v in route_configuration(state).virtual_hosts}[str(HELLO)].routes
     assert [(r.match.path_separated_prefix or r.match.prefix, r.route.cluster) for r in hello_routes] == [
