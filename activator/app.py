@@ -2,8 +2,10 @@
 plus the drain that ends it.
 
 Drain (SIGTERM): readiness turns false at once so the gateway and Kubernetes stop sending; after
-`drain_delay_s` the listener closes (no new connections); requests held or in flight are finished (each is
-bounded by its service's timeout); then the process exits.
+`drain_delay_s` the listener closes (no new connections); requests held or in flight are finished; then
+the process exits. The wait is bounded by the longest service timeout (plus DRAIN_MARGIN_S): by then
+every held request has had its 504 and every ordinary request its queue-proxy's 504, so what is left is
+a WebSocket or a streaming response that would otherwise keep the activator forever; it is cut.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ log = get_logger(__name__)
 
 #: How often the drain checks whether everything held has finished.
 DRAIN_POLL_S = 0.05
+#: Added to the longest service timeout to bound the drain: a 504 given at the timeout still reaches
+#: its client.
+DRAIN_MARGIN_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -90,10 +95,21 @@ class Activator:
         log.info("draining: readiness false", delay_s=self.drain_delay_s, busy=self.busy())
         await asyncio.sleep(self.drain_delay_s)
         self.proxy.stop_accepting()
-        log.info("draining: listener closed", busy=self.busy())
+        limit_s = self.drain_limit_s()
+        log.info("draining: listener closed", busy=self.busy(), limit_s=limit_s)
+        deadline = asyncio.get_running_loop().time() + limit_s
         while self.busy() or self.proxy.busy():
+            if asyncio.get_running_loop().time() >= deadline:
+                log.warning("drain limit reached; closing what is still open", busy=self.busy(),
+                            connections=self.proxy.busy(), limit_s=limit_s)
+                return
             await asyncio.sleep(DRAIN_POLL_S)
         log.info("drained")
+
+    def drain_limit_s(self) -> float:
+        """How long the drain waits, once the listener is closed, for what is held and in flight."""
+        longest = max((service.settings.timeout_s for service in self.services.values()), default=0.0)
+        return longest + DRAIN_MARGIN_S
 
     async def close(self) -> None:
         await self.proxy.close()

@@ -11,10 +11,13 @@ counted, and a pod whose request failed is taken out and probed again.
 The relay does the HTTP itself (parsing, streaming bodies with flow control, upgrades, keep-alive). A
 held request with a body is not read until it is forwarded, so what a held request costs is its head.
 A pod that refuses the connection (gone before its endpoint update arrived) sends the request back to
-wait for another pod; a pod that fails once the request is on its way costs that request a 502.
+wait for another pod; a pooled connection that closes under a request the relay deems replayable is
+followed by a fresh one to the same pod, so a dead pod's stale connections cost nothing either; a pod
+that fails once the request is on its way costs that request a 502.
 
-Where kapa.relay's API stops, one adapter: a held upload is paused with a reason bit of our own in the
-relay's ServerProtocol.pause/resume.
+Only kapa.relay's public API is used: `hold_body` keeps a held upload unread, `set_request_header` adds
+the proxy mark, and `request_undelivered` (the relay's hook for a request lost on a stale connection)
+sends the request again.
 """
 
 from __future__ import annotations
@@ -37,13 +40,11 @@ from activator.throttler import HoldTimeout, QueueFull
 
 log = get_logger(__name__)
 
-_PROXY_LINE = f"{contract.PROXY_HEADER}: {contract.PROXY_HEADER_VALUE}\r\n".encode()
+_PROXY_NAME = contract.PROXY_HEADER.encode()
+_PROXY_VALUE = contract.PROXY_HEADER_VALUE.encode()
 _HOST = b"\r\nhost:"
 _CONTENT_LENGTH = b"\r\ncontent-length:"
 _TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
-#: Our own bit in the relay's reasons for not reading a client (ServerProtocol.pause/resume); the relay
-#: uses 1 and 2, and clears every bit when an exchange finishes.
-_PAUSED_HELD = 64
 #: Seconds a client is told to wait before retrying when a service's queue is full.
 RETRY_AFTER_S = 1
 
@@ -51,7 +52,7 @@ RETRY_AFTER_S = 1
 class _Ticket:
     """The handler's state of one exchange (kept in `exchange.tag`)."""
 
-    __slots__ = ("service", "pod", "waiter", "cold", "arrived_at", "marked", "paused")
+    __slots__ = ("service", "pod", "waiter", "cold", "arrived_at", "marked")
 
     def __init__(self, service: Service, arrived_at: float) -> None:
         self.service = service
@@ -62,8 +63,6 @@ class _Ticket:
         self.arrived_at = arrived_at
         #: PROXY_HEADER is in the head already (a request sent back to wait keeps it).
         self.marked = False
-        #: The client's body is not being read while the request is held.
-        self.paused = False
 
 
 def request_host(head_lower: bytes) -> bytes | None:
@@ -84,11 +83,6 @@ def request_has_body(head_lower: bytes) -> bool:
         return False
     start += len(_CONTENT_LENGTH)
     return head_lower[start : head_lower.index(b"\r\n", start)].strip() not in (b"0", b"")
-
-
-def mark_proxied(head: bytes) -> bytes:
-    """The request head with PROXY_HEADER added, so the queue-proxy counts the request as proxied."""
-    return head[:-2] + _PROXY_LINE + b"\r\n"
 
 
 class ActivatorProxy:
@@ -145,8 +139,7 @@ class ActivatorProxy:
             # A body is coming: read none of it while held, so 10,000 held uploads cost their heads, not
             # the relay's per-exchange buffer each. (A body-less request stays read, so a client that
             # gives up is noticed at once and frees its place.)
-            exchange.server.pause(_PAUSED_HELD)
-            ticket.paused = True
+            exchange.hold_body()
         ticket.waiter = asyncio.get_running_loop().create_task(self._hold(exchange, ticket))
 
     async def _hold(self, exchange: Exchange, ticket: _Ticket) -> None:
@@ -178,12 +171,10 @@ class ActivatorProxy:
 
     def _forward(self, exchange: Exchange, ticket: _Ticket, pod: PodTracker) -> None:
         ticket.pod = pod
-        if ticket.paused:
-            ticket.paused = False
-            exchange.server.resume(_PAUSED_HELD)
         if not ticket.marked:
             ticket.marked = True
-            exchange.head = mark_proxied(exchange.head)
+            # Replacing (not adding) also keeps a client from sending its own value through.
+            exchange.set_request_header(_PROXY_NAME, _PROXY_VALUE)
         address = (pod.endpoint.host, pod.endpoint.port)
         idle = self.relay.pool.take(address)
         if idle is not None:
@@ -202,6 +193,7 @@ class ActivatorProxy:
             assert pod is not None
             service = ticket.service
             self._backends.suspect(service.settings.key, pod.endpoint)  # first: no waiter may get it back
+            pool.discard(address)  # its idle connections would each fail once more
             service.throttler.release(pod)
             log.warning("pod refused a connection; request waits for another", service=str(service.settings.key),
                         endpoint=str(pod.endpoint), error=error.strerror or str(error))
@@ -209,6 +201,17 @@ class ActivatorProxy:
             return
         ticket.waiter = None
         exchange.forward_on(conn)
+
+    def request_undelivered(self, exchange: Exchange) -> None:
+        """A pooled connection to the pod closed under a request that is safe to send again: a fresh
+        connection tells a stale connection (sent there) from a pod gone (refused: the request waits for
+        another pod, as in `_connect_and_forward`)."""
+        ticket: _Ticket | None = exchange.tag  # type: ignore[assignment]
+        if ticket is None or ticket.pod is None:
+            exchange.respond(502, b"kapa activator: the pod closed the connection before responding\n")
+            return
+        address = (ticket.pod.endpoint.host, ticket.pod.endpoint.port)
+        ticket.waiter = asyncio.get_running_loop().create_task(self._connect_and_forward(exchange, ticket, address))
 
     def request_finished(self, exchange: Exchange) -> None:
         ticket: _Ticket | None = exchange.tag  # type: ignore[assignment]

@@ -80,6 +80,10 @@ class QueueProxyHandler:
             self.stats.reject(contract.REASON_UPSTREAM_ERROR)
         self.stats.finished(time.monotonic(), exchange.started_at, proxied, exchange.status)  # type: ignore[arg-type]
 
+    def request_undelivered(self, exchange: Exchange) -> None:
+        # A stale keep-alive connection to the app: again, on another (or a new) connection.
+        exchange.forward(self.upstream)
+
     def malformed_request(self, status: int) -> None:
         self.stats.reject(contract.REASON_BAD_REQUEST)
         self.stats.count_response(status)

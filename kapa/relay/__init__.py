@@ -6,8 +6,12 @@ It knows nothing about counting, limits or routing: a `Handler` decides those. T
   parsed into an `Exchange`; `handler.request_received(exchange)` then calls `exchange.forward((host,
   port))` (relay to an upstream, bodies streamed both ways with flow control) or `exchange.respond(status,
   body, extra_headers=...)`, now or later (or `exchange.forward_on(conn)` with a connection the handler
-  opened through the pool itself). `handler.request_finished(exchange)` follows exactly once however it ends, with
-  `exchange.status` set to what the client got. `handler.malformed_request(status)` reports a 400/431.
+  opened through the pool itself). Before forwarding, `exchange.set_request_header(name, value)` adds or
+  replaces a header, and `exchange.hold_body()` leaves the body unread until the exchange is forwarded
+  (for a request that waits). `handler.request_finished(exchange)` follows exactly once however it ends,
+  with `exchange.status` set to what the client got. `handler.malformed_request(status)` reports a
+  400/408/431. `handler.request_undelivered(exchange)` is asked to send again a request lost on a stale
+  keep-alive connection when `exchange.replayable()`.
 - `UpstreamPool`: keep-alive upstream connections keyed by (host, port).
 - WebSocket and other upgrades: when the upstream answers 101 the connection becomes a byte `Pipe`; the
   exchange finishes when the pipe closes.

@@ -42,10 +42,12 @@ FAILURE_CLIENT_GONE = "client_gone"
 # Reasons the client connection is not being read (a bit mask, reading resumes when all are gone).
 _PAUSED_PENDING = 1
 _PAUSED_UPSTREAM = 2
+_PAUSED_HELD = 4  # Exchange.hold_body
 
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 #: Methods a request may be sent again with (RFC 9110 9.2.2).
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+_IDEMPOTENCY_KEY = b"\r\nidempotency-key:"
 
 
 class Handler(Protocol):
@@ -61,8 +63,15 @@ class Handler(Protocol):
 
     def request_finished(self, exchange: Exchange) -> None: ...
 
+    def request_undelivered(self, exchange: Exchange) -> None:
+        """The connection the request went on had served a response before, and closed before any byte of
+        this one's (an idle keep-alive connection the upstream closed just as it was reused, or an
+        upstream that died), and `exchange.replayable()`. Send it again (`forward`, `forward_on`: a fresh
+        connection or another upstream) or `respond`."""
+
     def malformed_request(self, status: int) -> None:
-        """A request was refused before it became an exchange (400 malformed, 431 head too large)."""
+        """A request was refused before it became an exchange (400 malformed, 408 head not received in
+        time, 431 head too large)."""
 
     def h2c_connection(self, tunnel: H2cTunnel) -> None:
         """A connection opened with the HTTP/2 preface: call `tunnel.forward(address)` or `tunnel.close()`."""
@@ -193,6 +202,32 @@ class Exchange:
         self.address = conn.address
         self._attach(conn)
 
+    def hold_body(self) -> None:
+        """Read none of the request body until the exchange is forwarded (or ends).
+
+        For a request that waits a long time for an upstream: it then costs its head, not the relay's
+        per-exchange body buffer. The client connection is not read meanwhile, so a client that gives up
+        is noticed only when the exchange is forwarded or answered.
+        """
+        if not self.request_complete and self.upstream is None and not self.done:
+            self.server.pause(_PAUSED_HELD)
+
+    def set_request_header(self, name: bytes, value: bytes) -> None:
+        """Add `name: value` to the request head, replacing every header of that name (compared
+        case-insensitively). Only before the exchange is forwarded: the head is sent as it is then."""
+        if self.upstream is not None or self.body_sent:
+            raise RuntimeError("set_request_header after the request head was sent upstream")
+        head, head_lower = self.head, self.head_lower
+        marker = b"\r\n" + name.lower() + b":"
+        start = head_lower.find(marker)
+        while start >= 0:
+            end = head_lower.index(b"\r\n", start + 2)  # the line ends before the head's final CRLF
+            head, head_lower = head[:start] + head[end:], head_lower[:start] + head_lower[end:]
+            start = head_lower.find(marker, start)
+        line = name + b": " + value + b"\r\n"
+        self.head = head[:-2] + line + b"\r\n"
+        self.head_lower = head_lower[:-2] + line.lower() + b"\r\n"
+
     def respond(self, status: int, body: bytes, close: bool = False, extra_headers: bytes = b"") -> None:
         """Answer the client from the relay (a plain-text body; `extra_headers`: CRLF-terminated lines) and
         end the exchange."""
@@ -214,6 +249,15 @@ class Exchange:
                 local_response(status, body, keep, head_only=self.method == b"HEAD", extra_headers=extra_headers)
             )
         self._finish(keep)
+
+    def replayable(self) -> bool:
+        """Whether sending the request again cannot do harm that sending it once would not: its method is
+        idempotent (RFC 9110 9.2.2) or it carries Idempotency-Key, and none of its body (or, after an
+        upgrade request, of the client's bytes) has gone upstream, so nothing consumed is lost. What
+        browsers and Go's transport require before retrying on a new connection."""
+        return not self.body_sent and not self.response_started and (
+            self.method in _IDEMPOTENT or _IDEMPOTENCY_KEY in self.head_lower
+        )
 
     def abort(self) -> None:
         """End the exchange by closing the client connection (and the upstream one)."""
@@ -290,9 +334,11 @@ class Exchange:
             self.pending_bytes = 0
             transport.writelines([self.head, *pending])
             self.body_sent = True
-            self.server.resume(_PAUSED_PENDING)
+            self.server.resume(_PAUSED_PENDING | _PAUSED_HELD)
         else:
             transport.write(self.head)
+            if self.server.paused:
+                self.server.resume(_PAUSED_HELD)
         if self.server.write_paused:
             conn.read_paused = True
             transport.pause_reading()
@@ -347,11 +393,10 @@ class Exchange:
             # must end too, the only way to tell the client where the body ends.
             self.server.transport.close()
             self._finish(False)
-        elif conn.reused and not self.body_sent and self.method in _IDEMPOTENT and not self.upgrade and self.address:
-            # Most likely an idle keep-alive connection the upstream closed as we reused it. The request
-            # had no body and is idempotent, so sending it again on another connection is safe (what
-            # browsers and Go's transport do).
-            self.forward(self.address)
+        elif conn.reused and self.replayable():
+            # Most likely an idle keep-alive connection the upstream closed as we reused it (or an upstream
+            # that died): the handler sends the request again, here or elsewhere.
+            self.server.handler.request_undelivered(self)
         else:
             self.failure = FAILURE_UPSTREAM
             self.respond(502, b"kapa: the app closed the connection before responding\n")

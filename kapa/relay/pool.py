@@ -171,6 +171,11 @@ class UpstreamPool:
         if idle and conn in idle:
             idle.remove(conn)
 
+    def discard(self, address: Address) -> None:
+        """Close the idle connections to `address` (an upstream found gone: each would fail once)."""
+        for conn in self._idle.pop(address, ()):
+            conn.transport.close()
+
     def close(self) -> None:
         """Close every idle connection (at shutdown)."""
         for idle in self._idle.values():

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kapa import contract
-
-from activator.proxy import mark_proxied, request_has_body, request_host
+from activator.proxy import request_has_body, request_host
 
 
 @pytest.mark.parametrize(
@@ -20,17 +18,6 @@ from activator.proxy import mark_proxied, request_has_body, request_host
 )
 def test_request_host(head: bytes, host: bytes | None) -> None:
     assert request_host(head) == host
-
-
-@pytest.mark.parametrize(
-    "head",
-    [b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"GET / HTTP/1.0\r\n\r\n"],
-)
-def test_mark_proxied_adds_one_header_line(head: bytes) -> None:
-    marked = mark_proxied(head)
-    line = f"{contract.PROXY_HEADER}: {contract.PROXY_HEADER_VALUE}\r\n".encode()
-    assert marked.endswith(line + b"\r\n") and marked.replace(line, b"") == head
-
 
 
 @pytest.mark.parametrize(

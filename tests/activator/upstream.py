@@ -7,6 +7,8 @@ arrived (per-request ids, the proxy header, the highest concurrency it saw).
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections import Counter
 
 from aiohttp import web
@@ -79,3 +81,56 @@ class Upstream:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+class DyingUpstream:
+    """A pod that dies on command the way a killed pod looks to a connection pool that has not noticed yet:
+    new connections are refused, and a request on a kept-alive connection gets a reset, no response.
+
+    Until then it answers every request (the probe included) with 200 and keeps connections alive.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint = Endpoint("127.0.0.1", self.port)
+        self.served = 0
+        self.reset = 0
+        self.dead = False
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> DyingUpstream:
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _DyingConnection(self), "127.0.0.1", self.port
+        )
+        return self
+
+    def die(self) -> None:
+        self.dead = True
+        assert self._server is not None
+        self._server.close()  # refuses new connections; open ones stay until they are used
+
+
+class _DyingConnection(asyncio.Protocol):
+    _RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+
+    def __init__(self, upstream: DyingUpstream) -> None:
+        self.upstream = upstream
+        self.transport: asyncio.Transport | None = None
+        self.received = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self.upstream.dead:
+            self.upstream.reset += 1
+            sock = self.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()  # RST: what the peer of a killed process sees
+            return
+        self.received += data
+        while b"\r\n\r\n" in self.received:  # body-less requests only
+            _, self.received = self.received.split(b"\r\n\r\n", 1)
+            self.upstream.served += 1
+            self.transport.write(self._RESPONSE)
