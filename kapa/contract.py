@@ -171,6 +171,12 @@ ENV_DRAIN_SECONDS: Final = "KAPA_DRAIN_SECONDS"
 ENV_BIND_ADDRESS: Final = "KAPA_BIND_ADDRESS"
 #: Host the queue-proxy forwards to (the app shares the pod's network namespace, so loopback).
 ENV_UPSTREAM_HOST: Final = "KAPA_UPSTREAM_HOST"
+#: Client connections of the queue-proxy (and the activator, as --header-read-timeout): a request head
+#: must be complete this long after the connection opened or the head's first byte, else 408 (slowloris).
+ENV_HEADER_READ_TIMEOUT_SECONDS: Final = "KAPA_HEADER_READ_TIMEOUT_SECONDS"
+#: A keep-alive client connection with no request under way is closed after this long (activator:
+#: --idle-timeout).
+ENV_IDLE_TIMEOUT_SECONDS: Final = "KAPA_IDLE_TIMEOUT_SECONDS"
 
 DEFAULT_CONTAINER_CONCURRENCY: Final = 0
 DEFAULT_REVISION_TIMEOUT_SECONDS: Final = 300
@@ -178,6 +184,11 @@ DEFAULT_REVISION_TIMEOUT_SECONDS: Final = 300
 DEFAULT_DRAIN_SECONDS: Final = 30
 DEFAULT_BIND_ADDRESS: Final = "0.0.0.0"
 DEFAULT_UPSTREAM_HOST: Final = "127.0.0.1"
+#: Between Envoy's edge recommendation (request_headers_timeout 10 s) and Go's/nginx's one minute.
+DEFAULT_HEADER_READ_TIMEOUT_SECONDS: Final = 30
+#: nginx's and aiohttp's keep-alive timeout; longer than the gateway's upstream idle timeout (30 s), so the
+#: client side closes an idle connection first and never reuses one the server is closing.
+DEFAULT_IDLE_TIMEOUT_SECONDS: Final = 75
 #: Requests allowed to wait per concurrency slot when CONTAINER_CONCURRENCY > 0 (Knative's breaker).
 QUEUE_DEPTH_PER_SLOT: Final = 10
 
