@@ -776,7 +776,7 @@ class Kubelet:
                 address = sorted(ready[key])[0]
             else:
                 continue
-            name, namespace = key
+            namespace, name = key
             lines.append(f"{address} {name}.{namespace}.svc.cluster.local {name}.{namespace}.svc {name}.{namespace}")
         return "\n".join(lines) + "\n"
 
@@ -809,10 +809,10 @@ class Kubelet:
 
     async def run(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.hosts_file.write_text("127.0.0.1 localhost\n")
         # No nameserver: a lookup of a name the hosts file lacks fails at once instead of timing out.
         self.resolv_file.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
         await asyncio.to_thread(register_node, self.core, self.node)
+        self.hosts_file.write_text(await asyncio.to_thread(self.hosts_text))
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
