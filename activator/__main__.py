@@ -17,6 +17,7 @@ from kapa.endpoints import (
     LocalEndpointSource,
 )
 from kapa.log import configure, get_logger
+from kapa.relay import ClientTimeouts
 from kapa.services import ServicesFileError, load_services
 
 from activator.app import Activator, Listen
@@ -48,11 +49,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="EndpointSlice port name of the queue-proxy serving port")
     parser.add_argument("--queue-limit", type=int, default=DEFAULT_QUEUE_LIMIT,
                         help="requests held per service beyond which new ones get 503")
+    parser.add_argument("--header-read-timeout", type=float, default=float(contract.DEFAULT_HEADER_READ_TIMEOUT_SECONDS),
+                        help="seconds a client may take to send a request head (then 408)")
+    parser.add_argument("--idle-timeout", type=float, default=float(contract.DEFAULT_IDLE_TIMEOUT_SECONDS),
+                        help="seconds a keep-alive client connection may sit idle before it is closed")
     parser.add_argument("--drain-delay", type=float, default=3.0,
                         help="seconds between readiness turning false and the listener closing on SIGTERM")
     args = parser.parse_args(argv)
     if args.queue_limit < 1:
         parser.error("--queue-limit must be at least 1")
+    if args.header_read_timeout <= 0 or args.idle_timeout <= 0:
+        parser.error("--header-read-timeout and --idle-timeout must be positive")
     if args.drain_delay < 0:
         parser.error("--drain-delay must not be negative")
     return args
@@ -68,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.endpoint_source == "kubernetes"
             else LocalEndpointSource()
         )
-        activator = Activator(settings, source, args.scaler_url, args.drain_delay)
+        activator = Activator(
+            settings, source, args.scaler_url, args.drain_delay,
+            ClientTimeouts(args.header_read_timeout, args.idle_timeout),
+        )
     except (ServicesFileError, RoutingError) as error:
         print(f"kapa activator: {error}", file=sys.stderr)
         return 2

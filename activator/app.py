@@ -20,6 +20,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from kapa.endpoints import EndpointSource
 from kapa.log import get_logger
+from kapa.relay import ClientTimeouts
 
 from activator.admin import admin_app
 from activator.backends import Backends
@@ -55,6 +56,7 @@ class Activator:
         source: EndpointSource,
         scaler_urls: Sequence[str],
         drain_delay_s: float,
+        timeouts: ClientTimeouts = ClientTimeouts(),
     ) -> None:
         self.services = {item.key: Service.from_settings(item) for item in settings}
         self.router = Router(settings)
@@ -62,7 +64,7 @@ class Activator:
         self.drain_delay_s = drain_delay_s
         self.backends = Backends(source, {key: service.throttler for key, service in self.services.items()})
         self.poker = Poker(scaler_urls)
-        self.proxy = ActivatorProxy(self.services, self.router, self.backends, self.poker)
+        self.proxy = ActivatorProxy(self.services, self.router, self.backends, self.poker, timeouts)
         self.draining = False
         self._runner: web.AppRunner | None = None
 

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 from kapa import contract
 from kapa.log import get_logger
-from kapa.relay import FAILURE_UPSTREAM, Exchange, H2cTunnel, H2Stream, RelayServer
+from kapa.relay import FAILURE_UPSTREAM, ClientTimeouts, Exchange, H2cTunnel, H2Stream, RelayServer
 from kapa.services import ServiceKey
 
 from activator.backends import Backends
@@ -89,13 +89,14 @@ class ActivatorProxy:
     """The relay handler (see kapa.relay.http1.Handler) and the listener it serves."""
 
     def __init__(
-        self, services: Mapping[ServiceKey, Service], router: Router, backends: Backends, poker: Poker
+        self, services: Mapping[ServiceKey, Service], router: Router, backends: Backends, poker: Poker,
+        timeouts: ClientTimeouts = ClientTimeouts(),
     ) -> None:
         self._services = services
         self._router = router
         self._backends = backends
         self._poker = poker
-        self.relay = RelayServer(self)
+        self.relay = RelayServer(self, timeouts=timeouts)
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:

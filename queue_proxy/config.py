@@ -61,6 +61,10 @@ class Config:
     drain_s: float
     bind_address: str
     upstream_host: str
+    #: Client connections: a request head must be complete within this long (else 408); a keep-alive
+    #: connection idle this long is closed.
+    header_read_timeout_s: float = float(contract.DEFAULT_HEADER_READ_TIMEOUT_SECONDS)
+    idle_timeout_s: float = float(contract.DEFAULT_IDLE_TIMEOUT_SECONDS)
 
     @property
     def queue_depth(self) -> int:
@@ -90,6 +94,12 @@ class Config:
             drain_s=reader.seconds(contract.ENV_DRAIN_SECONDS, contract.DEFAULT_DRAIN_SECONDS, positive=False),
             bind_address=reader.address(contract.ENV_BIND_ADDRESS, contract.DEFAULT_BIND_ADDRESS),
             upstream_host=upstream_host,
+            header_read_timeout_s=reader.seconds(
+                contract.ENV_HEADER_READ_TIMEOUT_SECONDS, contract.DEFAULT_HEADER_READ_TIMEOUT_SECONDS, positive=True
+            ),
+            idle_timeout_s=reader.seconds(
+                contract.ENV_IDLE_TIMEOUT_SECONDS, contract.DEFAULT_IDLE_TIMEOUT_SECONDS, positive=True
+            ),
         )
         ports = {
             contract.ENV_QUEUE_SERVING_PORT: config.serving_port,

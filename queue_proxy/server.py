@@ -12,7 +12,7 @@ import time
 
 from kapa import contract
 from kapa.log import get_logger
-from kapa.relay import RelayServer, Route, serve_routes
+from kapa.relay import ClientTimeouts, RelayServer, Route, serve_routes
 from queue_proxy.config import Config
 from queue_proxy.drain import Drain
 from queue_proxy.handler import QueueProxyHandler
@@ -49,7 +49,7 @@ async def serve(config: Config) -> int:
     stats = RequestStats()
     readiness = Readiness()
     handler = QueueProxyHandler(config, stats, readiness)
-    relay = RelayServer(handler)
+    relay = RelayServer(handler, timeouts=ClientTimeouts(config.header_read_timeout_s, config.idle_timeout_s))
     host = config.bind_address
     serving = await loop.create_server(relay.protocol, host, config.serving_port, backlog=4096, reuse_address=True)
     metrics = await serve_routes(

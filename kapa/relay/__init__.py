@@ -12,7 +12,9 @@ It knows nothing about counting, limits or routing: a `Handler` decides those. T
   with `exchange.status` set to what the client got. `handler.malformed_request(status)` reports a
   400/408/431. `handler.request_undelivered(exchange)` is asked to send again a request lost on a stale
   keep-alive connection when `exchange.replayable()`.
-- `UpstreamPool`: keep-alive upstream connections keyed by (host, port).
+- `ClientTimeouts`: the header-read and idle keep-alive timeouts of client connections (`RelayServer(...,
+  timeouts=)`), against clients that trickle a head or sit on a connection.
+- `UpstreamPool`: keep-alive upstream connections keyed by (host, port), closed after idling 30 s.
 - WebSocket and other upgrades: when the upstream answers 101 the connection becomes a byte `Pipe`; the
   exchange finishes when the pipe closes.
 - h2c (prior knowledge, or `Upgrade: h2c`): `handler.h2c_connection(tunnel)` picks the upstream with
@@ -28,6 +30,7 @@ from kapa.relay.http1 import (
     FAILURE_CLIENT_GONE,
     FAILURE_UPSTREAM,
     MAX_HEAD_BYTES,
+    ClientTimeouts,
     Exchange,
     Handler,
     RelayServer,
@@ -42,6 +45,7 @@ __all__ = [
     "FAILURE_UPSTREAM",
     "MAX_HEAD_BYTES",
     "Address",
+    "ClientTimeouts",
     "Exchange",
     "H2Stream",
     "H2cTunnel",

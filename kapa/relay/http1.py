@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from dataclasses import dataclass
 from functools import cache
 from http import HTTPStatus
 from typing import Protocol
 
 import httptools
 
+from kapa import contract
 from kapa.log import get_logger
 from kapa.relay.h2c import PREFACE, H2cRelay, H2cTunnel, H2Stream, stream_status
 from kapa.relay.pool import Address, UpstreamConnection, UpstreamPool
@@ -102,22 +104,68 @@ def local_response(
     )
 
 
+@dataclass(frozen=True)
+class ClientTimeouts:
+    """How long an HTTP/1 client connection may take over a request head, and stay idle between requests.
+
+    Without them a client that trickles a head (slowloris) or never sends one holds its connection, and
+    what the relay keeps for it, forever. A head that is not complete `header_read_s` after the
+    connection opened (first request) or after its own first byte (later ones) gets 408 and the close;
+    a connection that sent nothing at all is just closed, as is a keep-alive connection idle for
+    `idle_s` between requests. Checked by one sweep over the connections (every `sweep_interval_s`), so
+    a timeout fires up to one interval late and costs the request path nothing.
+    Not covered: upgraded connections (WebSocket, h2c), which live as long as both ends want.
+    """
+
+    header_read_s: float = float(contract.DEFAULT_HEADER_READ_TIMEOUT_SECONDS)
+    idle_s: float = float(contract.DEFAULT_IDLE_TIMEOUT_SECONDS)
+
+    def __post_init__(self) -> None:
+        if not (self.header_read_s > 0 and self.idle_s > 0):
+            raise ValueError(f"timeouts must be positive: {self}")
+
+    @property
+    def sweep_interval_s(self) -> float:
+        return min(1.0, max(0.01, min(self.header_read_s, self.idle_s) / 4))
+
+
 class RelayServer:
     """Shared state of one listening relay: the handler, the upstream pool, the open client connections.
 
-    Use `protocol` as the factory of `loop.create_server`.
+    Use `protocol` as the factory of `loop.create_server`; the first connection starts the sweep that
+    enforces `timeouts` (and closes upstream connections idle in the pool too long); `close_all` ends it.
     """
 
-    def __init__(self, handler: Handler, pool: UpstreamPool | None = None) -> None:
+    def __init__(
+        self, handler: Handler, pool: UpstreamPool | None = None, timeouts: ClientTimeouts = ClientTimeouts()
+    ) -> None:
         self.handler = handler
         self.pool = pool or UpstreamPool()
+        self.timeouts = timeouts
         #: Open client connections: ServerProtocol, Pipe (upgraded) or H2cRelay; each has `idle` and `close()`.
         self.connections: set[ServerProtocol | Pipe | H2cRelay] = set()
         #: Set at shutdown: connections close after their current response.
         self.closing = False
+        self._sweeper: asyncio.Task[None] | None = None
 
     def protocol(self) -> ServerProtocol:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         return ServerProtocol(self)
+
+    async def _sweep_forever(self) -> None:
+        interval = self.timeouts.sweep_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            self.sweep(time.monotonic())
+
+    def sweep(self, now: float) -> None:
+        """Expire client connections past their header-read or idle timeout, and stale pooled upstream ones."""
+        timeouts = self.timeouts
+        for connection in list(self.connections):
+            if isinstance(connection, ServerProtocol):
+                connection.expire(now, timeouts)
+        self.pool.sweep(now)
 
     def connection_closed(self, connection: ServerProtocol | Pipe | H2cRelay) -> None:
         self.connections.discard(connection)
@@ -130,11 +178,13 @@ class RelayServer:
                 connection.close()
 
     def close_all(self) -> None:
-        """Close every connection, busy or not, and the idle upstream connections."""
+        """Close every connection, busy or not, and the idle upstream connections; stop the sweep."""
         self.closing = True
         for connection in list(self.connections):
             connection.close()
         self.pool.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
 
 
 class Exchange:
@@ -446,7 +496,7 @@ class ServerProtocol(asyncio.Protocol):
     __slots__ = (
         "relay", "handler", "transport", "closed", "handed_over", "write_paused", "paused",
         "_parser", "_url", "_headers", "_parsing", "_active", "_waiting", "_fresh", "_prefix",
-        "_head_started", "_head_bytes", "_too_large", "_upgrading",
+        "_head_started", "_head_bytes", "_too_large", "_upgrading", "_heads", "_mark", "_marked_at",
     )
 
     def __init__(self, relay: RelayServer) -> None:
@@ -470,10 +520,40 @@ class ServerProtocol(asyncio.Protocol):
         self._head_bytes = 0
         self._too_large = False
         self._upgrading: Exchange | None = None
+        #: Request heads completed on this connection, and the sweep's record of the state it last saw
+        #: (heads, waiting for a head?) and since when (see `expire`).
+        self._heads = 0
+        self._mark: tuple[int, bool] | None = None
+        self._marked_at = 0.0
 
     @property
     def idle(self) -> bool:
         return self._active is None
+
+    def expire(self, now: float, timeouts: ClientTimeouts) -> None:
+        """Called by the sweep: end the connection if it has waited too long for a head, or idled too long.
+
+        The state is (heads completed, waiting for a head); while it stays the same from one sweep to the
+        next, the connection is doing nothing the timeouts allow for. A connection serving a request is
+        never expired here (the handler's own timeouts apply).
+        """
+        if self._active is not None or self.closed:
+            self._mark = None
+            return
+        partial = self._head_started or bool(self._prefix)
+        waiting_for_head = partial or self._heads == 0
+        state = (self._heads, waiting_for_head)
+        if state != self._mark:
+            self._mark, self._marked_at = state, now
+            return
+        if now - self._marked_at < (timeouts.header_read_s if waiting_for_head else timeouts.idle_s):
+            return
+        if partial:
+            self.handler.malformed_request(408)
+            self.transport.write(local_response(
+                408, b"kapa: request head not complete within %g s\n" % timeouts.header_read_s, keep_alive=False
+            ))
+        self.transport.close()
 
     def close(self) -> None:
         if not self.closed:
@@ -550,6 +630,7 @@ class ServerProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._head_started = False
+        self._heads += 1
         parser = self._parser
         method = parser.get_method()
         version = parser.get_http_version()

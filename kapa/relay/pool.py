@@ -25,7 +25,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "pool", "address", "transport", "exchange", "parser", "closed", "reused", "keep_alive",
-        "_status", "_complete", "_head_request", "write_paused", "read_paused",
+        "_status", "_complete", "_head_request", "write_paused", "read_paused", "idle_sweeps",
     )
 
     def __init__(self, pool: UpstreamPool, address: Address) -> None:
@@ -45,6 +45,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._status = 0
         self._complete = False
         self._head_request = False
+        #: Pool sweeps this connection has sat idle through (see UpstreamPool.sweep).
+        self.idle_sweeps = 0
 
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -123,16 +125,24 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_request = False
 
 
+#: Idle upstream connections are closed after this long: before the upstream's own keep-alive timeout
+#: (Kapa's queue-proxy: 75 s; aiohttp 75 s, Go 90 s, nginx 75 s) can close one just as it is reused.
+DEFAULT_POOL_IDLE_S = 30.0
+
+
 class UpstreamPool:
     """Idle keep-alive connections per upstream address, most recently used first.
 
     `take` is synchronous so the common case (an idle connection exists) costs a dict lookup and a pop;
-    only a miss opens a connection, through `connect`.
+    only a miss opens a connection, through `connect`. A connection idle for `idle_s` is closed by the
+    relay's periodic `sweep` (give or take one sweep interval).
     """
 
-    def __init__(self, max_idle_per_address: int = 1024) -> None:
+    def __init__(self, max_idle_per_address: int = 1024, idle_s: float = DEFAULT_POOL_IDLE_S) -> None:
         self.max_idle_per_address = max_idle_per_address
+        self.idle_s = idle_s
         self._idle: dict[Address, list[UpstreamConnection]] = {}
+        self._last_sweep: float | None = None
 
     def take(self, address: Address) -> UpstreamConnection | None:
         """An idle, open connection to `address`, or None."""
@@ -163,7 +173,26 @@ class UpstreamPool:
         if len(idle) >= self.max_idle_per_address:
             conn.transport.close()
         else:
+            conn.idle_sweeps = 0
             idle.append(conn)
+
+    def sweep(self, now: float) -> None:
+        """Close connections that have been idle for `idle_s`: a connection seen idle by every sweep
+        over that span (counted in sweeps, so `put` costs no clock read)."""
+        last, self._last_sweep = self._last_sweep, now
+        if last is None:
+            return
+        sweeps_needed = max(1, round(self.idle_s / max(now - last, 1e-3)))
+        for idle in self._idle.values():
+            stale = 0
+            for conn in idle:  # oldest first
+                conn.idle_sweeps += 1
+                if conn.idle_sweeps > sweeps_needed:
+                    stale += 1
+            if stale:
+                for conn in idle[:stale]:
+                    conn.transport.close()
+                del idle[:stale]
 
     def forget(self, conn: UpstreamConnection) -> None:
         """Drop an idle connection the upstream closed."""

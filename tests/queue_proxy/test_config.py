@@ -22,6 +22,8 @@ def test_defaults_are_knatives() -> None:
     assert (config.bind_address, config.upstream_host) == (contract.DEFAULT_BIND_ADDRESS, contract.DEFAULT_UPSTREAM_HOST)
     assert config.readiness_probe == ProbeConfig(kind="tcp", host="127.0.0.1", port=contract.USER_PORT)
     assert config.queue_depth == 0
+    assert config.header_read_timeout_s == contract.DEFAULT_HEADER_READ_TIMEOUT_SECONDS
+    assert config.idle_timeout_s == contract.DEFAULT_IDLE_TIMEOUT_SECONDS
 
 
 def test_a_full_environment() -> None:
@@ -49,6 +51,8 @@ def test_a_full_environment() -> None:
         (contract.ENV_REVISION_TIMEOUT_SECONDS, "0", "positive"),
         (contract.ENV_REVISION_TIMEOUT_SECONDS, "5m", "not a number"),
         (contract.ENV_DRAIN_SECONDS, "-3", ">= 0"),
+        (contract.ENV_HEADER_READ_TIMEOUT_SECONDS, "0", "positive"),
+        (contract.ENV_IDLE_TIMEOUT_SECONDS, "never", "not a number"),
         (contract.ENV_BIND_ADDRESS, "localhost", "not an IP address"),
         (contract.ENV_SERVING_READINESS_PROBE, "{not json", "not JSON"),
         (contract.ENV_SERVING_READINESS_PROBE, '{"exec": {"command": ["true"]}}', "httpGet or tcpSocket"),
