@@ -59,10 +59,6 @@ metadata:
   namespace: {APPS}
   annotations:
     {contract.ANNOTATION_ENABLED}: "true"
-    autoscaling.knative.dev/target: "{TARGET}"
-    autoscaling.knative.dev/target-utilization-percentage: "100"
-    autoscaling.knative.dev/window: "6s"
-    {contract.ANNOTATION_TIMEOUT_SECONDS}: "10"
 spec:
   replicas: 1
   selector:
@@ -72,6 +68,13 @@ spec:
       labels:
         app: {SAMPLE}
         {contract.ANNOTATION_ENABLED}: "true"
+      # On the pod template, as Knative has them on a revision: the webhook sees only the pod, the scaler
+      # reads both (the template's win).
+      annotations:
+        autoscaling.knative.dev/target: "{TARGET}"
+        autoscaling.knative.dev/target-utilization-percentage: "100"
+        autoscaling.knative.dev/window: "6s"
+        {contract.ANNOTATION_TIMEOUT_SECONDS}: "10"
     spec:
       containers:
         - name: app
