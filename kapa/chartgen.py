@@ -106,19 +106,15 @@ def _pod_discovery() -> dict[str, Any]:
 
 
 #: The chart's job for the scaler's own metrics (kapa_scaler_*, which the dashboard reads).
-SCALER_SCRAPE_JOB: str = "kapa-scaler"
+SCALER_SCRAPE_JOB: str = contract.SCRAPE_JOB_SCALER
 
 
 def scrape_jobs() -> list[dict[str, Any]]:
     """Kapa's two scrape jobs (1 s scaling counters, 15 s everything else) over Kubernetes pod discovery, and
     a 15 s job for the scaler's own metrics on its `http` port (found by the chart's pod labels)."""
-    from kapa.prometheus_server import scrape_configs
+    from kapa.prometheus_server import scaler_scrape_config, scrape_configs
 
-    scaler = {
-        "job_name": SCALER_SCRAPE_JOB,
-        "metrics_path": contract.METRICS_PATH,
-        "scrape_interval": f"{contract.METRICS_SCRAPE_INTERVAL_S}s",
-        "scrape_timeout": f"{min(10, contract.METRICS_SCRAPE_INTERVAL_S)}s",
+    scaler_discovery = {
         "kubernetes_sd_configs": [{"role": "pod"}],
         "relabel_configs": [
             {
@@ -133,7 +129,7 @@ def scrape_jobs() -> list[dict[str, Any]]:
             *_pod_discovery()["relabel_configs"][1:],
         ],
     }
-    return [*scrape_configs(_pod_discovery()), scaler]
+    return [*scrape_configs(_pod_discovery()), scaler_scrape_config(scaler_discovery)]
 
 
 _CAMEL = {"source_labels": "sourceLabels", "target_label": "targetLabel"}

@@ -64,6 +64,8 @@ SCALING_METRICS_PATH: Final = "/metrics/scaling"
 #: Prometheus job names in the scrape configs Kapa generates (local mode and chart).
 SCRAPE_JOB_SCALING: Final = "kapa-scaling"
 SCRAPE_JOB_METRICS: Final = "kapa-metrics"
+#: The scaler's own metrics (kapa_scaler_*, which the dashboard reads), on its HTTP port at METRICS_PATH.
+SCRAPE_JOB_SCALER: Final = "kapa-scaler"
 #: The panic window (6 s by default) needs several samples: scrape the scaling counters every second.
 SCALING_SCRAPE_INTERVAL_S: Final = 1
 METRICS_SCRAPE_INTERVAL_S: Final = 15

@@ -10,6 +10,8 @@ also uses:
 - SCRAPE_JOB_METRICS scrapes everything else (METRICS_PATH) at the usual 15 s and drops the scaling
   counters there, so each series is stored once.
 
+A third job, SCRAPE_JOB_SCALER, scrapes the scaler's own metrics (the decisions the dashboard shows) at 15 s.
+
 Targets come from a file_sd file that `set_targets` rewrites atomically; Prometheus watches the file and
 picks up new or removed replicas with no restart or reload. Expect up to 5 s before a change is scraped:
 Prometheus's discovery manager hands target updates to the scrapers in 5 s batches (also at start-up).
@@ -97,12 +99,31 @@ def scrape_configs(discovery: Mapping[str, object]) -> list[dict[str, object]]:
     return [scaling, everything]
 
 
-def local_config(targets_file: Path) -> dict[str, object]:
-    """A whole prometheus.yml for the local mode and tests: both jobs over a watched file_sd file."""
+def scaler_scrape_config(discovery: Mapping[str, object]) -> dict[str, object]:
+    """The job for the scaler's own metrics (kapa_scaler_*) on METRICS_PATH of the targets `discovery` finds.
+
+    A job of its own rather than a target of the two above: the scaler serves no SCALING_METRICS_PATH, and
+    nothing it exports is read for scaling, so the usual interval is enough.
+    """
+    return {
+        "job_name": contract.SCRAPE_JOB_SCALER,
+        "metrics_path": contract.METRICS_PATH,
+        "scrape_interval": f"{contract.METRICS_SCRAPE_INTERVAL_S}s",
+        "scrape_timeout": f"{min(10, contract.METRICS_SCRAPE_INTERVAL_S)}s",
+        **copy.deepcopy(dict(discovery)),
+    }
+
+
+def local_config(targets_file: Path, scaler_address: str | None = None) -> dict[str, object]:
+    """A whole prometheus.yml for the local mode and tests: both jobs over a watched file_sd file, and with
+    `scaler_address` (host:port of the scaler's HTTP API) the scaler's own job."""
     discovery = {"file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "5s"}]}
+    jobs = scrape_configs(discovery)
+    if scaler_address is not None:
+        jobs.append(scaler_scrape_config({"static_configs": [{"targets": [scaler_address]}]}))
     return {
         "global": {"scrape_interval": f"{contract.METRICS_SCRAPE_INTERVAL_S}s", "evaluation_interval": "15s"},
-        "scrape_configs": scrape_configs(discovery),
+        "scrape_configs": jobs,
     }
 
 
@@ -141,6 +162,7 @@ class PrometheusServer:
         retention: str = "2h",
         binary: str = DEFAULT_BINARY,
         log_path: Path | None = None,
+        scaler_address: str | None = None,
     ) -> None:
         self.port = port or _free_loopback_port()
         self._own_workdir = workdir is None
@@ -151,6 +173,8 @@ class PrometheusServer:
         self.binary = binary
         self.log_path = log_path or self.workdir / "prometheus.log"
         self._targets: tuple[ScrapeTarget, ...] = tuple(targets)
+        #: host:port of the scaler's HTTP API, scraped by its own job; None: no scaler to scrape.
+        self.scaler_address = scaler_address
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -191,7 +215,8 @@ class PrometheusServer:
         if not (os.path.isfile(self.binary) and os.access(self.binary, os.X_OK)):
             raise PrometheusNotInstalled(f"Prometheus binary not found at {self.binary}; {MISSING_BINARY_HINT}")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(yaml.safe_dump(local_config(self.targets_file), sort_keys=False))
+        config = local_config(self.targets_file, self.scaler_address)
+        self.config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         write_targets(self.targets_file, self._targets)
         with open(self.log_path, "ab") as log_file:
             self._process = subprocess.Popen(
