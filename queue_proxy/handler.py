@@ -44,6 +44,8 @@ class QueueProxyHandler:
         )
         #: Exchanges whose response has not started, in arrival order (= deadline order, one timeout for all).
         self._watched: dict[Exchange, None] = {}
+        #: The same for h2c streams.
+        self._watched_streams: dict[H2Stream, None] = {}
 
     # --- relay Handler ----------------------------------------------------------------------------
 
@@ -89,14 +91,17 @@ class QueueProxyHandler:
         self.stats.count_response(status)
 
     def h2c_connection(self, tunnel: H2cTunnel) -> None:
-        tunnel.forward(self.upstream)
+        # A frame relay cannot hold one stream back without stalling the connection; what it can do is tell
+        # the client to open at most CONTAINER_CONCURRENCY streams at once (SETTINGS_MAX_CONCURRENT_STREAMS),
+        # so the client queues the rest itself. Per connection (see README).
+        tunnel.forward(self.upstream, max_streams=self.config.container_concurrency)
 
     def stream_opened(self, stream: H2Stream) -> None:
-        # Streams are counted but not limited: a frame relay cannot hold one stream back without holding
-        # the whole connection (see README).
         self.stats.started(stream.started_at, False)
+        self._watched_streams[stream] = None
 
     def stream_closed(self, stream: H2Stream) -> None:
+        self._watched_streams.pop(stream, None)
         self.stats.finished(time.monotonic(), stream.started_at, False, stream_status(stream))
 
     # --- limiter and timeouts -----------------------------------------------------------------------
@@ -133,6 +138,23 @@ class QueueProxyHandler:
                 b"kapa queue-proxy: no response within REVISION_TIMEOUT_SECONDS=%g s (%s)\n"
                 % (self.config.revision_timeout_s, where.encode()),
             )
+
+        self._expire_streams(cutoff)
+
+    def _expire_streams(self, cutoff: float) -> None:
+        """Cancel (RST_STREAM CANCEL both ways, recorded as 504) every h2c stream older than the timeout
+        whose response has not started; a stream that has answered may stream on (as for HTTP/1)."""
+        watched = self._watched_streams
+        expired: list[H2Stream] = []
+        for stream in watched:
+            if stream.started_at > cutoff:
+                break
+            expired.append(stream)
+        for stream in expired:
+            watched.pop(stream, None)
+            if not stream.responded:
+                self.stats.reject(contract.REASON_TIMEOUT)
+                stream.cancel(504)
 
     async def expire_forever(self) -> None:
         """Check timeouts at a tenth of the timeout (at most every second, at least every 10 ms)."""

@@ -23,24 +23,32 @@ if TYPE_CHECKING:
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-_DATA, _HEADERS, _RST_STREAM = 0x0, 0x1, 0x3
-_END_STREAM, _PADDED, _PRIORITY = 0x1, 0x8, 0x20
+_DATA, _HEADERS, _RST_STREAM, _SETTINGS = 0x0, 0x1, 0x3, 0x4
+_END_STREAM, _ACK, _PADDED, _PRIORITY = 0x1, 0x1, 0x8, 0x20
+_MAX_CONCURRENT_STREAMS = 0x3
+_CANCEL = 0x8
 #: HPACK static table indexes 8..14 are `:status` with these values (RFC 7541 appendix A).
 _STATIC_STATUS = {8: 200, 9: 204, 10: 206, 11: 304, 12: 400, 13: 404, 14: 500}
-_CLIENT, _SERVER = "client", "server"
+_CLIENT, _SERVER, _PROXY = "client", "server", "proxy"
 
 
 class H2Stream:
     """One HTTP/2 request/response through the relay."""
 
-    __slots__ = ("stream_id", "started_at", "status", "reset_by", "client_ended", "server_ended", "tag", "exchange")
+    __slots__ = (
+        "stream_id", "started_at", "status", "responded", "reset_by", "client_ended", "server_ended", "tag",
+        "exchange", "connection",
+    )
 
-    def __init__(self, stream_id: int, started_at: float) -> None:
+    def __init__(self, stream_id: int, started_at: float, connection: H2cRelay | None = None) -> None:
         self.stream_id = stream_id
         self.started_at = started_at
         #: Response status when it could be read, else 0.
         self.status = 0
-        #: "client" or "server" when the stream ended with RST_STREAM (or the connection closed under it).
+        #: The server has sent the response's HEADERS (its status may still be unknown).
+        self.responded = False
+        #: "client" or "server" when the stream ended with RST_STREAM (or the connection closed under it),
+        #: "proxy" when the relay cancelled it (`cancel`).
         self.reset_by: str | None = None
         self.client_ended = False
         self.server_ended = False
@@ -48,11 +56,18 @@ class H2Stream:
         self.tag: object = None
         #: For stream 1 of a connection upgraded from HTTP/1.1: the exchange that asked for the upgrade.
         self.exchange: Exchange | None = None
+        self.connection = connection
+
+    def cancel(self, status: int) -> None:
+        """End the stream from the relay: RST_STREAM (CANCEL) to both ends, recorded with `status`."""
+        if self.connection is not None:
+            self.connection.cancel(self, status)
 
 
 def stream_status(stream: H2Stream) -> int:
-    """The status to record for a finished stream: the response's when it was read; else 200 for a stream
-    both sides ended normally, 499 (client closed request) or 502 for one reset by the client or server."""
+    """The status to record for a finished stream: the response's when it was read (or the relay's own, for a
+    stream it cancelled); else 200 for a stream both sides ended normally, 499 (client closed request) or
+    502 for one reset by the client or server."""
     if stream.status:
         return stream.status
     if stream.reset_by is None:
@@ -97,40 +112,118 @@ def read_status(block: bytes) -> int:
     return 0
 
 
-class _FrameScanner:
-    """Follows frame boundaries in one direction's byte stream; calls `on_frame` per frame header."""
+class _FrameStream:
+    """One direction of an h2c connection: follows frame boundaries, calls `on_frame` per frame header, and
+    returns the bytes to forward for each chunk received.
 
-    __slots__ = ("_skip", "_partial", "_on_frame")
+    Forwarded bytes are the received ones, with two frame-level changes: with `max_streams`, every SETTINGS
+    frame (not an ACK) has SETTINGS_MAX_CONCURRENT_STREAMS held to at most that value (added to the first
+    one when absent), and whole frames given to `insert` go out between two frames. Only an incomplete
+    frame header (under 9 bytes) is held back, and a SETTINGS frame until it is complete when clamping;
+    DATA and every other payload pass as they arrive.
+    """
 
-    def __init__(self, on_frame: Callable[[int, int, int, bytes], None], skip: int = 0) -> None:
+    __slots__ = ("_skip", "_partial", "_on_frame", "_max_streams", "_settings_seen", "_inserts", "_sent_ahead")
+
+    def __init__(self, on_frame: Callable[[int, int, int, bytes], None], skip: int = 0, max_streams: int = 0) -> None:
+        #: Payload bytes of the current frame still to pass (or of the client preface, at the start).
         self._skip = skip
+        #: The start of a frame not yet forwarded: an incomplete header, or a SETTINGS frame being clamped.
         self._partial = b""
         self._on_frame = on_frame
+        self._max_streams = max_streams
+        self._settings_seen = False
+        self._inserts: list[bytes] = []
+        #: Leading bytes of `_partial` that went out already (see `already_sent`).
+        self._sent_ahead = 0
 
-    def feed(self, data: bytes) -> None:
+    def at_boundary(self) -> bool:
+        """True when the next byte to forward starts a frame: a frame written now lands between two."""
+        return self._skip == 0 and not self._sent_ahead
+
+    def insert(self, frame: bytes) -> None:
+        """Forward `frame` at the next boundary (call only when not `at_boundary`; else write it at once)."""
+        self._inserts.append(frame)
+
+    def already_sent(self, data: bytes) -> None:
+        """Follow `data` that was forwarded before this stream existed (after an upgrade's 101)."""
+        self.feed(data)
+        self._sent_ahead = len(self._partial)
+
+    def feed(self, data: bytes) -> bytes:
+        """Take `data` received; return what to forward now."""
+        skip = self._skip
+        if skip and not self._partial:
+            if skip >= len(data):  # the common case inside a large DATA frame: nothing to look at
+                self._skip = skip - len(data)
+                return data
         if self._partial:
             data = self._partial + data
             self._partial = b""
+        drop, self._sent_ahead = self._sent_ahead, 0  # leading bytes forwarded already
         size = len(data)
-        pos = self._skip
-        if pos >= size:
-            self._skip = pos - size
-            return
-        while pos + 9 <= size:
+        pos = skip
+        run_start = 0  # data[run_start:pos] goes out unchanged
+        out: list[bytes] | None = None
+        while True:
+            if pos > size:
+                self._skip = pos - size
+                pos = size
+                break
+            self._skip = 0
+            if self._inserts and pos >= drop:
+                if out is None:
+                    out = []
+                out.append(data[run_start:pos])
+                out.extend(self._inserts)
+                self._inserts.clear()
+                run_start = pos
+            if pos + 9 > size:
+                break
             length = int.from_bytes(data[pos : pos + 3], "big")
             frame_type = data[pos + 3]
             flags = data[pos + 4]
+            if frame_type == _SETTINGS and self._max_streams and not flags & _ACK:
+                end = pos + 9 + length
+                if end > size:
+                    break  # held until complete
+                clamped = self._clamp(data[pos:end])
+                if out is None:
+                    out = []
+                out.append(data[run_start:pos])
+                out.append(clamped)
+                run_start = end
             stream_id = int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
-            pos += 9
             # Only a HEADERS frame's payload is looked at (its first bytes, for the status).
-            payload = data[pos : pos + min(length, 64)] if frame_type == _HEADERS else b""
+            payload = data[pos + 9 : pos + 9 + min(length, 64)] if frame_type == _HEADERS else b""
             self._on_frame(frame_type, flags, stream_id, payload)
-            pos += length
-        if pos > size:
-            self._skip = pos - size
-        else:
-            self._skip = 0
-            self._partial = data[pos:]
+            pos += 9 + length
+        self._partial = data[pos:]
+        if drop:
+            if pos == 0:  # still the same incomplete header
+                self._sent_ahead = drop
+                return b""
+            run_start = max(run_start, drop)
+        if out is None:
+            return data[run_start:pos] if run_start or pos < size else data
+        out.append(data[run_start:pos])
+        return b"".join(out)
+
+    def _clamp(self, frame: bytes) -> bytes:
+        """A SETTINGS frame with MAX_CONCURRENT_STREAMS at most `max_streams` (added to the first frame)."""
+        first, self._settings_seen = not self._settings_seen, True
+        payload = bytearray(frame[9:])
+        found = False
+        for offset in range(0, len(payload) - len(payload) % 6, 6):
+            if int.from_bytes(payload[offset : offset + 2], "big") == _MAX_CONCURRENT_STREAMS:
+                found = True
+                value = int.from_bytes(payload[offset + 2 : offset + 6], "big")
+                payload[offset + 2 : offset + 6] = min(value, self._max_streams).to_bytes(4, "big")
+        if not found:
+            if not first:
+                return frame  # the value in force stays the clamped one
+            payload += _MAX_CONCURRENT_STREAMS.to_bytes(2, "big") + self._max_streams.to_bytes(4, "big")
+        return len(payload).to_bytes(3, "big") + frame[3:9] + bytes(payload)
 
 
 class H2cRelay:
@@ -143,8 +236,8 @@ class H2cRelay:
         self._last_client_stream = 0
         self._pipe: Pipe | None = None
         self._closed = False
-        self._client_scanner = _FrameScanner(self._client_frame, skip=len(PREFACE))
-        self._server_scanner = _FrameScanner(self._server_frame)
+        self._client_frames = _FrameStream(self._client_frame, skip=len(PREFACE))
+        self._server_frames = _FrameStream(self._server_frame)
         if upgraded is not None:
             # RFC 7540 3.2: the request that carried `Upgrade: h2c` becomes stream 1, half-closed by the client.
             stream = H2Stream(1, upgraded.started_at)
@@ -158,17 +251,41 @@ class H2cRelay:
         return not self.streams
 
     def start(
-        self, upstream: asyncio.Transport, to_upstream: bytes = b"", to_client: bytes = b"", upstream_sent: bytes = b""
+        self, upstream: asyncio.Transport, to_upstream: bytes = b"", to_client: bytes = b"", upstream_sent: bytes = b"",
+        max_streams: int = 0,
     ) -> None:
         """Relay between the client and a connected upstream transport. `to_upstream`, `to_client`: bytes
-        not yet forwarded; `upstream_sent`: upstream bytes already forwarded to the client (only scanned)."""
+        not yet forwarded; `upstream_sent`: upstream bytes already forwarded to the client (only scanned).
+        `max_streams` > 0: the client is told (SETTINGS_MAX_CONCURRENT_STREAMS) to open at most that many
+        streams at once, whatever the upstream allows; only before the upstream's first SETTINGS went out,
+        so not after an upgrade."""
         if upstream_sent:
-            self._server_scanner.feed(upstream_sent)
+            self._server_frames.already_sent(upstream_sent)
+        elif max_streams:
+            self._server_frames = _FrameStream(self._server_frame, max_streams=max_streams)
         self._pipe = Pipe(
             self.client, upstream, self._pipe_closed,
-            watch_client=self._client_scanner.feed, watch_upstream=self._server_scanner.feed,
+            filter_client=self._client_frames.feed, filter_upstream=self._server_frames.feed,
         )
         self._pipe.start(to_upstream, to_client)
+
+    def cancel(self, stream: H2Stream, status: int) -> None:
+        """RST_STREAM (CANCEL) to the client and the upstream, each between two frames, and close the books
+        of `stream` with `status`. Frames either end sent meanwhile are theirs to ignore (RFC 9113 5.1)."""
+        if self.streams.get(stream.stream_id) is not stream or self._pipe is None:
+            return
+        frame = b"\x00\x00\x04" + bytes((_RST_STREAM, 0)) + stream.stream_id.to_bytes(4, "big") + _CANCEL.to_bytes(4, "big")
+        for frames, transport in (
+            (self._client_frames, self._pipe.upstream_end.transport),
+            (self._server_frames, self.client),
+        ):
+            if frames.at_boundary():
+                transport.write(frame)
+            else:
+                frames.insert(frame)
+        stream.status = status
+        stream.reset_by = _PROXY
+        self._close_stream(stream)
 
     def close(self) -> None:
         if self._pipe is not None:
@@ -185,7 +302,7 @@ class H2cRelay:
                 if not stream_id & 1 or stream_id <= self._last_client_stream:
                     return  # trailers of a closed stream or a protocol error the upstream will answer
                 self._last_client_stream = stream_id
-                stream = H2Stream(stream_id, time.monotonic())
+                stream = H2Stream(stream_id, time.monotonic(), self)
                 self.streams[stream_id] = stream
                 self.server.handler.stream_opened(stream)
             if flags & _END_STREAM:
@@ -203,6 +320,7 @@ class H2cRelay:
             stream = self.streams.get(stream_id)
             if stream is None:
                 return
+            stream.responded = True
             if stream.status < 200:  # not yet, or only an interim 1xx: this may be the final response
                 start = 0
                 if flags & _PADDED:
@@ -276,11 +394,12 @@ class H2cTunnel:
         self._received = received
         client.pause_reading()
 
-    def forward(self, address: Address) -> None:
-        """Connect to `address` and relay the connection there."""
-        asyncio.get_running_loop().create_task(self._connect(address))
+    def forward(self, address: Address, max_streams: int = 0) -> None:
+        """Connect to `address` and relay the connection there; `max_streams` > 0 caps the streams the
+        client may open at once (see `H2cRelay.start`)."""
+        asyncio.get_running_loop().create_task(self._connect(address, max_streams))
 
-    async def _connect(self, address: Address) -> None:
+    async def _connect(self, address: Address, max_streams: int) -> None:
         loop = asyncio.get_running_loop()
         try:
             upstream, held = await loop.create_connection(_Held, address[0], address[1])
@@ -292,7 +411,9 @@ class H2cTunnel:
             self.close()
             return
         received, self._received = self._received, b""
-        self.relay.start(upstream, to_upstream=received, to_client=b"".join(held.received))  # type: ignore[arg-type]
+        self.relay.start(
+            upstream, to_upstream=received, to_client=b"".join(held.received), max_streams=max_streams,  # type: ignore[arg-type]
+        )
 
     def close(self) -> None:
         self.client.close()

@@ -11,26 +11,29 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-#: Called with every chunk one end receives, before it is forwarded (the h2c relay reads frame headers).
-Watcher = Callable[[bytes], None]
+#: Called with every chunk one end receives; returns what to forward (the h2c relay reads frame headers
+#: and changes a few frames).
+Filter = Callable[[bytes], bytes]
 
 
 class PipeEnd(asyncio.Protocol):
     """The protocol of one transport of a `Pipe`."""
 
-    __slots__ = ("pipe", "transport", "peer", "watch", "eof", "closed")
+    __slots__ = ("pipe", "transport", "peer", "filter", "eof", "closed")
 
-    def __init__(self, pipe: Pipe, transport: asyncio.Transport, watch: Watcher | None) -> None:
+    def __init__(self, pipe: Pipe, transport: asyncio.Transport, filter: Filter | None) -> None:
         self.pipe = pipe
         self.transport = transport
         self.peer: PipeEnd = None  # type: ignore[assignment]  # set by Pipe
-        self.watch = watch
+        self.filter = filter
         self.eof = False
         self.closed = False
 
     def data_received(self, data: bytes) -> None:
-        if self.watch is not None:
-            self.watch(data)
+        if self.filter is not None:
+            data = self.filter(data)
+            if not data:
+                return
         self.peer.transport.write(data)
 
     def eof_received(self) -> bool:
@@ -64,11 +67,11 @@ class Pipe:
         client: asyncio.Transport,
         upstream: asyncio.Transport,
         on_closed: Callable[[], None],
-        watch_client: Watcher | None = None,
-        watch_upstream: Watcher | None = None,
+        filter_client: Filter | None = None,
+        filter_upstream: Filter | None = None,
     ) -> None:
-        self.client_end = PipeEnd(self, client, watch_client)
-        self.upstream_end = PipeEnd(self, upstream, watch_upstream)
+        self.client_end = PipeEnd(self, client, filter_client)
+        self.upstream_end = PipeEnd(self, upstream, filter_upstream)
         self.client_end.peer = self.upstream_end
         self.upstream_end.peer = self.client_end
         self._on_closed: Callable[[], None] | None = on_closed

@@ -46,7 +46,10 @@ async def test_requests_on_stale_connections_to_a_dead_pod_reach_the_other_pod(t
 
 
 async def test_a_pod_killed_with_idle_connections_costs_no_request(tmp_path: Path) -> None:
-    """The same with a real process killed by SIGKILL: the requests race the kernel's resets."""
+    """The same with a real process killed by SIGKILL: the requests race the activator's noticing the
+    kernel's closes. (The requests are sent once the process is gone: before that, the kernel still
+    completes connections to its listening socket, and resets them when it dies, and a request on such
+    a fresh connection cannot be proven unprocessed.)"""
     ports = [free_port(), free_port()]
     command = [sys.executable, "-m", "tests.queue_proxy.fast_upstream"]  # answers the probe too
     with running([*command, str(ports[0])]) as doomed, running([*command, str(ports[1])]):
@@ -56,4 +59,5 @@ async def test_a_pod_killed_with_idle_connections_costs_no_request(tmp_path: Pat
             await act.set_endpoints(client, HELLO, [Endpoint("127.0.0.1", port) for port in ports])
             assert await _burst(client, f"{act.url}/warm", 200, 20) == [200] * 200
             os.kill(doomed.pid, signal.SIGKILL)
+            await asyncio.to_thread(doomed.wait, 5)
             assert await _burst(client, f"{act.url}/after", 400, 20) == [200] * 400

@@ -1,0 +1,80 @@
+"""The h2c frame stream forwards bytes unchanged except for the frame-level changes it is asked for, however
+the bytes are split into chunks."""
+
+from __future__ import annotations
+
+import pytest
+
+from kapa.relay.h2c import PREFACE, _FrameStream
+
+SETTINGS, HEADERS, DATA, RST_STREAM = 0x4, 0x1, 0x0, 0x3
+MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE = 0x3, 0x4
+
+
+def frame(frame_type: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes((frame_type, flags)) + stream_id.to_bytes(4, "big") + payload
+
+
+def settings(*pairs: tuple[int, int], ack: bool = False) -> bytes:
+    return frame(SETTINGS, 1 if ack else 0, 0, b"".join(k.to_bytes(2, "big") + v.to_bytes(4, "big") for k, v in pairs))
+
+
+def run(stream: _FrameStream, data: bytes, chunk: int) -> bytes:
+    return b"".join(stream.feed(data[i : i + chunk]) for i in range(0, len(data), chunk))
+
+
+def _frames_seen() -> tuple[list[tuple[int, int, int]], _FrameStream]:
+    seen: list[tuple[int, int, int]] = []
+    return seen, _FrameStream(lambda t, f, s, p: seen.append((t, f, s)), max_streams=2)
+
+
+BODY = frame(HEADERS, 0x4, 1, b"\x88") + frame(DATA, 0, 1, b"x" * 40_000) + settings(ack=True)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 9, 10, 4096, 1_000_000])
+def test_settings_are_clamped_in_place_and_added_when_absent(chunk: int) -> None:
+    seen, stream = _frames_seen()
+    received = settings((INITIAL_WINDOW_SIZE, 65535), (MAX_CONCURRENT_STREAMS, 100)) + BODY + settings(
+        (MAX_CONCURRENT_STREAMS, 1000)
+    ) + settings((INITIAL_WINDOW_SIZE, 1))
+    expected = settings((INITIAL_WINDOW_SIZE, 65535), (MAX_CONCURRENT_STREAMS, 2)) + BODY + settings(
+        (MAX_CONCURRENT_STREAMS, 2)
+    ) + settings((INITIAL_WINDOW_SIZE, 1))
+    assert run(stream, received, chunk) == expected
+    assert [t for t, _, _ in seen] == [SETTINGS, HEADERS, DATA, SETTINGS, SETTINGS, SETTINGS]
+
+    _, fresh = _frames_seen()
+    assert run(fresh, settings((INITIAL_WINDOW_SIZE, 7)) + BODY, chunk) == settings(
+        (INITIAL_WINDOW_SIZE, 7), (MAX_CONCURRENT_STREAMS, 2)
+    ) + BODY
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 100, 1_000_000])
+def test_without_a_limit_bytes_pass_unchanged_after_the_preface(chunk: int) -> None:
+    seen: list[int] = []
+    stream = _FrameStream(lambda t, f, s, p: seen.append(t), skip=len(PREFACE))
+    received = PREFACE + settings((MAX_CONCURRENT_STREAMS, 100)) + BODY
+    assert run(stream, received, chunk) == received
+    assert seen == [SETTINGS, HEADERS, DATA, SETTINGS]
+
+
+def test_an_inserted_frame_goes_out_between_two_frames() -> None:
+    stream = _FrameStream(lambda t, f, s, p: None)
+    data_frame = frame(DATA, 0, 1, b"y" * 1000)
+    reset = frame(RST_STREAM, 0, 3, (8).to_bytes(4, "big"))
+    out = stream.feed(data_frame[:500])
+    assert not stream.at_boundary()
+    stream.insert(reset)
+    out += stream.feed(data_frame[500:] + data_frame[:3])  # the next frame's header begins in the chunk
+    assert stream.at_boundary()
+    out += stream.feed(data_frame[3:])
+    assert out == data_frame + reset + data_frame
+
+
+def test_bytes_forwarded_before_the_stream_existed_are_not_sent_again() -> None:
+    stream = _FrameStream(lambda t, f, s, p: None)
+    frames = settings((INITIAL_WINDOW_SIZE, 1)) + frame(DATA, 0, 1, b"z" * 10)
+    stream.already_sent(frames[:20])  # the SETTINGS frame and 5 bytes of the DATA frame's header
+    assert not stream.at_boundary()
+    assert stream.feed(frames[20:22]) == b""  # the header is still incomplete
+    assert stream.feed(frames[22:]) == frames[20:]
