@@ -8,9 +8,11 @@ wait is bounded and fails with the cluster's state (pods, container logs, kubele
 from __future__ import annotations
 
 import ipaddress
+import json
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -230,6 +232,17 @@ def test_scales_to_five_under_load_then_back_to_zero(release: Cluster) -> None:
     assert max(seen) == expected, f"replicas seen {seen}, expected a peak of {expected}\n{release.diagnose(APPS)}"
     # Idle again: back to zero once the stable window has no traffic and the grace period has passed.
     wait_for(lambda: replicas(release) == 0, 150, f"{SAMPLE} back to 0\n{release.diagnose(NAMESPACE)}")
+
+
+def test_prometheus_found_the_pods_through_kubernetes_discovery(release: Cluster, prometheus: Prometheus) -> None:
+    """The scale-up above came from these series: queue-proxies scraped at their pod IPs, found by role pod."""
+    query = urllib.parse.urlencode({"query": f'{contract.REQUESTS}{{namespace="{APPS}"}}'})
+    with urllib.request.urlopen(f"{prometheus.url}/api/v1/query?{query}", timeout=10) as response:
+        series = json.load(response)["data"]["result"]
+    pods = {item["metric"].get("pod") for item in series}
+    assert len(pods) >= LOAD_CONCURRENCY // TARGET, series
+    addresses = {item["metric"]["instance"].rsplit(":", 1)[0] for item in series}
+    assert all(ipaddress.ip_address(address) in network.POD_CIDR for address in addresses), addresses
 
 
 def test_helm_uninstall_leaves_nothing_behind(release: Cluster) -> None:
