@@ -100,7 +100,6 @@ class DeploymentCatalog:
         self._replicas: dict[ServiceKey, int] = {}
         self._stopping = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.listed = asyncio.Event()
 
     # -- read by the loop and the actuator ---------------------------------------------------------------------
 
@@ -119,7 +118,6 @@ class DeploymentCatalog:
             metadata = deployment["metadata"]
             self._deployments[(metadata["namespace"], metadata["name"])] = deployment
         self._rebuild()
-        self.listed.set()
 
     def handle_event(self, event_type: str, deployment: dict[str, Any]) -> None:
         metadata = deployment.get("metadata") or {}
