@@ -15,6 +15,9 @@ wait for another pod; a pooled connection that closes under a request the relay 
 followed by a fresh one to the same pod, so a dead pod's stale connections cost nothing either; a pod
 that fails once the request is on its way costs that request a 502.
 
+A prior-knowledge h2c (gRPC) connection is routed by its first request, held as one request while the
+service is at zero, then pinned to one pod (see `_h2c`).
+
 Only kapa.relay's public API is used: `hold_body` keeps a held upload unread, `set_request_header` adds
 the proxy mark, and `request_undelivered` (the relay's hook for a request lost on a stale connection)
 sends the request again.
@@ -28,7 +31,16 @@ from collections.abc import Mapping
 
 from kapa import contract
 from kapa.log import get_logger
-from kapa.relay import FAILURE_UPSTREAM, ClientTimeouts, Exchange, H2cTunnel, H2Stream, RelayServer
+from kapa.relay import (
+    FAILURE_UPSTREAM,
+    MAX_HEAD_BYTES,
+    ClientTimeouts,
+    Exchange,
+    H2cTunnel,
+    H2Stream,
+    RelayServer,
+    stream_status,
+)
 from kapa.services import ServiceKey
 
 from activator.backends import Backends
@@ -237,15 +249,60 @@ class ActivatorProxy:
     def malformed_request(self, status: int) -> None:
         return None  # answered by the relay; not attributable to a service
 
+    # --- h2c (gRPC): a connection at a time -----------------------------------------------------------
+
     def h2c_connection(self, tunnel: H2cTunnel) -> None:
-        # Prior-knowledge h2c multiplexes requests whose :authority sits in HPACK-coded frames, so a
-        # connection cannot be routed to one service without decoding them; refuse it plainly.
-        log.warning("h2c prior-knowledge connection refused: the activator routes HTTP/1.1 only")
-        tunnel.close()
+        asyncio.get_running_loop().create_task(self._h2c(tunnel))
+
+    async def _h2c(self, tunnel: H2cTunnel) -> None:
+        """Route a prior-knowledge h2c connection by its first request, hold it while the service has no
+        pod, then pin it to one pod for its life (a frame relay cannot spread its streams). The pod slot is
+        given back once the connection is on its way: the streams are counted, and the pod's queue-proxy
+        limits them (SETTINGS_MAX_CONCURRENT_STREAMS); an h2c client keeps its connection for long, so a
+        slot held for that long would starve every other request."""
+        headers = await tunnel.read_request(self.relay.timeouts.header_read_s, MAX_HEAD_BYTES)
+        if headers is None:
+            tunnel.close()
+            return
+        path = headers.get(b":path", b"/")
+        key = self._router.route(headers.get(b":authority") or headers.get(b"host"), path)
+        if key is None:
+            log.info("h2c connection for no service closed", authority=headers.get(b":authority", b"").decode("latin-1"))
+            tunnel.close()
+            return
+        service = self._services[key]
+        throttler = service.throttler
+        pod = throttler.try_acquire()
+        if pod is None:
+            cold = throttler.ready_count == 0
+            if cold:
+                self._poker.activate(key)
+            arrived_at = time.monotonic()
+            try:
+                pod = await throttler.acquire()
+            except (QueueFull, HoldTimeout) as error:
+                reason = contract.REASON_QUEUE_FULL if isinstance(error, QueueFull) else contract.REASON_TIMEOUT
+                service.stats.count_rejected(reason)
+                log.warning("h2c connection closed unserved", service=str(key), reason=reason)
+                tunnel.close()
+                return
+            finally:
+                self._end_activation_when_idle(service)
+            if cold:
+                service.stats.observe_cold_start(time.monotonic() - arrived_at)
+        tunnel.relay.tag = service
+        tunnel.forward((pod.endpoint.host, pod.endpoint.port), add_setting=(contract.H2C_PROXY_SETTING, 1))
+        throttler.release(pod)
 
     def stream_opened(self, stream: H2Stream) -> None:
-        return None
+        service: Service | None = stream.connection.tag if stream.connection is not None else None  # type: ignore[assignment]
+        if service is not None:
+            stream.tag = service
+            service.throttler.track_stream(+1)
 
     def stream_closed(self, stream: H2Stream) -> None:
-        return None
+        service: Service | None = stream.tag  # type: ignore[assignment]
+        if service is not None:
+            service.throttler.track_stream(-1)
+            service.stats.count_response(stream_status(stream))
 

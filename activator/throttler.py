@@ -136,6 +136,12 @@ class Throttler:
         if pod.ready:
             self._dispatch()
 
+    def track_stream(self, delta: int) -> None:
+        """An h2c stream on a connection pinned to a pod began (+1) or ended (-1): in flight and in the
+        occupancy, without a pod slot (the pod's queue-proxy limits streams per connection)."""
+        self._advance()
+        self.in_flight += delta
+
     def _grant(self, pod: PodTracker) -> None:
         self._advance()
         pod.in_flight += 1

@@ -121,6 +121,11 @@ ACTIVATOR_ENDPOINTS_PATH: Final = "/v1/endpoints/{namespace}/{name}"
 #: Set by the activator on every request it forwards; the queue-proxy counts such requests as proxied.
 PROXY_HEADER: Final = "K-Proxy-Request"
 PROXY_HEADER_VALUE: Final = "activator"
+#: The h2c counterpart of PROXY_HEADER, per connection: an HTTP/2 SETTINGS identifier from the range kept
+#: for experiments (RFC 9113 11.3) that the activator puts first in the client's first SETTINGS frame of a
+#: connection it forwards, with value 1; the queue-proxy counts that connection's streams as proxied.
+#: Peers ignore settings they do not know (RFC 9113 6.5.2).
+H2C_PROXY_SETTING: Final = 0xF0AC
 #: A request with this header on the serving port is answered by the queue-proxy itself with its
 #: readiness (200 when ready, 503 otherwise), so the activator can probe a pod through its serving port.
 PROBE_HEADER: Final = "K-Network-Probe"

@@ -20,6 +20,8 @@ from queue_proxy.stats import RequestStats
 # substring search.
 _PROBE_LINE = f"\r\n{contract.PROBE_HEADER}: {contract.PROBE_HEADER_VALUE}\r\n".lower().encode()
 _PROXIED_LINE = f"\r\n{contract.PROXY_HEADER}: {contract.PROXY_HEADER_VALUE}\r\n".lower().encode()
+# The activator's mark on an h2c connection: first in the client's first SETTINGS payload.
+_PROXIED_SETTING = contract.H2C_PROXY_SETTING.to_bytes(2, "big") + (1).to_bytes(4, "big")
 
 # Exchange.tag: how the exchange was counted.
 _NOT_COUNTED = None  # answered by the proxy itself (a probe)
@@ -97,12 +99,15 @@ class QueueProxyHandler:
         tunnel.forward(self.upstream, max_streams=self.config.container_concurrency)
 
     def stream_opened(self, stream: H2Stream) -> None:
-        self.stats.started(stream.started_at, False)
+        connection = stream.connection
+        proxied = connection is not None and (connection.client_settings or b"").startswith(_PROXIED_SETTING)
+        stream.tag = proxied
+        self.stats.started(stream.started_at, proxied)
         self._watched_streams[stream] = None
 
     def stream_closed(self, stream: H2Stream) -> None:
         self._watched_streams.pop(stream, None)
-        self.stats.finished(time.monotonic(), stream.started_at, False, stream_status(stream))
+        self.stats.finished(time.monotonic(), stream.started_at, stream.tag is True, stream_status(stream))
 
     # --- limiter and timeouts -----------------------------------------------------------------------
 

@@ -1,6 +1,12 @@
 """HTTP/2 cleartext (h2c, and so gRPC) relayed at frame level: bytes pass unchanged, only the 9-byte frame
 headers are read, to count each stream as one request.
 
+A few changes are made between two frames, never inside one, and never to HPACK state: SETTINGS frames
+(a cap on concurrent streams toward the client, a mark for the next hop, dropping the client's ACK of the
+relay's own SETTINGS) and RST_STREAM frames of a stream the handler cancels. To route a connection, a
+handler may read its first request's header block (`H2cTunnel.read_request`), decoded once with a fresh
+HPACK decoder and then forwarded unchanged.
+
 A stream is opened by the client's first HEADERS frame on a new odd stream id and closed when both sides
 have sent END_STREAM or either sent RST_STREAM (RFC 9113 section 5.1), or when the connection ends.
 The response status is read from the first bytes of the server's HEADERS block when HPACK encodes it in
@@ -15,6 +21,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from hpack import Decoder
+from hpack.exceptions import HPACKError
+
 from kapa.relay.tunnel import Pipe
 
 if TYPE_CHECKING:
@@ -25,8 +34,13 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 _DATA, _HEADERS, _RST_STREAM, _SETTINGS = 0x0, 0x1, 0x3, 0x4
 _END_STREAM, _ACK, _PADDED, _PRIORITY = 0x1, 0x1, 0x8, 0x20
+_CONTINUATION = 0x9
+_END_HEADERS = 0x4
+_LOOKED_AT = frozenset((_HEADERS, _SETTINGS))
 _MAX_CONCURRENT_STREAMS = 0x3
 _CANCEL = 0x8
+#: A SETTINGS frame with no parameters: all defaults (what the relay sends when it answers a preface).
+_EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 #: HPACK static table indexes 8..14 are `:status` with these values (RFC 7541 appendix A).
 _STATIC_STATUS = {8: 200, 9: 204, 10: 206, 11: 304, 12: 400, 13: 404, 14: 500}
 _CLIENT, _SERVER, _PROXY = "client", "server", "proxy"
@@ -116,16 +130,24 @@ class _FrameStream:
     """One direction of an h2c connection: follows frame boundaries, calls `on_frame` per frame header, and
     returns the bytes to forward for each chunk received.
 
-    Forwarded bytes are the received ones, with two frame-level changes: with `max_streams`, every SETTINGS
-    frame (not an ACK) has SETTINGS_MAX_CONCURRENT_STREAMS held to at most that value (added to the first
-    one when absent), and whole frames given to `insert` go out between two frames. Only an incomplete
-    frame header (under 9 bytes) is held back, and a SETTINGS frame until it is complete when clamping;
-    DATA and every other payload pass as they arrive.
+    Forwarded bytes are the received ones, with a few frame-level changes: with `max_streams`, every
+    SETTINGS frame (not an ACK) has SETTINGS_MAX_CONCURRENT_STREAMS held to at most that value (added to
+    the first one when absent); `add_setting` (6 bytes: identifier, value) goes first into the first
+    SETTINGS frame; `drop_ack` drops the first SETTINGS ACK (the ACK of a SETTINGS frame the relay sent
+    itself); whole frames given to `insert` go out between two frames. Only an incomplete frame header
+    (under 9 bytes) is held back, and a SETTINGS frame until it is complete when one is to change; DATA
+    and every other payload pass as they arrive.
     """
 
-    __slots__ = ("_skip", "_partial", "_on_frame", "_max_streams", "_settings_seen", "_inserts", "_sent_ahead")
+    __slots__ = (
+        "_skip", "_partial", "_on_frame", "_max_streams", "_settings_seen", "_inserts", "_sent_ahead",
+        "_add_setting", "_drop_ack", "_settings_work",
+    )
 
-    def __init__(self, on_frame: Callable[[int, int, int, bytes], None], skip: int = 0, max_streams: int = 0) -> None:
+    def __init__(
+        self, on_frame: Callable[[int, int, int, bytes], None], skip: int = 0, max_streams: int = 0,
+        add_setting: bytes = b"", drop_ack: bool = False,
+    ) -> None:
         #: Payload bytes of the current frame still to pass (or of the client preface, at the start).
         self._skip = skip
         #: The start of a frame not yet forwarded: an incomplete header, or a SETTINGS frame being clamped.
@@ -136,6 +158,10 @@ class _FrameStream:
         self._inserts: list[bytes] = []
         #: Leading bytes of `_partial` that went out already (see `already_sent`).
         self._sent_ahead = 0
+        self._add_setting = add_setting
+        self._drop_ack = drop_ack
+        #: Some SETTINGS frame may still change.
+        self._settings_work = bool(max_streams or add_setting or drop_ack)
 
     def at_boundary(self) -> bool:
         """True when the next byte to forward starts a frame: a frame written now lands between two."""
@@ -183,19 +209,20 @@ class _FrameStream:
             length = int.from_bytes(data[pos : pos + 3], "big")
             frame_type = data[pos + 3]
             flags = data[pos + 4]
-            if frame_type == _SETTINGS and self._max_streams and not flags & _ACK:
+            if frame_type == _SETTINGS and self._settings_work:
                 end = pos + 9 + length
                 if end > size:
                     break  # held until complete
-                clamped = self._clamp(data[pos:end])
-                if out is None:
-                    out = []
-                out.append(data[run_start:pos])
-                out.append(clamped)
-                run_start = end
+                replacement = self._settings(data[pos:end], flags)
+                if replacement is not None:
+                    if out is None:
+                        out = []
+                    out.append(data[run_start:pos])
+                    out.append(replacement)
+                    run_start = end
             stream_id = int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
-            # Only a HEADERS frame's payload is looked at (its first bytes, for the status).
-            payload = data[pos + 9 : pos + 9 + min(length, 64)] if frame_type == _HEADERS else b""
+            # Only HEADERS and SETTINGS payloads are looked at (their first bytes: status, settings).
+            payload = data[pos + 9 : pos + 9 + min(length, 64)] if frame_type in _LOOKED_AT else b""
             self._on_frame(frame_type, flags, stream_id, payload)
             pos += 9 + length
         self._partial = data[pos:]
@@ -208,6 +235,23 @@ class _FrameStream:
             return data[run_start:pos] if run_start or pos < size else data
         out.append(data[run_start:pos])
         return b"".join(out)
+
+    def _settings(self, frame: bytes, flags: int) -> bytes | None:
+        """What to forward instead of a SETTINGS frame (b"": nothing), or None to forward it as it is."""
+        if flags & _ACK:
+            if not self._drop_ack:
+                return None
+            self._drop_ack = False
+            replacement: bytes | None = b""
+        else:
+            replacement = self._clamp(frame) if self._max_streams else None
+            if self._add_setting:
+                frame = replacement or frame
+                payload = self._add_setting + frame[9:]
+                replacement = len(payload).to_bytes(3, "big") + frame[3:9] + payload
+                self._add_setting = b""
+        self._settings_work = bool(self._max_streams or self._add_setting or self._drop_ack)
+        return replacement
 
     def _clamp(self, frame: bytes) -> bytes:
         """A SETTINGS frame with MAX_CONCURRENT_STREAMS at most `max_streams` (added to the first frame)."""
@@ -236,6 +280,11 @@ class H2cRelay:
         self._last_client_stream = 0
         self._pipe: Pipe | None = None
         self._closed = False
+        #: The first bytes of the client's first SETTINGS payload (None before it): a hop before may have
+        #: put its mark there (see H2cTunnel.forward's `add_setting`).
+        self.client_settings: bytes | None = None
+        #: Free for the handler.
+        self.tag: object = None
         self._client_frames = _FrameStream(self._client_frame, skip=len(PREFACE))
         self._server_frames = _FrameStream(self._server_frame)
         if upgraded is not None:
@@ -252,17 +301,21 @@ class H2cRelay:
 
     def start(
         self, upstream: asyncio.Transport, to_upstream: bytes = b"", to_client: bytes = b"", upstream_sent: bytes = b"",
-        max_streams: int = 0,
+        max_streams: int = 0, add_setting: bytes = b"", drop_ack: bool = False,
     ) -> None:
         """Relay between the client and a connected upstream transport. `to_upstream`, `to_client`: bytes
         not yet forwarded; `upstream_sent`: upstream bytes already forwarded to the client (only scanned).
         `max_streams` > 0: the client is told (SETTINGS_MAX_CONCURRENT_STREAMS) to open at most that many
         streams at once, whatever the upstream allows; only before the upstream's first SETTINGS went out,
-        so not after an upgrade."""
+        so not after an upgrade. `add_setting`, `drop_ack`: see `_FrameStream` (client to upstream)."""
         if upstream_sent:
             self._server_frames.already_sent(upstream_sent)
         elif max_streams:
             self._server_frames = _FrameStream(self._server_frame, max_streams=max_streams)
+        if add_setting or drop_ack:
+            self._client_frames = _FrameStream(
+                self._client_frame, skip=len(PREFACE), add_setting=add_setting, drop_ack=drop_ack
+            )
         self._pipe = Pipe(
             self.client, upstream, self._pipe_closed,
             filter_client=self._client_frames.feed, filter_upstream=self._server_frames.feed,
@@ -314,6 +367,8 @@ class H2cRelay:
                     self._ended(stream, _CLIENT)
         elif frame_type == _RST_STREAM:
             self._reset(stream_id, _CLIENT)
+        elif frame_type == _SETTINGS and self.client_settings is None and not flags & _ACK:
+            self.client_settings = payload
 
     def _server_frame(self, frame_type: int, flags: int, stream_id: int, payload: bytes) -> None:
         if frame_type == _HEADERS:
@@ -370,21 +425,34 @@ class H2cRelay:
 
 
 class _Held(asyncio.Protocol):
-    """Keeps what a fresh upstream connection sends until the pipe takes it over: an h2c server speaks
-    first (its SETTINGS frame), possibly before the connecting coroutine resumes."""
+    """Keeps what a connection sends until a pipe takes it over: an h2c server speaks first (its SETTINGS
+    frame), possibly before the connecting coroutine resumes; a client's first request is read this way."""
 
     def __init__(self) -> None:
         self.received: list[bytes] = []
+        self.arrived = asyncio.Event()
+        self.lost = False
 
     def data_received(self, data: bytes) -> None:
         self.received.append(data)
+        self.arrived.set()
+
+    def eof_received(self) -> bool:
+        self.lost = True
+        self.arrived.set()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.arrived.set()
 
 
 class H2cTunnel:
     """A client connection that opened with the h2c preface, waiting for the handler to pick its upstream.
 
-    The handler's `h2c_connection(tunnel)` must call `forward(address)` (or `close()`); until the upstream
-    answers, the client is not read and what it sent so far is held.
+    The handler's `h2c_connection(tunnel)` must call `forward(address)` (or `close()`), at once or after
+    `await read_request()` (to route by the first request's headers); until then the client is not read
+    and what it sent so far is held.
     """
 
     def __init__(self, server: RelayServer, client: asyncio.Transport, received: bytes) -> None:
@@ -392,14 +460,53 @@ class H2cTunnel:
         self.client = client
         self.relay = H2cRelay(server, client)
         self._received = received
+        self._answered_preface = False
         client.pause_reading()
 
-    def forward(self, address: Address, max_streams: int = 0) -> None:
-        """Connect to `address` and relay the connection there; `max_streams` > 0 caps the streams the
-        client may open at once (see `H2cRelay.start`)."""
-        asyncio.get_running_loop().create_task(self._connect(address, max_streams))
+    async def read_request(self, timeout_s: float, max_bytes: int) -> dict[bytes, bytes] | None:
+        """The first request's header fields (decoded, lower-case names, pseudo-headers included), or None
+        when the client closes, sends more than `max_bytes` first, or takes longer than `timeout_s`.
 
-    async def _connect(self, address: Address, max_streams: int) -> None:
+        Answers the client's preface with an empty SETTINGS frame first (a client may wait for it before
+        sending a request: Go's gRPC does); the client's ACK of it is not forwarded. The bytes read are
+        forwarded unchanged later: the upstream decodes the header block itself, from the same HPACK state.
+        """
+        collector = _Held()
+        self.client.set_protocol(collector)
+        self.client.write(_EMPTY_SETTINGS)
+        self._answered_preface = True
+        self.client.resume_reading()
+        received = self._received
+        try:
+            async with asyncio.timeout(timeout_s):
+                while (block := _first_header_block(received)) is None:
+                    if len(received) > max_bytes or collector.lost:
+                        return None
+                    collector.arrived.clear()
+                    await collector.arrived.wait()
+                    received += b"".join(collector.received)
+                    collector.received.clear()
+        except TimeoutError:
+            return None
+        finally:
+            self._received = received
+            if not self.client.is_closing():
+                self.client.pause_reading()
+        try:
+            fields = Decoder().decode(block, raw=True)
+        except HPACKError:
+            return None
+        return {bytes(name).lower(): bytes(value) for name, value in fields}
+
+    def forward(self, address: Address, max_streams: int = 0, add_setting: tuple[int, int] | None = None) -> None:
+        """Connect to `address` and relay the connection there; `max_streams` > 0 caps the streams the
+        client may open at once (see `H2cRelay.start`); `add_setting` (identifier, value) is put first in
+        the client's first SETTINGS frame (a mark for the next hop: peers ignore unknown settings, RFC
+        9113 6.5.2)."""
+        setting = b"" if add_setting is None else add_setting[0].to_bytes(2, "big") + add_setting[1].to_bytes(4, "big")
+        asyncio.get_running_loop().create_task(self._connect(address, max_streams, setting))
+
+    async def _connect(self, address: Address, max_streams: int, add_setting: bytes) -> None:
         loop = asyncio.get_running_loop()
         try:
             upstream, held = await loop.create_connection(_Held, address[0], address[1])
@@ -413,8 +520,38 @@ class H2cTunnel:
         received, self._received = self._received, b""
         self.relay.start(
             upstream, to_upstream=received, to_client=b"".join(held.received), max_streams=max_streams,  # type: ignore[arg-type]
+            add_setting=add_setting, drop_ack=self._answered_preface,
         )
 
     def close(self) -> None:
         self.client.close()
         self.server.connection_closed(self.relay)
+
+
+def _first_header_block(received: bytes) -> bytes | None:
+    """The complete header block of the first request in `received` (the client's bytes from the
+    preface on), or None while it is incomplete."""
+    pos = len(PREFACE)
+    block = b""
+    in_headers = False
+    while pos + 9 <= len(received):
+        length = int.from_bytes(received[pos : pos + 3], "big")
+        frame_type, flags = received[pos + 3], received[pos + 4]
+        end = pos + 9 + length
+        if end > len(received):
+            return None
+        payload = received[pos + 9 : end]
+        if frame_type == _HEADERS or (in_headers and frame_type == _CONTINUATION):
+            if frame_type == _HEADERS:
+                in_headers = True
+                start, stop = 0, len(payload)
+                if flags & _PADDED:
+                    start, stop = 1, len(payload) - payload[0] if payload else 0
+                if flags & _PRIORITY:
+                    start += 5
+                payload = payload[start:stop]
+            block += payload
+            if flags & _END_HEADERS:
+                return block
+        pos = end
+    return None

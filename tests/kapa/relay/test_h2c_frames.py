@@ -78,3 +78,27 @@ def test_bytes_forwarded_before_the_stream_existed_are_not_sent_again() -> None:
     assert not stream.at_boundary()
     assert stream.feed(frames[20:22]) == b""  # the header is still incomplete
     assert stream.feed(frames[22:]) == frames[20:]
+
+
+@pytest.mark.parametrize("chunk", [1, 8, 64, 1_000_000])
+def test_a_mark_goes_first_into_the_first_settings_and_our_ack_is_dropped(chunk: int) -> None:
+    mark = (0xF0AC).to_bytes(2, "big") + (1).to_bytes(4, "big")
+    stream = _FrameStream(lambda t, f, s, p: None, skip=len(PREFACE), add_setting=mark, drop_ack=True)
+    received = PREFACE + settings((INITIAL_WINDOW_SIZE, 9)) + BODY + settings(ack=True) + settings((INITIAL_WINDOW_SIZE, 8))
+    # BODY ends with the client's first ACK (of the relay's own SETTINGS): dropped; the next ACK passes.
+    expected = (
+        PREFACE + settings((0xF0AC, 1), (INITIAL_WINDOW_SIZE, 9)) + BODY[: -9] + settings(ack=True)
+        + settings((INITIAL_WINDOW_SIZE, 8))
+    )
+    assert run(stream, received, chunk) == expected
+
+
+def test_the_first_header_block_is_found_across_padding_priority_and_continuation() -> None:
+    from kapa.relay.h2c import _first_header_block
+
+    block = b"\x82\x86\x84\x41\x0fhello.default:80"
+    padded = bytes((3,)) + (0).to_bytes(4, "big") + b"\x10" + block[:5] + b"\x00" * 3  # PADDED | PRIORITY
+    received = PREFACE + settings() + frame(HEADERS, 0x8 | 0x20, 1, padded) + frame(0x9, 0x4, 1, block[5:])
+    assert _first_header_block(received) == block
+    assert _first_header_block(received[:-1]) is None
+    assert _first_header_block(PREFACE + settings()) is None
