@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from kapa import contract
 from kapa.services import Endpoint
 
 from tests.activator.harness import activator
@@ -61,3 +62,20 @@ async def test_a_pod_killed_with_idle_connections_costs_no_request(tmp_path: Pat
             os.kill(doomed.pid, signal.SIGKILL)
             await asyncio.to_thread(doomed.wait, 5)
             assert await _burst(client, f"{act.url}/after", 400, 20) == [200] * 400
+
+
+
+async def test_a_request_that_cannot_be_replayed_is_not_sent_again(tmp_path: Path) -> None:
+    """Safety: a POST whose body went out on the stale connection gets 502 (it may have been processed);
+    afterwards the dead pod is out, and a GET waits for a pod (none comes: 504) instead of failing at once."""
+    only = await DyingUpstream().start()
+    services = [hello(**{contract.ANNOTATION_TIMEOUT_SECONDS: "0.5"})]
+    async with activator(tmp_path, services) as act, session() as client:
+        await act.set_endpoints(client, HELLO, [only.endpoint])
+        assert (await get(client, f"{act.url}/warm", headers=HOST))[0] == 200  # one pooled connection
+        served = only.served  # the warm request and the readiness probe
+        only.die()
+        async with client.post(f"{act.url}/upload", data=b"x" * 1000, headers=HOST) as response:
+            assert response.status == 502
+        assert only.reset == 1 and only.served == served
+        assert (await get(client, f"{act.url}/later", headers=HOST))[0] == 504
