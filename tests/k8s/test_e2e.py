@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from kapa import contract
+from scaler.kubernetes import EVENT_REASON_BAD_ANNOTATION
 from tests.k8s import network
 from tests.k8s.conftest import Cluster, Prometheus, use_scrape_configs, wait_for
 from tests.support import REPO
@@ -76,6 +77,8 @@ spec:
         autoscaling.knative.dev/target: "{TARGET}"
         autoscaling.knative.dev/target-utilization-percentage: "100"
         autoscaling.knative.dev/window: "6s"
+        # Malformed on purpose: the default is used and the scaler reports it as an Event on the Deployment.
+        autoscaling.knative.dev/panic-threshold-percentage: "lots"
         {contract.ANNOTATION_TIMEOUT_SECONDS}: "10"
     spec:
       containers:
@@ -194,6 +197,16 @@ def test_enrolled_deployment_gets_its_sidecar(release: Cluster) -> None:
     assert pod.spec.termination_grace_period_seconds >= 10
     status, body = get(f"http://{pod.status.pod_ip}:{contract.QUEUE_SERVING_PORT}/?sleep=1", SAMPLE, 10)
     assert status == 200 and b"slept 1 ms" in body
+
+
+def test_bad_annotation_becomes_an_event_on_the_deployment(release: Cluster) -> None:
+    def warnings() -> list[Any]:
+        events = core(release).list_namespaced_event(APPS, field_selector=f"involvedObject.name={SAMPLE}").items
+        return [e for e in events if e.reason == EVENT_REASON_BAD_ANNOTATION and e.involved_object.kind == "Deployment"]
+
+    events = wait_for(warnings, 30, "the scaler's Warning event")
+    assert "autoscaling.knative.dev/panic-threshold-percentage" in events[0].message, events[0].message
+    assert events[0].source.component == "kapa-scaler"
 
 
 def test_scales_to_zero_then_from_zero_through_envoy_and_activator(release: Cluster) -> None:
