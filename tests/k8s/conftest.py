@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from tests.k8s import controlplane, network
+from tests.k8s import controlplane, network, session
 from tests.k8s.controlplane import BIN_DIR, ControlPlane
 from tests.support import REPO, free_port, stop_process, wait_for_http
 
@@ -104,31 +104,37 @@ def cluster() -> Iterator[Cluster]:
         if os.environ.get("KAPA_K8S_REQUIRED"):  # set by .ci/run, which builds the binaries first
             pytest.fail(reason)
         pytest.skip(reason)
-    # Not under pytest's basetemp: concurrent pytest runs prune old basetemps, and not under /tmp, which pods
-    # commonly mount an emptyDir over (the kubelet's volume sources must stay visible in the mount namespaces).
-    root = Path(tempfile.mkdtemp(prefix="kapa-k8s-", dir="/var/tmp"))
-    network.create_bridge()
-    try:
-        with controlplane.control_plane(root / "plane") as plane:
-            kubelet_root = root / "kubelet"
-            kubelet_log = root / "kubelet.log"
-            with open(kubelet_log, "wb") as log:
-                kubelet = subprocess.Popen(
-                    [sys.executable, "-m", "tests.k8s.kubelet", "--kubeconfig", str(plane.kubeconfig),
-                     "--root", str(kubelet_root), "--node", NODE],
-                    cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-                try:
-                    api = plane.api_client()
-                    wait_for(lambda: _node_ready(api), 60, "node Ready")
-                    yield Cluster(plane, kubelet_root, kubelet_log, api)
-                finally:
-                    stop_process(kubelet, grace_s=30)
-    finally:
-        network.sweep()
-        if os.environ.get("KAPA_K8S_KEEP"):
-            print(f"kept the cluster's files in {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    with session.exclusive(timeout_s=900):
+        # Not under pytest's basetemp: concurrent pytest runs prune old basetemps, and not under /tmp, which
+        # pods commonly mount an emptyDir over (the kubelet's volume sources must stay visible to them).
+        root = Path(tempfile.mkdtemp(prefix="kapa-k8s-", dir="/var/tmp"))
+        network.create_bridge()
+        try:
+            with controlplane.control_plane(root / "plane") as plane:
+                yield from _with_kubelet(plane, root)
+        finally:
+            network.sweep()
+            if os.environ.get("KAPA_K8S_KEEP"):
+                print(f"kept the cluster's files in {root}")
+            else:
+                shutil.rmtree(root, ignore_errors=True)
+
+
+def _with_kubelet(plane: ControlPlane, root: Path) -> Iterator[Cluster]:
+    kubelet_root = root / "kubelet"
+    kubelet_log = root / "kubelet.log"
+    with open(kubelet_log, "wb") as log:
+        kubelet = subprocess.Popen(
+            [sys.executable, "-m", "tests.k8s.kubelet", "--kubeconfig", str(plane.kubeconfig),
+             "--root", str(kubelet_root), "--node", NODE],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        session.record(kubelet.pid)
+        try:
+            api = plane.api_client()
+            wait_for(lambda: _node_ready(api), 60, "node Ready")
+            yield Cluster(plane, kubelet_root, kubelet_log, api)
+        finally:
+            stop_process(kubelet, grace_s=30)
 
 
 @dataclass(frozen=True)
@@ -155,6 +161,7 @@ def prometheus(cluster: Cluster) -> Iterator[Prometheus]:
             [str(BIN_DIR / "prometheus"), f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
              f"--web.listen-address={address}", "--web.enable-lifecycle", "--storage.tsdb.retention.time=1h"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        session.record(process.pid)
         try:
             wait_for_http(f"http://{address}/-/ready", timeout_s=60)
             yield Prometheus(f"http://{address}", config)

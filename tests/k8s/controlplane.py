@@ -21,7 +21,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.k8s import network
+from tests.k8s import network, session
 from tests.support import free_port, stop_process
 
 K8S_VERSION = "v1.36.3"
@@ -148,6 +148,7 @@ def _start(stack: ExitStack, name: str, args: list[str], logs: Path) -> subproce
     """Start a process in its own session, logging to logs/NAME.log; the stack stops it (group) on exit."""
     log = stack.enter_context(open(logs / f"{name}.log", "wb"))
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    session.record(process.pid)
     stack.callback(stop_process, process, 10.0)
     return process
 
