@@ -59,6 +59,9 @@ _CONTENT_LENGTH = b"\r\ncontent-length:"
 _TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
 #: Seconds a client is told to wait before retrying when a service's queue is full.
 RETRY_AFTER_S = 1
+#: A pod that has not accepted a connection by then is taken as gone (a pod on a lost node answers nothing,
+#: and the kernel would keep trying for minutes); the gateway's connect timeout too.
+CONNECT_TIMEOUT_S = 1.0
 
 
 class _Ticket:
@@ -197,19 +200,22 @@ class ActivatorProxy:
 
     async def _connect_and_forward(self, exchange: Exchange, ticket: _Ticket, address: tuple[str, int]) -> None:
         """Open the connection before handing the request over, so a pod that refuses it (gone since the
-        last endpoint update reached us) costs the request nothing: it waits for another pod instead."""
+        last endpoint update reached us) costs the request nothing: it waits for another pod instead. So
+        does a pod that does not answer within CONNECT_TIMEOUT_S (its node gone: nobody refuses)."""
         pool = self.relay.pool
         try:
-            conn = await pool.connect(address)
-        except OSError as error:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                conn = await pool.connect(address)
+        except OSError as error:  # TimeoutError included
             pod, ticket.pod = ticket.pod, None
             assert pod is not None
             service = ticket.service
             self._backends.suspect(service.settings.key, pod.endpoint)  # first: no waiter may get it back
             pool.discard(address)  # its idle connections would each fail once more
             service.throttler.release(pod)
-            log.warning("pod refused a connection; request waits for another", service=str(service.settings.key),
-                        endpoint=str(pod.endpoint), error=error.strerror or str(error))
+            reason = f"no answer in {CONNECT_TIMEOUT_S}s" if isinstance(error, TimeoutError) else error.strerror or str(error)
+            log.warning("pod did not take a connection; request waits for another", service=str(service.settings.key),
+                        endpoint=str(pod.endpoint), error=reason)
             ticket.waiter = asyncio.get_running_loop().create_task(self._hold(exchange, ticket))
             return
         ticket.waiter = None

@@ -12,6 +12,7 @@ from pathlib import Path
 from kapa import contract
 from kapa.services import Endpoint
 
+from activator.proxy import CONNECT_TIMEOUT_S
 from tests.activator.harness import activator
 from tests.activator.test_activator import HELLO, HOST, get, hello, session
 from tests.activator.upstream import DyingUpstream
@@ -79,3 +80,18 @@ async def test_a_request_that_cannot_be_replayed_is_not_sent_again(tmp_path: Pat
             assert response.status == 502
         assert only.reset == 1 and only.served == served
         assert (await get(client, f"{act.url}/later", headers=HOST))[0] == 504
+
+
+async def test_a_pod_that_answers_nothing_costs_a_connect_timeout_not_the_request(tmp_path: Path) -> None:
+    first, second = await DyingUpstream().start(), await DyingUpstream().start()
+    try:
+        async with activator(tmp_path, [hello()]) as act, session() as client:
+            await act.set_endpoints(client, HELLO, [first.endpoint, second.endpoint])
+            assert await _burst(client, f"{act.url}/warm", 100, 10) == [200] * 100
+            first.vanish()
+            started = asyncio.get_running_loop().time()
+            assert await _burst(client, f"{act.url}/after", 100, 10) == [200] * 100
+            took = asyncio.get_running_loop().time() - started
+            assert CONNECT_TIMEOUT_S <= took < CONNECT_TIMEOUT_S + 3.0  # some waited for the connect timeout
+    finally:
+        first.close()

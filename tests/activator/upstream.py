@@ -109,6 +109,26 @@ class DyingUpstream:
         assert self._server is not None
         self._server.close()  # refuses new connections; open ones stay until they are used
 
+    def vanish(self) -> None:
+        """Die, and answer new connections with nothing at all, as a pod on a lost node does: its port
+        is taken by a listener whose accept queue is full, so the kernel drops further SYNs."""
+        self.die()
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(0)
+        fillers = []
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", self.port))
+            fillers.append(filler)
+        self._blackhole = [listener, *fillers]
+
+    def close(self) -> None:
+        for sock in getattr(self, "_blackhole", []):
+            sock.close()
+
 
 class _DyingConnection(asyncio.Protocol):
     _RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
