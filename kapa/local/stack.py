@@ -97,13 +97,9 @@ class LocalStack:
         self.envoy_admin_port = self.ports.allocate()
         self.activator_admin_port = self.ports.allocate()
         self.scaler_http_port = self.ports.allocate()
-        # The activator is scraped from the start, not from the first replica on: a service that starts at
-        # zero has none, and its cold-start waits need a sample from before the first request.
-        activator_target = ScrapeTarget(f"{LOOPBACK}:{self.activator_admin_port}")
         self.prometheus = PrometheusServer(
             port=self.ports.allocate(), workdir=self.workdir / "prometheus", log_path=self.log_dir / "prometheus.log",
-            binary=options.prometheus_binary, targets=[activator_target],
-            scaler_address=f"{LOOPBACK}:{self.scaler_http_port}",
+            binary=options.prometheus_binary, scaler_address=f"{LOOPBACK}:{self.scaler_http_port}",
         )
         self.activator_endpoints = ActivatorEndpoints(f"http://{LOOPBACK}:{self.activator_admin_port}")
         self.gateway_routes = GatewayRoutes(f"http://{LOOPBACK}:{self.gateway_admin_port}") if options.envoy else None
@@ -114,7 +110,7 @@ class LocalStack:
             {entry.spec.key: (entry, apps[entry.spec.key]) for entry in self.entries},
             self.supervisor,
             endpoint_sinks=sinks,
-            target_sink=_Targets(self.prometheus, [activator_target]),
+            target_sink=_Targets(self.prometheus, [ScrapeTarget(f"{LOOPBACK}:{self.activator_admin_port}")]),
             drain_s=options.drain_s,
             ports=self.ports,
         )
