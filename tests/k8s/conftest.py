@@ -145,10 +145,10 @@ class Prometheus:
 
 @pytest.fixture(scope="session")
 def prometheus(cluster: Cluster) -> Iterator[Prometheus]:
-    """Real Prometheus (built: Debian's lacks Kubernetes discovery) in the root namespace, on the bridge address so the scaler's pod can query it, finding
-    its targets through Kubernetes service discovery (role pod) against the test API server. Its scrape
-    jobs are the chart's own (the rendered scrape-config ConfigMap), given once the chart is installed by
-    `use_scrape_configs`; until then it scrapes nothing."""
+    """Real Prometheus (built: Debian's lacks Kubernetes discovery) in the root namespace, on the bridge
+    address so the scaler's pod can query it, finding its targets through Kubernetes service discovery
+    (role pod) against the test API server. Its scrape jobs are the chart's own (the rendered scrape-config
+    ConfigMap), given once the chart is installed by `use_scrape_configs`; until then it scrapes nothing."""
     root = cluster.plane.dir.parent / "prometheus"
     root.mkdir()
     port = free_port()

@@ -48,7 +48,8 @@ def skip_reason() -> str | None:
     if missing:
         how = "install Go, then run `bash scripts/build-k8s.sh`" if shutil.which("go") is None else (
             "run `bash scripts/build-k8s.sh`")
-        return f"Kubernetes binaries missing in {BIN_DIR} ({', '.join(missing)}): {how} (cold build ~25 min on 2 busy cores)"
+        return (f"Kubernetes binaries missing in {BIN_DIR} ({', '.join(missing)}): {how} "
+                "(cold build ~25 min on 2 busy cores)")
     return None
 
 
