@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(prometheus wrk iproute2)
+APT_PACKAGES=(prometheus wrk iproute2 openssl)
 PYTHON=${PYTHON:-python3}
 
 missing=()
