@@ -180,7 +180,7 @@ class _FrameStream:
         """Take `data` received; return what to forward now."""
         skip = self._skip
         if skip and not self._partial:
-            if skip >= len(data):  # the common case inside a large DATA frame: nothing to look at
+            if skip > len(data):  # the common case inside a large DATA frame: nothing to look at
                 self._skip = skip - len(data)
                 return data
         if self._partial:

@@ -71,6 +71,16 @@ def test_an_inserted_frame_goes_out_between_two_frames() -> None:
     assert out == data_frame + reset + data_frame
 
 
+def test_an_insert_waiting_for_a_boundary_goes_out_with_the_chunk_that_reaches_it() -> None:
+    stream = _FrameStream(lambda t, f, s, p: None)
+    data_frame = frame(DATA, 0, 1, b"y" * 100)
+    reset = frame(RST_STREAM, 0, 3, (8).to_bytes(4, "big"))
+    out = stream.feed(data_frame[:50])
+    stream.insert(reset)
+    out += stream.feed(data_frame[50:])  # ends exactly at the boundary: nothing else may follow for long
+    assert out == data_frame + reset
+
+
 def test_bytes_forwarded_before_the_stream_existed_are_not_sent_again() -> None:
     stream = _FrameStream(lambda t, f, s, p: None)
     frames = settings((INITIAL_WINDOW_SIZE, 1)) + frame(DATA, 0, 1, b"z" * 10)
