@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from kapa import contract
 from kapa.endpoints import KubernetesEndpointSource, WatchExpired, next_resource_version
 from kapa.inject import is_enrolled
 from kapa.log import get_logger
@@ -37,6 +38,7 @@ log = get_logger(__name__)
 
 EVENT_REASON_BAD_ANNOTATION = "InvalidAutoscalingAnnotation"
 EVENT_SOURCE = "kapa-scaler"
+_PREFIXES = (contract.KNATIVE_ANNOTATION_PREFIX, contract.KAPA_ANNOTATION_PREFIX)
 
 
 def api_client(kubeconfig: str | None = None) -> Any:
@@ -58,7 +60,10 @@ def deployment_spec(deployment: Mapping[str, Any]) -> ServiceSpec:
     """The ServiceSpec of a Deployment (as API JSON): its key and its merged annotations."""
     metadata = deployment.get("metadata") or {}
     template = ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
-    annotations = {**(metadata.get("annotations") or {}), **(template.get("annotations") or {})}
+    merged = {**(metadata.get("annotations") or {}), **(template.get("annotations") or {})}
+    # Only Kapa's and Knative's keys configure scaling; leaving out the rest (revision numbers,
+    # last-applied-configuration) keeps a rollout from looking like a configuration change.
+    annotations = {key: value for key, value in merged.items() if key.startswith(_PREFIXES)}
     return ServiceSpec(ServiceKey(metadata["namespace"], metadata["name"]), annotations)
 
 
@@ -76,7 +81,7 @@ def bad_annotation_event(deployment: Mapping[str, Any], error: ConfigError) -> d
         },
         "type": "Warning",
         "reason": EVENT_REASON_BAD_ANNOTATION,
-        "message": f"annotation {error.key}: {error.message}; using the default",
+        "message": f"annotation {error.key}: {error.message}",
         "source": {"component": EVENT_SOURCE},
         "firstTimestamp": stamp,
         "lastTimestamp": stamp,

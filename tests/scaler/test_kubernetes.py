@@ -26,10 +26,11 @@ ENROLLED = {contract.ANNOTATION_ENABLED: "true"}
 
 
 def test_template_annotations_win_over_the_deployments() -> None:
-    spec = deployment_spec(deployment("a", {**ENROLLED, "autoscaling.knative.dev/target": "5"},
+    spec = deployment_spec(deployment("a", {**ENROLLED, "autoscaling.knative.dev/target": "5",
+                                            "deployment.kubernetes.io/revision": "3"},
                                       {"autoscaling.knative.dev/target": "7"}))
     assert spec.key == ServiceKey("ns", "a")
-    assert spec.annotations["autoscaling.knative.dev/target"] == "7"
+    assert dict(spec.annotations) == {**ENROLLED, "autoscaling.knative.dev/target": "7"}, "only Kapa/Knative keys"
 
 
 def test_catalog_offers_only_enrolled_deployments_and_follows_events() -> None:
@@ -60,4 +61,4 @@ def test_bad_annotation_event_names_key_and_problem() -> None:
     assert event["type"] == "Warning" and event["reason"] == EVENT_REASON_BAD_ANNOTATION
     assert event["involvedObject"] == {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "ns",
                                        "name": "a", "uid": "uid-a"}
-    assert "autoscaling.knative.dev/target" in event["message"] and "'ten'" in event["message"]
+    assert event["message"] == "annotation autoscaling.knative.dev/target: not a number: 'ten'"
