@@ -278,27 +278,39 @@ class ActivatorProxy:
             return
         service = self._services[key]
         throttler = service.throttler
-        pod = throttler.try_acquire()
-        if pod is None:
-            cold = throttler.ready_count == 0
-            if cold:
-                self._poker.activate(key)
-            arrived_at = time.monotonic()
-            try:
-                pod = await throttler.acquire()
-            except (QueueFull, HoldTimeout) as error:
-                reason = contract.REASON_QUEUE_FULL if isinstance(error, QueueFull) else contract.REASON_TIMEOUT
-                service.stats.count_rejected(reason)
-                log.warning("h2c connection closed unserved", service=str(key), reason=reason)
-                tunnel.close()
-                return
-            finally:
-                self._end_activation_when_idle(service)
-            if cold:
-                service.stats.observe_cold_start(time.monotonic() - arrived_at)
         tunnel.relay.tag = service
-        tunnel.forward((pod.endpoint.host, pod.endpoint.port), add_setting=(contract.H2C_PROXY_SETTING, 1))
-        throttler.release(pod)
+        arrived_at = time.monotonic()
+        cold = False
+        while True:  # until a pod takes the connection: one that refuses it is out, and we wait again
+            pod = throttler.try_acquire()
+            if pod is None:
+                cold = cold or throttler.ready_count == 0
+                if cold:
+                    self._poker.activate(key)
+                remaining_s = service.settings.timeout_s - (time.monotonic() - arrived_at)
+                try:
+                    pod = await throttler.acquire(max(0.0, remaining_s))
+                except (QueueFull, HoldTimeout) as error:
+                    reason = contract.REASON_QUEUE_FULL if isinstance(error, QueueFull) else contract.REASON_TIMEOUT
+                    service.stats.count_rejected(reason)
+                    log.warning("h2c connection closed unserved", service=str(key), reason=reason)
+                    tunnel.close()
+                    return
+                finally:
+                    self._end_activation_when_idle(service)
+            address = (pod.endpoint.host, pod.endpoint.port)
+            connected = await tunnel.forward_now(
+                address, add_setting=(contract.H2C_PROXY_SETTING, 1), connect_timeout_s=CONNECT_TIMEOUT_S
+            )
+            if not connected:
+                self._backends.suspect(key, pod.endpoint)  # first: no waiter may get it back
+            throttler.release(pod)
+            if connected:
+                break
+            log.warning("pod did not take an h2c connection; it waits for another", service=str(key),
+                        endpoint=str(pod.endpoint))
+        if cold:
+            service.stats.observe_cold_start(time.monotonic() - arrived_at)
 
     def stream_opened(self, stream: H2Stream) -> None:
         service: Service | None = stream.connection.tag if stream.connection is not None else None  # type: ignore[assignment]

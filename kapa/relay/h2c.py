@@ -499,29 +499,43 @@ class H2cTunnel:
         return {bytes(name).lower(): bytes(value) for name, value in fields}
 
     def forward(self, address: Address, max_streams: int = 0, add_setting: tuple[int, int] | None = None) -> None:
-        """Connect to `address` and relay the connection there; `max_streams` > 0 caps the streams the
-        client may open at once (see `H2cRelay.start`); `add_setting` (identifier, value) is put first in
-        the client's first SETTINGS frame (a mark for the next hop: peers ignore unknown settings, RFC
-        9113 6.5.2)."""
-        setting = b"" if add_setting is None else add_setting[0].to_bytes(2, "big") + add_setting[1].to_bytes(4, "big")
-        asyncio.get_running_loop().create_task(self._connect(address, max_streams, setting))
+        """Connect to `address` and relay the connection there; if the upstream cannot be reached the
+        client sees the connection close. For `max_streams` and `add_setting`, see `forward_now`."""
 
-    async def _connect(self, address: Address, max_streams: int, add_setting: bytes) -> None:
+        async def forward() -> None:
+            if not await self.forward_now(address, max_streams, add_setting):
+                self.close()  # as from an unreachable server
+
+        asyncio.get_running_loop().create_task(forward())
+
+    async def forward_now(
+        self, address: Address, max_streams: int = 0, add_setting: tuple[int, int] | None = None,
+        connect_timeout_s: float | None = None,
+    ) -> bool:
+        """Connect to `address` and relay the connection there: True once relaying (or the client is gone
+        meanwhile); False, with the tunnel left as it was (forward it elsewhere or close it), when the
+        upstream refuses or does not answer within `connect_timeout_s`.
+
+        `max_streams` > 0 caps the streams the client may open at once (see `H2cRelay.start`);
+        `add_setting` (identifier, value) is put first in the client's first SETTINGS frame (a mark for
+        the next hop: peers ignore unknown settings, RFC 9113 6.5.2)."""
         loop = asyncio.get_running_loop()
         try:
-            upstream, held = await loop.create_connection(_Held, address[0], address[1])
-        except OSError:
-            self.close()  # the client sees the connection close, as from an unreachable server
-            return
+            async with asyncio.timeout(connect_timeout_s):
+                upstream, held = await loop.create_connection(_Held, address[0], address[1])
+        except OSError:  # TimeoutError included
+            return False
         if self.client.is_closing():
             upstream.close()
             self.close()
-            return
+            return True
+        setting = b"" if add_setting is None else add_setting[0].to_bytes(2, "big") + add_setting[1].to_bytes(4, "big")
         received, self._received = self._received, b""
         self.relay.start(
             upstream, to_upstream=received, to_client=b"".join(held.received), max_streams=max_streams,  # type: ignore[arg-type]
-            add_setting=add_setting, drop_ack=self._answered_preface,
+            add_setting=setting, drop_ack=self._answered_preface,
         )
+        return True
 
     def close(self) -> None:
         self.client.close()

@@ -13,8 +13,9 @@ from kapa import contract
 from kapa.services import Endpoint
 
 from tests.activator.harness import activator, metric_value
-from tests.activator.test_activator import HELLO, hello, session
+from tests.activator.test_activator import HELLO, hello, session, wait_for
 from tests.activator.test_poke import Scaler
+from tests.activator.upstream import DyingUpstream
 from tests.queue_proxy.conftest import queue_proxy
 from tests.support import free_port
 
@@ -73,3 +74,34 @@ async def test_an_h2c_connection_for_no_service_is_closed(tmp_path: Path) -> Non
                 assert error.code() == grpc.StatusCode.UNAVAILABLE
             else:
                 raise AssertionError("the call should have failed")
+
+
+async def test_an_h2c_connection_refused_by_a_gone_pod_waits_for_another(tmp_path: Path) -> None:
+    gone = await DyingUpstream().start()
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "kapa.test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(_echo, _identity, _identity)}
+    ),))
+    app_port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{app_port}")
+    await server.start()
+    try:
+        async with activator(tmp_path, [hello()]) as act, session() as client:
+            await act.set_endpoints(client, HELLO, [gone.endpoint])
+
+            async def gone_is_ready() -> bool:
+                return metric_value(await act.metrics(client), contract.ACTIVATOR_READY_PODS) == 1
+
+            await wait_for(gone_is_ready)
+            gone.die()  # and the activator is not told
+            options = [("grpc.default_authority", "hello.default")]
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{act.port}", options=options) as channel:
+                echo = channel.unary_unary("/kapa.test.Echo/Echo", _identity, _identity)
+                call = asyncio.ensure_future(echo(b"rescued", timeout=20))
+                await asyncio.sleep(0.3)
+                assert not call.done()  # the gone pod refused; the connection waits
+                with queue_proxy(tmp_path, app_port) as pod:
+                    await act.set_endpoints(client, HELLO, [gone.endpoint, Endpoint("127.0.0.1", pod.port)])
+                    assert await call == b"echo rescued"
+    finally:
+        await server.stop(None)
