@@ -18,8 +18,9 @@ It knows nothing about counting, limits or routing: a `Handler` decides those. T
 - WebSocket and other upgrades: when the upstream answers 101 the connection becomes a byte `Pipe`; the
   exchange finishes when the pipe closes.
 - h2c (prior knowledge, or `Upgrade: h2c`): `handler.h2c_connection(tunnel)` picks the upstream with
-  `tunnel.forward(address, max_streams=, add_setting=)`, after `await tunnel.read_request(...)` when it
-  routes by the first request's headers; frames are relayed unchanged and each stream is reported through
+  `tunnel.forward(address, max_streams=, add_setting=)` (or `await tunnel.forward_now(...)`, which says
+  whether the upstream took the connection), after `await tunnel.read_request(...)` when it routes by the
+  first request's headers; frames are relayed unchanged and each stream is reported through
   `handler.stream_opened(stream)` / `handler.stream_closed(stream)` (`H2Stream`, see `stream_status`;
   `stream.cancel(status)` resets one).
 - `serve_routes`: a small HTTP server for a proxy's own GET endpoints (metrics, readiness).
