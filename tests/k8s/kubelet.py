@@ -22,7 +22,7 @@ What a real kubelet does that the end-to-end tests depend on, and nothing else:
 
 Cluster DNS stand-in: one hosts file (DIR/hosts), bind-mounted read-only as /etc/hosts in every container,
 maps each Service's names (NAME, NAME.NS, NAME.NS.svc, NAME.NS.svc.cluster.local) to the address of one
-ready endpoint of it (its first, sorted) - no ClusterIP, since nothing routes ClusterIPs without kube-proxy.
+ready endpoint of it (the lowest address) - no ClusterIP, since nothing routes ClusterIPs without kube-proxy.
 It is rewritten in place whenever EndpointSlices change, so the mounts see it. Ports are the endpoint ports,
 which is why the chart's in-cluster Services use equal port and targetPort.
 """

@@ -74,7 +74,8 @@ def delete_pod_network(netns: str, veth: str) -> None:
         except ProcessLookupError:
             pass
     ip("netns", "delete", netns, check=False)
-    ip("link", "delete", veth, check=False)
+    if veth:  # already gone with the namespace, unless creation failed before its peer moved in
+        ip("link", "delete", veth, check=False)
 
 
 def sweep() -> None:
