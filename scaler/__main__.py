@@ -45,6 +45,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         default=os.environ.get("KAPA_ACTUATOR", "none"),
                         help="direct: patch each Deployment's scale (needs --kubernetes); keda: KEDA reads the "
                         "gRPC port; none: decide only (default: env KAPA_ACTUATOR, else none)")
+    parser.add_argument("--scaler-address", default=os.environ.get("KAPA_SCALER_ADDRESS"),
+                        help="with --kubernetes --actuator keda: HOST:PORT of this scaler's gRPC Service, which "
+                        "the ScaledObjects it keeps point KEDA at (default: env KAPA_SCALER_ADDRESS)")
     parser.add_argument("--config", type=Path, help="config-autoscaler: flat YAML map or ConfigMap manifest")
     parser.add_argument("--prometheus-url", default="http://127.0.0.1:9090")
     parser.add_argument("--query-timeout", type=float, default=1.5, help="seconds before a query counts as failed")
@@ -75,14 +78,27 @@ async def serve(args: argparse.Namespace) -> int:
         config = AutoscalerConfig.default()
     metrics = PrometheusMetrics(args.prometheus_url, timeout_s=args.query_timeout)
     if args.kubernetes:
-        from scaler.kubernetes import DeploymentCatalog, EndpointSliceReadyPods, ScaleActuator, api_client
+        from scaler.kubernetes import (
+            DeploymentCatalog,
+            EndpointSliceReadyPods,
+            ScaleActuator,
+            ScaledObjectActuator,
+            api_client,
+        )
 
         api = api_client(args.kubeconfig)
         deployments = DeploymentCatalog(api, config, args.kube_namespace)
         ready_pods = EndpointSliceReadyPods(api, args.kube_namespace)
         await deployments.start()
         await ready_pods.start()
-        actuators = [ScaleActuator(api, deployments)] if args.actuator == "direct" else []
+        actuators: list[ScaleActuator | ScaledObjectActuator] = []
+        if args.actuator == "direct":
+            actuators.append(ScaleActuator(api, deployments))
+        elif args.actuator == "keda" and args.scaler_address:
+            actuators.append(ScaledObjectActuator(api, deployments, args.scaler_address, config))
+        elif args.actuator == "keda":
+            log.warning("actuator keda without --scaler-address: no ScaledObjects are kept; create them yourself "
+                        "(kapa inject --scaled-objects)")
         scaler = Scaler(config, deployments, metrics, ready_pods=ready_pods, actuators=actuators)
     else:
         try:

@@ -11,6 +11,8 @@ their scale (`actuator: direct`), and telling their owners about bad annotations
 - `ScaleActuator` patches `deployments/scale` to each decision's desired_pods when it differs from the
   Deployment's replicas as last seen by the catalog (so an unchanged decision costs no API call); 0 is a
   valid count.
+- `ScaledObjectActuator` (`actuator: keda`) keeps a KEDA ScaledObject (kapa.scaledobject) per enrolled
+  Deployment, pointing KEDA's external-push trigger at the scaler's gRPC address.
 
 The official `kubernetes` client is synchronous: the watch runs in one daemon thread that only reads the
 network and hands each parsed event to the event loop; API writes run via asyncio.to_thread.
@@ -114,6 +116,10 @@ class DeploymentCatalog:
     def replicas(self, key: ServiceKey) -> int | None:
         """The Deployment's spec.replicas as last seen (None when unknown)."""
         return self._replicas.get(key)
+
+    def enrolled_deployments(self) -> dict[ServiceKey, dict[str, Any]]:
+        """The enrolled Deployments as last seen (API JSON), by service key."""
+        return {key: self._deployments[(key.namespace, key.name)] for key in self._services}
 
     # -- state changes, on the loop's thread -------------------------------------------------------------------
 
@@ -280,3 +286,71 @@ class ScaleActuator:
                 self._apps.patch_namespaced_deployment_scale, key.name, key.namespace, {"spec": {"replicas": desired}}
             )
             log.info("scaled", service=str(key), replicas_from=current, replicas_to=desired)
+
+
+class ScaledObjectActuator:
+    """`actuator: keda`: keep one KEDA ScaledObject (kapa.scaledobject) per enrolled Deployment.
+
+    KEDA then drives the Deployment from the scaler's gRPC answers; this only reconciles the objects, so the
+    decisions it receives are not used, only the moment (every tick). A ScaledObject is written when its
+    manifest differs from the one last written (create, or merge-patch when it exists); one whose
+    Deployment is no longer enrolled is deleted (only objects labelled as Kapa's); a deleted Deployment
+    takes its ScaledObject with it (owner reference).
+    """
+
+    def __init__(self, api: Any, catalog: DeploymentCatalog, scaler_address: str, config: AutoscalerConfig) -> None:
+        from kubernetes import client
+
+        self._custom = client.CustomObjectsApi(api)
+        self._catalog = catalog
+        self._scaler_address = scaler_address
+        self._config = config
+        self._written: dict[ServiceKey, dict[str, Any]] = {}
+
+    async def apply(self, decisions: Mapping[ServiceKey, Decision]) -> None:
+        from kapa.scaledobject import scaled_object
+
+        wanted = {
+            key: scaled_object(deployment, self._scaler_address, self._config).manifest
+            for key, deployment in self._catalog.enrolled_deployments().items()
+        }
+        for key, manifest in wanted.items():
+            if self._written.get(key) != manifest:
+                await asyncio.to_thread(self._write, key, manifest)
+                self._written[key] = manifest
+        for key in [key for key in self._written if key not in wanted]:
+            await asyncio.to_thread(self._delete, key)
+            del self._written[key]
+
+    def _write(self, key: ServiceKey, manifest: dict[str, Any]) -> None:
+        from kubernetes.client.rest import ApiException
+
+        group, version = manifest["apiVersion"].split("/")
+        try:
+            self._custom.create_namespaced_custom_object(group, version, key.namespace, "scaledobjects", manifest)
+            log.info("scaled object created", service=str(key))
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            self._custom.patch_namespaced_custom_object(
+                group, version, key.namespace, "scaledobjects", key.name, manifest
+            )
+            log.info("scaled object updated", service=str(key))
+
+    def _delete(self, key: ServiceKey) -> None:
+        from kubernetes.client.rest import ApiException
+
+        from kapa.scaledobject import KEDA_API_VERSION, MANAGED_BY_LABELS
+
+        group, version = KEDA_API_VERSION.split("/")
+        try:
+            current = self._custom.get_namespaced_custom_object(
+                group, version, key.namespace, "scaledobjects", key.name
+            )
+            labels = (current.get("metadata") or {}).get("labels") or {}
+            if all(labels.get(k) == v for k, v in MANAGED_BY_LABELS.items()):
+                self._custom.delete_namespaced_custom_object(group, version, key.namespace, "scaledobjects", key.name)
+                log.info("scaled object deleted", service=str(key))
+        except ApiException as error:
+            if error.status != 404:
+                raise

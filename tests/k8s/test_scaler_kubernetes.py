@@ -19,6 +19,7 @@ from scaler.kubernetes import (
     DeploymentCatalog,
     EndpointSliceReadyPods,
     ScaleActuator,
+    ScaledObjectActuator,
 )
 from tests.k8s.conftest import Cluster
 
@@ -132,3 +133,75 @@ async def test_ready_pods_from_endpoint_slices(namespace: Cluster) -> None:
         assert await eventually(lambda: counter.ready_pods(key) == 0)
     finally:
         await counter.close()
+
+
+SCALED_OBJECT_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "scaledobjects.keda.sh"},
+    "spec": {
+        "group": "keda.sh", "scope": "Namespaced",
+        "names": {"plural": "scaledobjects", "singular": "scaledobject", "kind": "ScaledObject"},
+        # KEDA's real CRD validates the spec; this stand-in keeps whatever it is given.
+        "versions": [{"name": "v1alpha1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+            "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
+    },
+}
+
+
+async def test_keda_actuator_keeps_one_scaled_object_per_enrolled_deployment(namespace: Cluster) -> None:
+    from kubernetes import client
+
+    extensions = client.ApiextensionsV1Api(namespace.api)
+    extensions.create_custom_resource_definition(SCALED_OBJECT_CRD)
+    custom = client.CustomObjectsApi(namespace.api)
+    apps = client.AppsV1Api(namespace.api)
+    catalog = DeploymentCatalog(namespace.api, AutoscalerConfig.default(), NAMESPACE)
+    try:
+        def scaled_object() -> dict[str, Any] | None:
+            try:
+                return custom.get_namespaced_custom_object("keda.sh", "v1alpha1", NAMESPACE, "scaledobjects", "keda")
+            except client.ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+
+        def served() -> bool:
+            try:
+                custom.list_namespaced_custom_object("keda.sh", "v1alpha1", NAMESPACE, "scaledobjects")
+                return True
+            except client.ApiException:
+                return False
+
+        assert await eventually(served), "the ScaledObject CRD is served"
+        apps.create_namespaced_deployment(NAMESPACE, deployment("keda", {contract.ANNOTATION_ENABLED: "true",
+                                                                          "autoscaling.knative.dev/max-scale": "7"}))
+        await catalog.start()
+        key = ServiceKey(NAMESPACE, "keda")
+        assert await eventually(lambda: key in catalog.services())
+        actuator = ScaledObjectActuator(namespace.api, catalog, "kapa-scaler.kapa.svc:9095", AutoscalerConfig.default())
+
+        async def applied() -> dict[str, Any] | None:
+            await actuator.apply({})
+            return scaled_object()
+
+        created = await applied()
+        assert created is not None
+        trigger = created["spec"]["triggers"][0]
+        assert trigger["type"] == "external-push"
+        assert trigger["metadata"]["scalerAddress"] == "kapa-scaler.kapa.svc:9095"
+        assert created["spec"]["maxReplicaCount"] == 7
+        assert created["metadata"]["ownerReferences"][0]["name"] == "keda"
+
+        apps.patch_namespaced_deployment("keda", NAMESPACE, {"metadata": {"annotations": {
+            "autoscaling.knative.dev/max-scale": "9"}}})
+        max_scale = "autoscaling.knative.dev/max-scale"
+        assert await eventually(lambda: catalog.services()[key].annotations[max_scale] == "9")
+        assert (await applied())["spec"]["maxReplicaCount"] == 9
+
+        apps.patch_namespaced_deployment("keda", NAMESPACE, {"metadata": {"annotations": {
+            contract.ANNOTATION_ENABLED: "false"}}})
+        assert await eventually(lambda: key not in catalog.services())
+        assert await applied() is None, "un-enrolled: its ScaledObject is deleted"
+    finally:
+        catalog.close()
+        extensions.delete_custom_resource_definition("scaledobjects.keda.sh")
