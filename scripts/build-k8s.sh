@@ -49,8 +49,12 @@ fi
 if [[ ! -x $BIN/helm ]]; then
   echo "build-k8s: building helm $HELM_VERSION" >&2
   rm -rf "$BIN/.helm"
-  GOBIN=$BIN/.helm CGO_ENABLED=0 go install -trimpath \
-    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  # Offline `helm template`/`lint` assume the tested Kubernetes version (else 1.20) unless --kube-version.
+  helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    helm_ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$minor"
+  done
+  GOBIN=$BIN/.helm CGO_ENABLED=0 go install -trimpath -ldflags "$helm_ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
   mv "$BIN/.helm/helm" "$BIN/helm"
   rmdir "$BIN/.helm"
 fi
