@@ -99,6 +99,15 @@ def started(
             out.close()  # type: ignore[union-attr]
 
 
+def set_affinity(pid: int, cpus: frozenset[int] | set[int]) -> None:
+    """Move every thread of a running process to `cpus` (sched_setaffinity on a pid moves one thread)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            pass
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of process `pid`, all its threads included."""
     with open(f"/proc/{pid}/stat") as stat:
