@@ -53,6 +53,8 @@ from kubernetes.client.rest import ApiException
 from tests.k8s import network
 
 VENV_BIN = Path(sys.executable).parent
+#: Paths the containers' processes run from: the venv and the clone (its packages are installed editable).
+PROTECTED_PATHS = (Path(sys.prefix).resolve(), Path(__file__).resolve().parents[2])
 PATH = f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HEARTBEAT_S = 10.0
 MAX_BACKOFF_S = 10.0
@@ -325,22 +327,32 @@ class Pod:
         return env
 
     def mount_script(self, spec: dict[str, Any]) -> str:
-        """Shell run inside the container's fresh mount namespace: bind the volumes, then exec the command."""
+        """Shell run inside the container's fresh mount namespace: bind the volumes, then exec the command.
+
+        A volume mounted over an ancestor of a path the processes need (the venv and the clone when they
+        live under /tmp, the kubelet's own directory with every volume's source) would hide it. So such a
+        path is first bound onto the same relative place inside the volume's source, and the volume is
+        mounted recursively (--rbind), carrying that bind along: the path stays where it was.
+        """
         lines = ["set -e"]
         binds = [(self.kubelet.hosts_file, "/etc/hosts", True), (self.kubelet.resolv_file, "/etc/resolv.conf", True)]
         for mount in spec.get("volumeMounts") or []:
             source = self.dir / "volumes" / mount["name"]
             if mount.get("subPath"):
                 source = source / mount["subPath"]
-            binds.append((source, mount["mountPath"], bool(mount.get("readOnly"))))
-        # A mount over an ancestor of the kubelet's directory (say an emptyDir at /tmp) would hide the sources
-        # of the mounts after it: such mounts go last.
-        binds.sort(key=lambda bind: self.kubelet.root.is_relative_to(bind[1]))
+            binds.append((source, Path(mount["mountPath"]), bool(mount.get("readOnly"))))
         for source, target, read_only in binds:
-            self.kubelet.ensure_mount_point(Path(target), is_dir=Path(source).is_dir())
-            lines.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(target)}")
+            target = Path(target)
+            self.kubelet.ensure_mount_point(target, is_dir=source.is_dir())
+            if source.is_dir():
+                for needed in sorted(PROTECTED_PATHS + (self.kubelet.root,), key=lambda path: len(path.parts)):
+                    if needed != target and needed.is_relative_to(target):
+                        inner = source / needed.relative_to(target)
+                        inner.mkdir(parents=True, exist_ok=True)
+                        lines.append(f"mount --bind {shlex.quote(str(needed))} {shlex.quote(str(inner))}")
+            lines.append(f"mount --rbind {shlex.quote(str(source))} {shlex.quote(str(target))}")
             if read_only:
-                lines.append(f"mount -o remount,bind,ro {shlex.quote(target)}")
+                lines.append(f"mount -o remount,bind,ro {shlex.quote(str(target))}")
         lines.append('exec "$@"')
         return "\n".join(lines)
 

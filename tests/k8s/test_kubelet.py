@@ -1,5 +1,6 @@
-"""The process kubelet does what the end-to-end scenarios rely on: volumes at their paths, the downward API,
-exec readiness inside the container's mounts, liveness restarts, and SIGTERM-then-SIGKILL on deletion."""
+"""The process kubelet does what the end-to-end scenarios rely on: volumes at their paths (without hiding the
+venv, the clone or its own files), the downward API, exec readiness inside the container's mounts, liveness
+restarts, and SIGTERM-then-SIGKILL on deletion."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 
 from tests.k8s import network
 from tests.k8s.conftest import Cluster, wait_for
+from tests.k8s.kubelet import VENV_BIN
+from tests.support import REPO
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -18,7 +21,8 @@ NAMESPACE = "kubelet-check"
 SCRIPT = (
     "echo name=$MY_NAME ns=$MY_NS ip=$MY_IP greeting=$(cat /etc/cfg/greeting) "
     "token=$(test -s /var/run/secrets/kubernetes.io/serviceaccount/token && echo yes) "
-    "hosts=$(grep -c kubernetes.default.svc /etc/hosts); "
+    "hosts=$(grep -c kubernetes.default.svc /etc/hosts) "
+    f"kept=$(test -x {VENV_BIN}/kapa && test -f {REPO}/kapa/cli.py && echo yes); "
     "trap 'echo got TERM' TERM; sleep 1; touch /scratch/ready; while true; do sleep 0.2; done"
 )
 
@@ -29,14 +33,19 @@ def pod_manifest() -> dict[str, Any]:
         "metadata": {"name": "checked", "namespace": NAMESPACE},
         "spec": {
             "terminationGracePeriodSeconds": 3,
-            "volumes": [{"name": "cfg", "configMap": {"name": "cfg"}}, {"name": "scratch", "emptyDir": {}}],
+            "volumes": [{"name": "cfg", "configMap": {"name": "cfg"}}, {"name": "scratch", "emptyDir": {}},
+                        {"name": "cover", "emptyDir": {}}],
             "containers": [
                 {
                     "name": "main", "image": "ignored", "command": ["sh", "-c", SCRIPT],
                     "env": [{"name": "MY_NAME", "valueFrom": field("metadata.name")},
                             {"name": "MY_NS", "valueFrom": field("metadata.namespace")},
                             {"name": "MY_IP", "valueFrom": field("status.podIP")}],
-                    "volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg", "readOnly": True},
+                    # `cover` hides the clone, the venv and the kubelet's directory (under /var/tmp), as an
+                    # emptyDir at /tmp does when CI clones there: they must stay visible all the same.
+                    "volumeMounts": [{"name": "cover", "mountPath": str(REPO.parent)},
+                                     {"name": "cover", "mountPath": "/var/tmp"},
+                                     {"name": "cfg", "mountPath": "/etc/cfg", "readOnly": True},
                                      {"name": "scratch", "mountPath": "/scratch"}],
                     "readinessProbe": {"exec": {"command": ["test", "-f", "/scratch/ready"]}, "periodSeconds": 1},
                 },
@@ -68,7 +77,8 @@ def test_pod_lifecycle(cluster: Cluster) -> None:
         pod = wait_for(main_ready, 60, f"exec readiness of main\n{cluster.diagnose(NAMESPACE)}")
         assert ipaddress.ip_address(pod.status.pod_ip) in network.POD_CIDR
         log = cluster.pod_log(pod, "main")
-        assert (f"name=checked ns={NAMESPACE} ip={pod.status.pod_ip} greeting=hello token=yes hosts=1") in log, log
+        expected = f"name=checked ns={NAMESPACE} ip={pod.status.pod_ip} greeting=hello token=yes hosts=1 kept=yes"
+        assert expected in log, log
 
         def restarted() -> bool:
             statuses = core.read_namespaced_pod("checked", NAMESPACE).status.container_statuses
