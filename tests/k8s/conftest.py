@@ -1,4 +1,5 @@
-"""Session fixtures: the pod bridge, a real control plane, the process kubelet and Prometheus.
+"""Package fixtures: the pod bridge, a real control plane, the process kubelet and Prometheus, started once for
+tests/k8s and stopped when its last test is done (not at the end of the whole test run).
 
 Everything is torn down in reverse, and `network.sweep()` runs last whatever happened, so no namespace,
 veth, bridge or process outlives the session. The tests skip (saying how to enable them) when the built
@@ -97,7 +98,7 @@ def _node_ready(api: Any) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster() -> Iterator[Cluster]:
     reason = controlplane.skip_reason()
     if reason is not None:
@@ -143,7 +144,7 @@ class Prometheus:
     config: Path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def prometheus(cluster: Cluster) -> Iterator[Prometheus]:
     """Real Prometheus (built: Debian's lacks Kubernetes discovery) in the root namespace, on the bridge
     address so the scaler's pod can query it, finding its targets through Kubernetes service discovery
