@@ -1,13 +1,18 @@
 # The two commands README.md starts with. Each installs what is missing first.
-.PHONY: setup up test bench
+.PHONY: setup k8s-tools up test bench
 
 setup:
 	@bash scripts/setup.sh
 
+# The Kubernetes end-to-end tests need a control plane built from Go modules (cached in ~/.cache/kapa).
+k8s-tools:
+	@if command -v go >/dev/null; then bash scripts/build-k8s.sh >/dev/null; \
+	else echo "make: no Go toolchain: the Kubernetes end-to-end tests (tests/k8s) will skip; install Go to run them"; fi
+
 up: setup
 	.venv/bin/kapa up
 
-test: setup
+test: setup k8s-tools
 	.venv/bin/pytest
 
 bench: setup
