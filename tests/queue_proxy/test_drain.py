@@ -10,9 +10,12 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
+import grpc
 
 from kapa import contract
 from tests.queue_proxy.conftest import queue_proxy
+from tests.queue_proxy.test_upgrades import _Greeter, _identity
+from tests.support import free_port
 
 
 def _ready_status(admin_port: int) -> int:
@@ -80,3 +83,50 @@ async def test_wait_for_drain_holds_a_prestop_hook_until_quiet(app_port: int, tm
         signalled = time.monotonic()
         assert await asyncio.to_thread(proxy.process.wait, 5) == 0
         assert time.monotonic() - signalled < 0.6
+
+
+async def test_idle_connections_do_not_hold_the_exit_for_the_revision_timeout(
+    app_port: int, tmp_path: Path
+) -> None:
+    """An idle keep-alive client connection (Envoy's, Prometheus') and the pooled connection to the app
+    are not requests in flight: the process exits right after the quiet period, not after the timeout."""
+    with queue_proxy(tmp_path, app_port, KAPA_DRAIN_SECONDS="1", REVISION_TIMEOUT_SECONDS="300") as proxy:
+        async with aiohttp.ClientSession() as session:
+            # Completed requests: the client keeps its connection open, the proxy pools its one to the app.
+            for _ in range(3):
+                async with session.get(f"{proxy.url}/sleep?ms=0") as response:
+                    assert response.status == 200
+            reader, writer = await asyncio.open_connection("127.0.0.1", int(proxy.url.rsplit(":", 1)[1]))
+            writer.write(b"GET /sleep?ms=0 HTTP/1.1\r\nHost: app\r\n\r\n")
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+            # Prometheus keeps its scrape connection to the metrics port open between scrapes.
+            async with session.get(f"http://127.0.0.1:{proxy.metrics_port}{contract.METRICS_PATH}") as response:
+                assert response.status == 200
+            proxy.process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            assert await asyncio.to_thread(proxy.process.wait, 10) == 0
+            assert time.monotonic() - signalled < 3  # the quiet period of 1 s, then at once
+            # The rest of the response, then EOF: the idle connection was closed, not left open.
+            assert (await reader.read()).endswith(b"slept\n")
+            writer.close()
+
+
+async def test_an_idle_h2c_connection_does_not_hold_the_exit(tmp_path: Path) -> None:
+    """A gRPC channel with no open stream is idle too: closed at the end of the quiet period."""
+    greeter = _Greeter()
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((greeter.handler(),))
+    app_port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{app_port}")
+    await server.start()
+    try:
+        with queue_proxy(tmp_path, app_port, KAPA_DRAIN_SECONDS="1", REVISION_TIMEOUT_SECONDS="300") as proxy:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
+                unary = channel.unary_unary("/kapa.test.Greeter/Unary", _identity, _identity)
+                assert await unary(b"x", timeout=5) == b"hello x"
+                proxy.process.send_signal(signal.SIGTERM)
+                signalled = time.monotonic()
+                assert await asyncio.to_thread(proxy.process.wait, 10) == 0
+                assert time.monotonic() - signalled < 3
+    finally:
+        await server.stop(None)
