@@ -32,13 +32,13 @@ from kapa import contract
 from kapa.endpoints import KubernetesEndpointSource, WatchExpired, next_resource_version
 from kapa.inject import is_enrolled
 from kapa.log import get_logger
+from kapa.webhook import event_name
 from kapa.services import ServiceKey, ServiceSpec
 from scaler.config import AutoscalerConfig, ConfigError, service_config
 from scaler.decision import Decision
 
 log = get_logger(__name__)
 
-EVENT_REASON_BAD_ANNOTATION = "InvalidAutoscalingAnnotation"
 EVENT_SOURCE = "kapa-scaler"
 _PREFIXES = (contract.KNATIVE_ANNOTATION_PREFIX, contract.KAPA_ANNOTATION_PREFIX)
 
@@ -70,19 +70,23 @@ def deployment_spec(deployment: Mapping[str, Any]) -> ServiceSpec:
 
 
 def bad_annotation_event(deployment: Mapping[str, Any], error: ConfigError) -> dict[str, Any]:
-    """A core/v1 Warning Event on the Deployment naming the annotation and its problem."""
+    """A core/v1 Warning Event on the Deployment naming the annotation and its problem.
+
+    Named as the webhook names its Event about the same problem (`kapa.webhook.event_name`), so the API
+    server keeps one Event whichever of the two reports it first; the second creation is a conflict."""
     metadata = deployment["metadata"]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    involved = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "namespace": metadata["namespace"],
+        "name": metadata["name"], "uid": metadata.get("uid"),
+    }
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"generateName": f"{metadata['name']}.", "namespace": metadata["namespace"]},
-        "involvedObject": {
-            "apiVersion": "apps/v1", "kind": "Deployment", "namespace": metadata["namespace"],
-            "name": metadata["name"], "uid": metadata.get("uid"),
-        },
+        "metadata": {"name": event_name(error, involved), "namespace": metadata["namespace"]},
+        "involvedObject": involved,
         "type": "Warning",
-        "reason": EVENT_REASON_BAD_ANNOTATION,
+        "reason": contract.EVENT_REASON_INVALID_ANNOTATION,
         "message": f"annotation {error.key}: {error.message}",
         "source": {"component": EVENT_SOURCE},
         "firstTimestamp": stamp,
@@ -172,11 +176,15 @@ class DeploymentCatalog:
 
     async def _create_event(self, event: dict[str, Any]) -> None:
         from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
 
         core = client.CoreV1Api(self._api)
         namespace = event["metadata"]["namespace"]
         try:
             await asyncio.to_thread(core.create_namespaced_event, namespace, event)
+        except ApiException as error:
+            if error.status != 409:  # 409: recorded already (by the webhook, or before a scaler restart)
+                log.warning("cannot create event", namespace=namespace, error=repr(error))
         except Exception as error:  # noqa: BLE001 - an event is a courtesy; the log line already went out
             log.warning("cannot create event", namespace=namespace, error=repr(error))
 

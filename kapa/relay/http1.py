@@ -38,7 +38,7 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_PENDING_BYTES = 256 * 1024
 
 #: Values of `Exchange.failure`: why the relay ended an exchange itself.
-FAILURE_UPSTREAM = "upstream_error"
+FAILURE_UPSTREAM = contract.REASON_UPSTREAM_ERROR
 FAILURE_CLIENT_GONE = "client_gone"
 
 # Reasons the client connection is not being read (a bit mask, reading resumes when all are gone).

@@ -21,7 +21,6 @@ import pytest
 import yaml
 
 from kapa import contract
-from scaler.kubernetes import EVENT_REASON_BAD_ANNOTATION
 from tests.k8s import network
 from tests.k8s.conftest import Cluster, Prometheus, use_scrape_configs, wait_for
 from tests.support import REPO
@@ -202,7 +201,7 @@ def test_enrolled_deployment_gets_its_sidecar(release: Cluster) -> None:
 def test_bad_annotation_becomes_an_event_on_the_deployment(release: Cluster) -> None:
     def warnings() -> list[Any]:
         events = core(release).list_namespaced_event(APPS, field_selector=f"involvedObject.name={SAMPLE}").items
-        return [e for e in events if e.reason == EVENT_REASON_BAD_ANNOTATION and e.involved_object.kind == "Deployment"]
+        return [e for e in events if e.reason == contract.EVENT_REASON_INVALID_ANNOTATION and e.involved_object.kind == "Deployment"]
 
     events = wait_for(warnings, 30, "the scaler's Warning event")
     assert "autoscaling.knative.dev/panic-threshold-percentage" in events[0].message, events[0].message

@@ -15,7 +15,6 @@ from kapa.services import ServiceKey
 from scaler.config import AutoscalerConfig
 from scaler.decision import Decision
 from scaler.kubernetes import (
-    EVENT_REASON_BAD_ANNOTATION,
     DeploymentCatalog,
     EndpointSliceReadyPods,
     ScaleActuator,
@@ -84,7 +83,7 @@ async def test_catalog_events_and_direct_scale(namespace: Cluster) -> None:
 
         def warning() -> list[Any]:
             events = core.list_namespaced_event(NAMESPACE, field_selector="involvedObject.name=enrolled").items
-            return [e for e in events if e.reason == EVENT_REASON_BAD_ANNOTATION]
+            return [e for e in events if e.reason == contract.EVENT_REASON_INVALID_ANNOTATION]
 
         events = await eventually(warning)
         assert events and events[0].type == "Warning" and events[0].involved_object.kind == "Deployment"

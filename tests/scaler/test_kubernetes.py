@@ -10,7 +10,8 @@ from typing import Any
 from kapa import contract
 from kapa.services import ServiceKey
 from scaler.config import AutoscalerConfig, ConfigError
-from scaler.kubernetes import EVENT_REASON_BAD_ANNOTATION, DeploymentCatalog, bad_annotation_event, deployment_spec
+from kapa.webhook import event_name
+from scaler.kubernetes import DeploymentCatalog, bad_annotation_event, deployment_spec
 
 
 def deployment(name: str, annotations: dict[str, str] | None = None, template: dict[str, str] | None = None,
@@ -58,7 +59,10 @@ def test_catalog_offers_only_enrolled_deployments_and_follows_events() -> None:
 def test_bad_annotation_event_names_key_and_problem() -> None:
     error = ConfigError("autoscaling.knative.dev/target", "ns/a", "not a number: 'ten'")
     event = bad_annotation_event(deployment("a", ENROLLED), error)
-    assert event["type"] == "Warning" and event["reason"] == EVENT_REASON_BAD_ANNOTATION
+    assert event["type"] == "Warning" and event["reason"] == contract.EVENT_REASON_INVALID_ANNOTATION
     assert event["involvedObject"] == {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "ns",
                                        "name": "a", "uid": "uid-a"}
     assert event["message"] == "annotation autoscaling.knative.dev/target: not a number: 'ten'"
+    # The webhook's Event about the same problem has the same name: the API server keeps one.
+    webhook_owner = {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "ns", "name": "a"}
+    assert event["metadata"]["name"] == event_name(error, webhook_owner)
