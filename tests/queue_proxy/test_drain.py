@@ -14,8 +14,7 @@ import grpc
 
 from kapa import contract
 from tests.queue_proxy.conftest import queue_proxy
-from tests.queue_proxy.test_upgrades import _Greeter, _identity
-from tests.support import free_port
+from tests.queue_proxy.grpc_app import Greeter, grpc_server, identity
 
 
 def _ready_status(admin_port: int) -> int:
@@ -113,20 +112,12 @@ async def test_idle_connections_do_not_hold_the_exit_for_the_revision_timeout(
 
 async def test_an_idle_h2c_connection_does_not_hold_the_exit(tmp_path: Path) -> None:
     """A gRPC channel with no open stream is idle too: closed at the end of the quiet period."""
-    greeter = _Greeter()
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((greeter.handler(),))
-    app_port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{app_port}")
-    await server.start()
-    try:
+    async with grpc_server(Greeter().handler()) as app_port:
         with queue_proxy(tmp_path, app_port, KAPA_DRAIN_SECONDS="1", REVISION_TIMEOUT_SECONDS="300") as proxy:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
-                unary = channel.unary_unary("/kapa.test.Greeter/Unary", _identity, _identity)
+                unary = channel.unary_unary("/kapa.test.Greeter/Unary", identity, identity)
                 assert await unary(b"x", timeout=5) == b"hello x"
                 proxy.process.send_signal(signal.SIGTERM)
                 signalled = time.monotonic()
                 assert await asyncio.to_thread(proxy.process.wait, 10) == 0
                 assert time.monotonic() - signalled < 3
-    finally:
-        await server.stop(None)

@@ -12,11 +12,7 @@ import pytest
 
 from kapa import contract
 from tests.queue_proxy.conftest import Proxy, queue_proxy
-from tests.support import free_port
-
-
-def _identity(data: bytes) -> bytes:
-    return data
+from tests.queue_proxy.grpc_app import grpc_server, identity
 
 
 class _Service:
@@ -48,23 +44,18 @@ class _Service:
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler("kapa.test.Limits", {
-            "Slow": grpc.unary_unary_rpc_method_handler(self.slow, _identity, _identity),
-            "Never": grpc.unary_unary_rpc_method_handler(self.never, _identity, _identity),
-            "Stream": grpc.unary_stream_rpc_method_handler(self.stream, _identity, _identity),
+            "Slow": grpc.unary_unary_rpc_method_handler(self.slow, identity, identity),
+            "Never": grpc.unary_unary_rpc_method_handler(self.never, identity, identity),
+            "Stream": grpc.unary_stream_rpc_method_handler(self.stream, identity, identity),
         })
 
 
 @pytest.fixture
 async def grpc_app() -> tuple[_Service, int]:  # type: ignore[misc]
     service = _Service()
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((service.handler(),))
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    yield service, port
-    service.release.set()
-    await server.stop(None)
+    async with grpc_server(service.handler()) as port:
+        yield service, port
+        service.release.set()
 
 
 async def _metric(proxy: Proxy, name: str, **labels: str) -> float:
@@ -78,7 +69,7 @@ async def test_container_concurrency_caps_the_streams_a_grpc_client_opens(
     with queue_proxy(tmp_path, app_port, **{contract.ENV_CONTAINER_CONCURRENCY: "2"}) as proxy:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
             await asyncio.wait_for(channel.channel_ready(), 5)
-            slow = channel.unary_unary("/kapa.test.Limits/Slow", _identity, _identity)
+            slow = channel.unary_unary("/kapa.test.Limits/Slow", identity, identity)
             answers = await asyncio.gather(*(slow(b"%d" % i, timeout=20) for i in range(12)))
     assert answers == [b"%d" % i for i in range(12)]
     assert service.most == 2  # 12 calls in flight at the client, never more than 2 at the app
@@ -88,7 +79,7 @@ async def test_without_a_limit_the_same_calls_run_side_by_side(tmp_path: Path, g
     service, app_port = grpc_app
     with queue_proxy(tmp_path, app_port) as proxy:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
-            slow = channel.unary_unary("/kapa.test.Limits/Slow", _identity, _identity)
+            slow = channel.unary_unary("/kapa.test.Limits/Slow", identity, identity)
             await asyncio.gather(*(slow(b"%d" % i, timeout=20) for i in range(12)))
     assert service.most > 2
 
@@ -99,9 +90,9 @@ async def test_a_stream_without_a_response_by_the_timeout_is_cancelled_as_a_504(
     service, app_port = grpc_app
     with queue_proxy(tmp_path, app_port, **{contract.ENV_REVISION_TIMEOUT_SECONDS: "0.5"}) as proxy:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
-            never = channel.unary_unary("/kapa.test.Limits/Never", _identity, _identity)
-            stream = channel.unary_stream("/kapa.test.Limits/Stream", _identity, _identity)
-            slow = channel.unary_unary("/kapa.test.Limits/Slow", _identity, _identity)
+            never = channel.unary_unary("/kapa.test.Limits/Never", identity, identity)
+            stream = channel.unary_stream("/kapa.test.Limits/Stream", identity, identity)
+            slow = channel.unary_unary("/kapa.test.Limits/Slow", identity, identity)
 
             streaming = stream(b"", timeout=20)
             assert await streaming.read() == b"first"  # answered: the timeout no longer applies

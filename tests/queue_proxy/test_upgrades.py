@@ -14,6 +14,7 @@ import h2.events
 
 from kapa import contract
 from tests.queue_proxy.conftest import Proxy, queue_proxy
+from tests.queue_proxy.grpc_app import Greeter, grpc_server, identity
 from tests.support import free_port
 
 
@@ -39,43 +40,13 @@ async def test_websocket_echo_is_one_request_while_open(proxy: Proxy) -> None:
     assert await _metric(proxy, contract.REQUESTS, code_class="1xx") == before + 1
 
 
-def _identity(data: bytes) -> bytes:
-    return data
-
-
-class _Greeter:
-    """A gRPC service without generated code: bytes in, bytes out."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-
-    async def unary(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return b"hello " + request
-
-    async def held(self, request: bytes, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
-        yield b"first"
-        await self.release.wait()
-        yield b"second"
-
-    def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler("kapa.test.Greeter", {
-            "Unary": grpc.unary_unary_rpc_method_handler(self.unary, _identity, _identity),
-            "Held": grpc.unary_stream_rpc_method_handler(self.held, _identity, _identity),
-        })
-
-
 async def test_grpc_over_h2c_is_relayed_and_each_stream_counted(tmp_path: Path) -> None:
-    greeter = _Greeter()
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((greeter.handler(),))
-    app_port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{app_port}")
-    await server.start()
-    try:
+    greeter = Greeter()
+    async with grpc_server(greeter.handler()) as app_port:
         with queue_proxy(tmp_path, app_port) as proxy:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
-                unary = channel.unary_unary("/kapa.test.Greeter/Unary", _identity, _identity)
-                held = channel.unary_stream("/kapa.test.Greeter/Held", _identity, _identity)
+                unary = channel.unary_unary("/kapa.test.Greeter/Unary", identity, identity)
+                held = channel.unary_stream("/kapa.test.Greeter/Held", identity, identity)
                 for index in range(20):
                     assert await unary(b"%d" % index, timeout=5) == b"hello %d" % index
                 assert await _metric(proxy, contract.REQUESTS, code_class="2xx") == 20
@@ -93,8 +64,6 @@ async def test_grpc_over_h2c_is_relayed_and_each_stream_counted(tmp_path: Path) 
                 assert await _metric(proxy, contract.REQUESTS, code_class="2xx") == 21
                 # The held stream was in flight for its ~0.3 s.
                 assert await _metric(proxy, contract.CONCURRENCY_SECONDS) >= 0.3
-    finally:
-        await server.stop(None)
 
 
 async def _h2c_upgrade_app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
