@@ -14,6 +14,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from aiohttp import web
+
 REPO = Path(__file__).resolve().parent.parent
 #: The `kapa` command of the environment running the tests.
 KAPA = [sys.executable, "-m", "kapa"]
@@ -24,6 +26,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+async def serve_app(app: web.Application, port: int) -> web.AppRunner:
+    """Serve an aiohttp app on 127.0.0.1:`port` until the returned runner's `cleanup()`."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
 
 
 def wait_for_port(port: int, timeout_s: float = 10.0, host: str = "127.0.0.1") -> None:

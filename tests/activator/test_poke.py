@@ -9,7 +9,7 @@ from aiohttp import web
 from kapa.services import ServiceKey
 
 from activator.poke import Poker
-from tests.support import free_port
+from tests.support import free_port, serve_app
 
 HELLO = ServiceKey("default", "hello")
 
@@ -34,9 +34,7 @@ class Scaler:
 
         app = web.Application()
         app.router.add_post("/v1/poke/{namespace}/{name}", poke)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self._runner = await serve_app(app, self.port)
         return self
 
     async def stop(self) -> None:

@@ -16,7 +16,7 @@ from aiohttp import web
 from kapa import contract
 from kapa.services import Endpoint
 
-from tests.support import free_port
+from tests.support import free_port, serve_app
 
 
 class Upstream:
@@ -73,9 +73,7 @@ class Upstream:
     async def start(self) -> Upstream:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self._runner = await serve_app(app, self.port)
         return self
 
     async def stop(self) -> None:

@@ -20,7 +20,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from kapa import contract
 from kapa.inject import QUEUE_PROXY_CONTAINER, SERVING_PORT_NAME, inject_document
@@ -33,7 +32,7 @@ from kapa.webhook import (
     event_owner,
     webhook_app,
 )
-from tests.support import free_port, running, wait_for_port
+from tests.support import free_port, running, wait_for_port, serve_app
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a test certificate")
 
@@ -220,10 +219,8 @@ async def test_an_unreachable_api_server_never_delays_admission(caplog: pytest.L
     configuration.host = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     configuration.retries = 0
     caplog.set_level(logging.WARNING, logger="kapa.webhook")
-    runner = web.AppRunner(webhook_app("kapa:hook", client.ApiClient(configuration)))
-    await runner.setup()
     port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner = await serve_app(webhook_app("kapa:hook", client.ApiClient(configuration)), port)
     bad = pod(annotations={contract.ANNOTATION_TIMEOUT_SECONDS: "never"})
     try:
         async with aiohttp.ClientSession() as session:
