@@ -6,6 +6,15 @@ Order matters for not losing a request: Prometheus first (the scaler reads it), 
 only then the scaler's loop, whose first tick decides the initial scale. On the way out the scaler stops
 deciding first, then the replicas and the entry points go, and last the Supervisor kills whatever process
 group is still there. Logs of every part stay in the work directory's logs/ for after the run.
+
+Prometheus scrapes the activator from its own start, and the scaler's loop starts only once Prometheus holds
+two samples of the activator's scaling counters for every service (rate() needs two). The activator exports
+them for every service it knows, traffic or not, so from the first tick each service has data: a replica that
+just turned ready, whose own series appear only 5-7 s later (Prometheus's discovery hands new targets to the
+scrapers in 5 s batches), does not turn the data stale, and the requests held during the first cold start
+(held requests, cold-start waits) are counted. This is exact without Envoy, where every request goes through
+the activator; with Envoy in "serve" mode, requests sent straight to a replica count only once Prometheus
+scrapes it, as for any new replica of a service that already has some.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import contextlib
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +46,7 @@ from scaler.config import AutoscalerConfig
 from scaler.decision import Decision
 from scaler.http_api import make_app
 from scaler.loop import Actuator, Scaler
-from scaler.prometheus_source import PrometheusMetrics
+from scaler.prometheus_source import PrometheusMetrics, PrometheusQueryError
 
 log = get_logger(__name__)
 
@@ -44,6 +54,8 @@ STOP_GRACE_S = 5.0
 START_TIMEOUT_S = 30.0
 #: After Prometheus exits, wait this long before starting it again (on the same port, storage and targets).
 PROMETHEUS_RESTART_DELAY_S = 3.0
+#: How long the start waits for Prometheus to have scraped the activator twice (about 7 s at most is normal).
+FIRST_SCRAPES_TIMEOUT_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -60,8 +72,8 @@ class StackOptions:
 
 
 class _Targets:
-    """Prometheus scrapes the activator always, and whatever replicas the backend says (the scaler, in a job
-    of its own, is in the config itself)."""
+    """Prometheus scrapes the activator always (from its start), and whatever replicas the backend says (the
+    scaler, in a job of its own, is in the config itself)."""
 
     def __init__(self, prometheus: PrometheusServer, fixed: Sequence[ScrapeTarget]) -> None:
         self._prometheus = prometheus
@@ -97,9 +109,11 @@ class LocalStack:
         self.envoy_admin_port = self.ports.allocate()
         self.activator_admin_port = self.ports.allocate()
         self.scaler_http_port = self.ports.allocate()
+        activator_target = ScrapeTarget(f"{LOOPBACK}:{self.activator_admin_port}")
         self.prometheus = PrometheusServer(
-            port=self.ports.allocate(), workdir=self.workdir / "prometheus", log_path=self.log_dir / "prometheus.log",
-            binary=options.prometheus_binary, scaler_address=f"{LOOPBACK}:{self.scaler_http_port}",
+            port=self.ports.allocate(), workdir=self.workdir / "prometheus", targets=[activator_target],
+            log_path=self.log_dir / "prometheus.log", binary=options.prometheus_binary,
+            scaler_address=f"{LOOPBACK}:{self.scaler_http_port}",
         )
         self.activator_endpoints = ActivatorEndpoints(f"http://{LOOPBACK}:{self.activator_admin_port}")
         self.gateway_routes = GatewayRoutes(f"http://{LOOPBACK}:{self.gateway_admin_port}") if options.envoy else None
@@ -110,7 +124,7 @@ class LocalStack:
             {entry.spec.key: (entry, apps[entry.spec.key]) for entry in self.entries},
             self.supervisor,
             endpoint_sinks=sinks,
-            target_sink=_Targets(self.prometheus, [ScrapeTarget(f"{LOOPBACK}:{self.activator_admin_port}")]),
+            target_sink=_Targets(self.prometheus, [activator_target]),
             drain_s=options.drain_s,
             ports=self.ports,
         )
@@ -163,8 +177,26 @@ class LocalStack:
         await _wait_http(f"http://{LOOPBACK}:{self.activator_admin_port}{contract.READY_PATH}", self.activator)
         if self.options.envoy:
             await self._start_gateway()
+        await self._wait_activator_scraped()
         self.scaler.start()
         self._prometheus_watch = asyncio.get_running_loop().create_task(self._keep_prometheus_running())
+
+    async def _wait_activator_scraped(self, timeout_s: float = FIRST_SCRAPES_TIMEOUT_S) -> None:
+        """Wait until Prometheus holds two samples of the activator's concurrency counter for every service, so
+        the scaler's first tick already reads data. If that takes too long, start anyway: the scaler then
+        says "stale" until the data comes, which is true and loses nothing."""
+        series = f'{contract.CONCURRENCY_SECONDS}{{{contract.LABEL_COMPONENT}="{contract.COMPONENT_ACTIVATOR}"}}'
+        promql = f"count_over_time({series}[{5 * contract.SCALING_SCRAPE_INTERVAL_S}s]) >= 2"
+        wanted = {entry.spec.key for entry in self.entries}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, PrometheusQueryError):
+                if wanted <= (await self.metrics.query(promql, time.time())).keys():
+                    return
+            await asyncio.sleep(0.2)
+        log.warning("prometheus has not scraped the activator yet; starting the scaler anyway (data stale until it "
+                    "has)", waited_s=timeout_s, log=str(self.prometheus.log_path))
 
     async def _keep_prometheus_running(self) -> None:
         """Restart Prometheus when it exits. Meanwhile the scaler has no data: it holds every decision and

@@ -21,6 +21,7 @@ import yaml
 from rich.console import Console
 from rich.live import Live
 
+from kapa.contract import SCALER_EXPLAIN_PATH
 from kapa.local.app_spec import AppSpec, AppSpecError, app_spec
 from kapa.local.backend import LOCAL_DRAIN_SECONDS
 from kapa.local.stack import LocalStack, StackOptions
@@ -144,7 +145,7 @@ def _banner(stack: LocalStack) -> list[str]:
         f"  kapa load -c 50 -z 30s -H 'Host: {first.name}.{first.namespace}' --sleep 100 {stack.entry_url}/",
         f"Prometheus: {stack.prometheus.url}",
     ]
-    lines += [f"Explain:    {stack.scaler_url}/v1/explain/{key.namespace}/{key.name}"
+    lines += [f"Explain:    {stack.scaler_url}{SCALER_EXPLAIN_PATH.format(namespace=key.namespace, name=key.name)}"
               for key in (entry.spec.key for entry in stack.entries)]
     lines.append(f"            in words: kapa explain {first} --scaler {stack.scaler_url}")
     return lines

@@ -17,8 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import yaml
 
+from kapa.contract import COMPONENT_ACTIVATOR, CONCURRENCY_SECONDS, LABEL_COMPONENT
 from kapa.load import LoadConfig, LoadResult, run_load
 
 HOST = "hello.default"
@@ -146,13 +148,30 @@ class KapaUp:
         return self.latest
 
     async def wait_fresh(self, ready: int, timeout_s: float = 30.0) -> Sample:
-        """`ready` replicas and the scaler reading data for them: the moment to start a scenario's load."""
+        """`ready` replicas, the scaler's data fresh, and Prometheus holding two samples of each replica's own
+        counters: the moment to start a scenario's load, which then counts wherever it goes (through the
+        activator, which kapa up has scraped since its start, or with Envoy straight to a replica)."""
         def reached() -> bool:
             latest = self.latest
             return latest is not None and latest.ready == latest.desired == ready and not latest.stale
-        await self.wait_for(reached, timeout_s, f"{ready} ready replicas with fresh metrics")
+        deadline = time.monotonic() + timeout_s
+        what = f"{ready} ready replicas with fresh metrics"
+        await self.wait_for(reached, timeout_s, what)
+        while await self._scraped_replicas() != ready or not reached():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {what}, each scraped twice, within {timeout_s}s:\n" + self.transcript())
+            await asyncio.sleep(0.2)
         assert self.latest is not None
         return self.latest
+
+    async def _scraped_replicas(self) -> int:
+        """Queue-proxies of which Prometheus holds two recent samples (what rate() needs)."""
+        series = f'{CONCURRENCY_SECONDS}{{{LABEL_COMPONENT}!="{COMPONENT_ACTIVATOR}"}}'
+        query = f"count(count_over_time({series}[5s]) >= 2)"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            async with session.get(f"{self.prometheus_url}/api/v1/query", params={"query": query}) as response:
+                result = (await response.json())["data"]["result"]
+        return int(float(result[0]["value"][1])) if result else 0
 
     def since(self, start: float) -> list[Sample]:
         """The samples from `start` on, with the one in force at `start` first."""
