@@ -9,7 +9,6 @@ and subtracts their proxied integral, so a request is counted once wherever it i
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -18,12 +17,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from kapa import contract
+from kapa.histogram import bucket_index, cumulative_buckets, empty_buckets
 from kapa.services import ServiceKey
 
 if TYPE_CHECKING:
     from activator.service import Service
 
-_CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _LABELS = [contract.LABEL_NAMESPACE, contract.LABEL_SERVICE, contract.LABEL_COMPONENT]
 
 
@@ -31,22 +30,22 @@ _LABELS = [contract.LABEL_NAMESPACE, contract.LABEL_SERVICE, contract.LABEL_COMP
 class ServiceStats:
     """Counters of one service, touched only on the event loop."""
 
-    responses_by_class: list[int] = field(default_factory=lambda: [0] * len(_CODE_CLASSES))
+    responses_by_class: list[int] = field(default_factory=lambda: [0] * len(contract.CODE_CLASSES))
     rejected: dict[str, int] = field(default_factory=dict)
     #: Non-cumulative counts per bucket of contract.DURATION_BUCKETS_S, plus one for +Inf.
-    cold_start_buckets: list[int] = field(default_factory=lambda: [0] * (len(contract.DURATION_BUCKETS_S) + 1))
+    cold_start_buckets: list[int] = field(default_factory=empty_buckets)
     cold_start_sum_s: float = 0.0
 
     def count_response(self, status: int) -> None:
         index = status // 100 - 1
-        if 0 <= index < len(_CODE_CLASSES):
+        if 0 <= index < len(contract.CODE_CLASSES):
             self.responses_by_class[index] += 1
 
     def count_rejected(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
     def observe_cold_start(self, wait_s: float) -> None:
-        self.cold_start_buckets[bisect.bisect_left(contract.DURATION_BUCKETS_S, wait_s)] += 1
+        self.cold_start_buckets[bucket_index(wait_s)] += 1
         self.cold_start_sum_s += wait_s
 
 
@@ -74,7 +73,7 @@ class ActivatorCollector(Collector):
         for service in services:
             labels = _labels(service.settings.key)
             concurrency.add_metric(labels, service.throttler.occupancy_seconds())
-            for code_class, count in zip(_CODE_CLASSES, service.stats.responses_by_class):
+            for code_class, count in zip(contract.CODE_CLASSES, service.stats.responses_by_class):
                 if count:
                     requests.add_metric(labels + [code_class], count)
         yield concurrency
@@ -106,11 +105,7 @@ class ActivatorCollector(Collector):
             for reason, count in sorted(stats.rejected.items()):
                 rejected.add_metric(labels + [reason], count)
             pokes.add_metric(labels, self._pokes.get(key, 0))
-            cumulative, buckets = 0, []
-            for bound, count in zip((*map(str, contract.DURATION_BUCKETS_S), "+Inf"), stats.cold_start_buckets):
-                cumulative += count
-                buckets.append((bound, cumulative))
-            cold_start.add_metric(labels, buckets, stats.cold_start_sum_s)
+            cold_start.add_metric(labels, cumulative_buckets(stats.cold_start_buckets), stats.cold_start_sum_s)
         yield from (held, in_flight, ready, rejected, pokes, cold_start)
 
 

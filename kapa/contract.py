@@ -58,6 +58,8 @@ REASON_TIMEOUT: Final = "timeout"
 REASON_DRAINING: Final = "draining"
 REASON_BAD_REQUEST: Final = "bad_request"
 REASON_UPSTREAM_ERROR: Final = "upstream_error"
+#: Values of LABEL_CODE_CLASS, in order (index = status // 100 - 1).
+CODE_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 METRICS_PATH: Final = "/metrics"
 SCALING_METRICS_PATH: Final = "/metrics/scaling"

@@ -16,6 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from kapa import contract
+from kapa.histogram import cumulative_buckets
 from kapa.relay import Route
 from queue_proxy.stats import RequestStats, Snapshot
 
@@ -71,13 +72,7 @@ class StatsCollector(Collector):
             return by_reason
         if name == contract.REQUEST_DURATION:
             histogram = HistogramMetricFamily(name, "Request duration at the queue-proxy.", labels=_BASE_LABELS)
-            cumulative = 0
-            buckets: list[tuple[str, float]] = []
-            bounds = [repr(bound) for bound in contract.DURATION_BUCKETS_S] + ["+Inf"]
-            for bound, count in zip(bounds, snap.duration_bucket_counts, strict=True):
-                cumulative += count
-                buckets.append((bound, cumulative))
-            histogram.add_metric(labels, buckets, snap.duration_sum_s)
+            histogram.add_metric(labels, cumulative_buckets(snap.duration_bucket_counts), snap.duration_sum_s)
             return histogram
         if name == contract.REQUESTS_IN_FLIGHT:
             return _gauge(name, "Requests inside the queue-proxy (waiting or at the app).", labels, snap.in_flight)

@@ -13,13 +13,10 @@ Prometheus objects are built from a `Snapshot` only when scraped (see `queue_pro
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from dataclasses import dataclass
 
-from kapa.contract import DURATION_BUCKETS_S
-
-#: Status classes counted, index = status // 100 (index 0 holds nothing real, kept for cheap indexing).
-CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+from kapa.contract import CODE_CLASSES
+from kapa.histogram import bucket_index, empty_buckets
 
 
 @dataclass(frozen=True)
@@ -56,9 +53,10 @@ class RequestStats:
         self.last_change = start
         #: When the last request arrived (the drain waits for a quiet period).
         self.last_arrival = start
+        #: Responses by status // 100 (index 0 holds nothing real, kept for cheap indexing).
         self.by_status_hundred = [0] * 6
         self.proxied_requests = 0
-        self.bucket_counts = [0] * (len(DURATION_BUCKETS_S) + 1)
+        self.bucket_counts = empty_buckets()
         self.duration_sum_s = 0.0
         self.rejected: dict[str, int] = {}
 
@@ -85,7 +83,7 @@ class RequestStats:
             self.proxied_requests += 1
         self.by_status_hundred[status // 100 if 100 <= status < 600 else 5] += 1
         duration = now - started_at
-        self.bucket_counts[bisect_left(DURATION_BUCKETS_S, duration)] += 1
+        self.bucket_counts[bucket_index(duration)] += 1
         self.duration_sum_s += duration
 
     def count_response(self, status: int) -> None:
