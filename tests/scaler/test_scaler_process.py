@@ -9,7 +9,6 @@ import json
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from kapa.services import ServiceKey
 from scaler.grpc_server import metric_name
 from scaler.proto import externalscaler_pb2 as pb
 from scaler.proto import externalscaler_pb2_grpc as pb_grpc
+from tests.queue_proxy.conftest import queue_proxy
 from tests.scaler.conftest import run_sync, series
 from tests.support import KAPA, free_port, running, wait_for_http
 
@@ -63,10 +63,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     (work / "config.yaml").write_text(yaml.safe_dump({"allow-zero-initial-scale": "true"}))
     with running([*KAPA, "sample-app", "--port", str(app_port)], log=work / "app.log"):
         wait_for_http(f"http://127.0.0.1:{app_port}{contract.READY_PATH}")
-        proxies: list[tuple[int, int]] = []
-        with _queue_proxy(app_port, work, 0, proxies), _queue_proxy(app_port, work, 1, proxies):
+        pod = {contract.ENV_SERVING_NAMESPACE: HELLO.namespace, contract.ENV_SERVING_SERVICE: HELLO.name}
+        with queue_proxy(work, app_port, **pod) as first, queue_proxy(work, app_port, **pod) as second:
+            proxies = (first, second)
             prometheus = PrometheusServer(
-                workdir=work / "prometheus", targets=[ScrapeTarget(f"127.0.0.1:{m}") for _, m in proxies]
+                workdir=work / "prometheus", targets=[ScrapeTarget(f"127.0.0.1:{p.metrics_port}") for p in proxies]
             )
             run_sync(prometheus.start())
             http_port, grpc_port = free_port(), free_port()
@@ -78,28 +79,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             try:
                 with running(command, log=work / "scaler.log"):
                     wait_for_http(f"http://127.0.0.1:{http_port}/readyz", timeout_s=15)
-                    yield Stack([s for s, _ in proxies], f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}",
+                    yield Stack([p.port for p in proxies], f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}",
                                 work / "scaler.log")  # fmt: skip
             finally:
                 run_sync(prometheus.close())
-
-
-@contextmanager
-def _queue_proxy(app_port: int, work: Path, index: int, ports: list[tuple[int, int]]) -> Iterator[None]:
-    serving, metrics, admin = free_port(), free_port(), free_port()
-    env = {
-        contract.ENV_QUEUE_SERVING_PORT: str(serving),
-        contract.ENV_USER_PORT: str(app_port),
-        contract.ENV_METRICS_PORT: str(metrics),
-        contract.ENV_ADMIN_PORT: str(admin),
-        contract.ENV_SERVING_NAMESPACE: "default",
-        contract.ENV_SERVING_SERVICE: "hello",
-        contract.ENV_BIND_ADDRESS: "127.0.0.1",
-    }
-    with running([*KAPA, "queue-proxy"], env=env, log=work / f"queue-proxy-{index}.log"):
-        wait_for_http(f"http://127.0.0.1:{admin}{contract.READY_PATH}")
-        ports.append((serving, metrics))
-        yield
 
 
 @pytest.fixture
