@@ -265,19 +265,99 @@ class WatchExpired(Exception):
     """The API server no longer has the resourceVersion we watch from (410 Gone): list again."""
 
 
-class KubernetesEndpointSource(_Broadcaster):
-    """EndpointSlices of Services (all namespaces, or one) by list + watch, resuming on resourceVersion.
+class ListWatch:
+    """A list, then watches resumed from the last resourceVersion, run by `_run` in one daemon thread.
 
     The official `kubernetes` client is synchronous, and the only asyncio port is a separate package with
-    its own generated models; so the blocking list/watch runs in one daemon thread, which parses the
-    API server's JSON lines itself (no model deserialisation) and hands each event to the event loop with
-    `call_soon_threadsafe`. All state lives on the loop's thread; the thread only reads the network.
-    On 410 Gone (or a watch error) it lists again and publishes only what changed.
+    its own generated models; so the blocking list/watch runs in a thread, which parses the API server's
+    JSON itself (no model deserialisation) and hands the list object to `handle_list` and each watch event
+    to `handle_event` on the event loop (`call_soon_threadsafe`). All state lives on the loop's thread;
+    the thread only reads the network. On 410 Gone (or any failure) it lists again.
+
+    A subclass sets `_stopping` and `_loop` and gives `_call(api, **kwargs)`: the list (or, with
+    `watch=True`, the watch) request of its resource; `kind` names the resource in log lines.
     """
 
     #: Server-side watch timeout: the watch returns this often and resumes from the last resourceVersion.
     WATCH_TIMEOUT_S = 240
     RETRY_DELAY_S = 1.0
+    kind = "objects"
+
+    _stopping: threading.Event
+    _loop: asyncio.AbstractEventLoop | None
+
+    def _call(self, api: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def handle_list(self, list_object: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def handle_event(self, event: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _post(self, callback: Any, payload: Mapping[str, Any]) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(callback, payload)
+
+    def _run(self, api: Any) -> None:
+        resource_version: str | None = None
+        while not self._stopping.is_set():
+            try:
+                if resource_version is None:
+                    response = self._call(api, _preload_content=False)
+                    try:
+                        _check_status(response)
+                        listed = json.loads(response.data)
+                    finally:
+                        response.release_conn()
+                    resource_version = listed["metadata"]["resourceVersion"]
+                    self._post(self.handle_list, listed)
+                    log.info("listed", kind=self.kind, count=len(listed.get("items") or []), rv=resource_version)
+                resource_version = self._watch(api, resource_version)
+            except WatchExpired:
+                log.info("watch expired, listing again", kind=self.kind, rv=resource_version)
+                resource_version = None
+            except Exception as error:  # noqa: BLE001 - the API server may fail in any way; keep watching
+                log.warning("watch failed", kind=self.kind, error=repr(error))
+                resource_version = None
+                time.sleep(self.RETRY_DELAY_S)
+
+    def _watch(self, api: Any, resource_version: str) -> str:
+        """Watch from `resource_version` until the server ends the watch; return the last version seen."""
+        from kubernetes.watch.watch import iter_resp_lines
+
+        response = self._call(
+            api,
+            _preload_content=False,
+            watch=True,
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self.WATCH_TIMEOUT_S,
+            _request_timeout=(10, self.WATCH_TIMEOUT_S + 30),
+        )
+        try:
+            _check_status(response)
+            for line in iter_resp_lines(response):
+                if self._stopping.is_set():
+                    break
+                if not line:
+                    continue
+                event = json.loads(line)
+                resource_version = next_resource_version(event, resource_version)
+                self._post(self.handle_event, event)
+        finally:
+            response.close()
+            response.release_conn()
+        return resource_version
+
+
+class KubernetesEndpointSource(_Broadcaster, ListWatch):
+    """EndpointSlices of Services (all namespaces, or one) by list + watch, resuming on resourceVersion.
+
+    The list/watch is `ListWatch`'s; after a new list only what changed is published.
+    """
+
+    kind = "endpoint slices"
 
     def __init__(
         self,
@@ -330,67 +410,11 @@ class KubernetesEndpointSource(_Broadcaster):
         self._stopping.set()
         self._close_subscriptions()
 
-    # -- the watch thread -----------------------------------------------------------------------------------
-
     def _call(self, api: Any, **kwargs: Any) -> Any:
-        kwargs.update(label_selector=SERVICE_NAME_LABEL, _preload_content=False)
+        kwargs.update(label_selector=SERVICE_NAME_LABEL)
         if self._namespace is None:
             return api.list_endpoint_slice_for_all_namespaces(**kwargs)
         return api.list_namespaced_endpoint_slice(self._namespace, **kwargs)
-
-    def _post(self, callback: Any, payload: Mapping[str, Any]) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(callback, payload)
-
-    def _run(self, api: Any) -> None:
-        resource_version: str | None = None
-        while not self._stopping.is_set():
-            try:
-                if resource_version is None:
-                    response = self._call(api)
-                    try:
-                        _check_status(response)
-                        listed = json.loads(response.data)
-                    finally:
-                        response.release_conn()
-                    resource_version = listed["metadata"]["resourceVersion"]
-                    self._post(self.handle_list, listed)
-                    log.info("endpoint slices listed", count=len(listed.get("items") or []), rv=resource_version)
-                resource_version = self._watch(api, resource_version)
-            except WatchExpired:
-                log.info("endpoint slice watch expired, listing again", rv=resource_version)
-                resource_version = None
-            except Exception as error:  # noqa: BLE001 - the API server may fail in any way; keep watching
-                log.warning("endpoint slice watch failed", error=repr(error))
-                resource_version = None
-                time.sleep(self.RETRY_DELAY_S)
-
-    def _watch(self, api: Any, resource_version: str) -> str:
-        """Watch from `resource_version` until the server ends the watch; return the last version seen."""
-        from kubernetes.watch.watch import iter_resp_lines
-
-        response = self._call(
-            api,
-            watch=True,
-            resource_version=resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=self.WATCH_TIMEOUT_S,
-            _request_timeout=(10, self.WATCH_TIMEOUT_S + 30),
-        )
-        try:
-            _check_status(response)
-            for line in iter_resp_lines(response):
-                if self._stopping.is_set():
-                    break
-                if not line:
-                    continue
-                event = json.loads(line)
-                resource_version = next_resource_version(event, resource_version)
-                self._post(self.handle_event, event)
-        finally:
-            response.close()
-            response.release_conn()
-        return resource_version
 
 
 def _check_status(response: Any) -> None:

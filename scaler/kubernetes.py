@@ -21,15 +21,13 @@ network and hands each parsed event to the event loop; API writes run via asynci
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
-import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 from kapa import contract
-from kapa.endpoints import KubernetesEndpointSource, WatchExpired, next_resource_version
+from kapa.endpoints import KubernetesEndpointSource, ListWatch
 from kapa.inject import is_enrolled
 from kapa.log import get_logger
 from kapa.webhook import event_name
@@ -95,11 +93,10 @@ def bad_annotation_event(deployment: Mapping[str, Any], error: ConfigError) -> d
     }
 
 
-class DeploymentCatalog:
+class DeploymentCatalog(ListWatch):
     """Enrolled Deployments by list + watch; `services()` is the scaler loop's ServiceCatalog."""
 
-    WATCH_TIMEOUT_S = 240
-    RETRY_DELAY_S = 1.0
+    kind = "deployments"
 
     def __init__(self, api: Any, config: AutoscalerConfig, namespace: str | None = None) -> None:
         self._api = api
@@ -127,14 +124,17 @@ class DeploymentCatalog:
 
     # -- state changes, on the loop's thread -------------------------------------------------------------------
 
-    def handle_list(self, items: list[dict[str, Any]]) -> None:
+    def handle_list(self, list_object: Mapping[str, Any]) -> None:
+        """Apply a full DeploymentList (as JSON)."""
         self._deployments = {}
-        for deployment in items:
+        for deployment in list_object.get("items") or []:
             metadata = deployment["metadata"]
             self._deployments[(metadata["namespace"], metadata["name"])] = deployment
         self._rebuild()
 
-    def handle_event(self, event_type: str, deployment: dict[str, Any]) -> None:
+    def handle_event(self, event: Mapping[str, Any]) -> None:
+        """Apply one watch event (as JSON: {"type": ..., "object": ...}); BOOKMARK and ERROR change nothing."""
+        event_type, deployment = event.get("type"), event.get("object") or {}
         metadata = deployment.get("metadata") or {}
         slot = (metadata.get("namespace", ""), metadata.get("name", ""))
         if event_type in {"ADDED", "MODIFIED"}:
@@ -201,49 +201,9 @@ class DeploymentCatalog:
         self._stopping.set()
 
     def _call(self, apps: Any, **kwargs: Any) -> Any:
-        kwargs["_preload_content"] = False
         if self._namespace is None:
             return apps.list_deployment_for_all_namespaces(**kwargs)
         return apps.list_namespaced_deployment(self._namespace, **kwargs)
-
-    def _post(self, callback: Any, *args: Any) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(callback, *args)
-
-    def _run(self, apps: Any) -> None:
-        from kubernetes.watch.watch import iter_resp_lines
-
-        resource_version: str | None = None
-        while not self._stopping.is_set():
-            try:
-                if resource_version is None:
-                    response = self._call(apps)
-                    try:
-                        listed = json.loads(response.data)
-                    finally:
-                        response.release_conn()
-                    resource_version = listed["metadata"]["resourceVersion"]
-                    self._post(self.handle_list, listed.get("items") or [])
-                response = self._call(apps, watch=True, resource_version=resource_version,
-                                      allow_watch_bookmarks=True, timeout_seconds=self.WATCH_TIMEOUT_S,
-                                      _request_timeout=(10, self.WATCH_TIMEOUT_S + 30))
-                try:
-                    for line in iter_resp_lines(response):
-                        if self._stopping.is_set():
-                            return
-                        if line:
-                            event = json.loads(line)
-                            resource_version = next_resource_version(event, resource_version)
-                            self._post(self.handle_event, event.get("type"), event.get("object") or {})
-                finally:
-                    response.close()
-                    response.release_conn()
-            except WatchExpired:
-                resource_version = None
-            except Exception as error:  # noqa: BLE001 - the API server may fail in any way; keep watching
-                log.warning("deployment watch failed", error=repr(error))
-                resource_version = None
-                time.sleep(self.RETRY_DELAY_S)
 
 
 class _ListedEndpointSource(KubernetesEndpointSource):

@@ -36,23 +36,23 @@ def test_template_annotations_win_over_the_deployments() -> None:
 
 def test_catalog_offers_only_enrolled_deployments_and_follows_events() -> None:
     catalog = DeploymentCatalog(api=None, config=AutoscalerConfig.default())
-    catalog.handle_list([
+    catalog.handle_list({"items": [
         deployment("by-annotation", ENROLLED, replicas=3),
         deployment("by-label", labels={contract.ANNOTATION_ENABLED: "true"}),
         deployment("plain"),
         deployment("disabled", {contract.ANNOTATION_ENABLED: "false"}),
-    ])
+    ]})
     assert set(catalog.services()) == {ServiceKey("ns", "by-annotation"), ServiceKey("ns", "by-label")}
     assert catalog.replicas(ServiceKey("ns", "by-annotation")) == 3
     assert catalog.replicas(ServiceKey("ns", "plain")) is None
 
     unchanged = catalog.services()[ServiceKey("ns", "by-label")]
-    catalog.handle_event("MODIFIED", deployment("plain", ENROLLED, replicas=0))
+    catalog.handle_event({"type": "MODIFIED", "object": deployment("plain", ENROLLED, replicas=0)})
     assert catalog.replicas(ServiceKey("ns", "plain")) == 0
     assert catalog.services()[ServiceKey("ns", "by-label")] is unchanged, "an unchanged spec keeps its identity"
-    catalog.handle_event("DELETED", deployment("by-annotation", ENROLLED))
+    catalog.handle_event({"type": "DELETED", "object": deployment("by-annotation", ENROLLED)})
     assert set(catalog.services()) == {ServiceKey("ns", "by-label"), ServiceKey("ns", "plain")}
-    catalog.handle_event("BOOKMARK", {"metadata": {"resourceVersion": "9"}})
+    catalog.handle_event({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9"}}})
     assert len(catalog.services()) == 2
 
 
