@@ -297,7 +297,9 @@ class H2cRelay:
 
     @property
     def idle(self) -> bool:
-        return not self.streams
+        """No stream open on a relaying connection. A connection still waiting for its upstream (held by
+        the activator, or connecting) carries a request not yet counted as a stream: not idle."""
+        return self._pipe is not None and not self.streams
 
     def start(
         self, upstream: asyncio.Transport, to_upstream: bytes = b"", to_client: bytes = b"", upstream_sent: bytes = b"",
