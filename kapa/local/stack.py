@@ -8,13 +8,16 @@ deciding first, then the replicas and the entry points go, and last the Supervis
 group is still there. Logs of every part stay in the work directory's logs/ for after the run.
 
 Prometheus scrapes the activator from its own start, and the scaler's loop starts only once Prometheus holds
-two samples of the activator's scaling counters for every service (rate() needs two). The activator exports
-them for every service it knows, traffic or not, so from the first tick each service has data: a replica that
-just turned ready, whose own series appear only 5-7 s later (Prometheus's discovery hands new targets to the
-scrapers in 5 s batches), does not turn the data stale, and the requests held during the first cold start
-(held requests, cold-start waits) are counted. This is exact without Envoy, where every request goes through
-the activator; with Envoy in "serve" mode, requests sent straight to a replica count only once Prometheus
-scrapes it, as for any new replica of a service that already has some.
+two samples of the activator's scaling counters for every service (rate() needs two; this costs about 5 s of
+start-up, Prometheus's discovery batch). The activator exports them for every service it knows, traffic or
+not, so from the first tick each service has data: a replica that just turned ready, whose own series appear
+only 5-7 s later (Prometheus's discovery hands new targets to the scrapers in 5 s batches), does not turn the
+data stale, and the time requests were held in the first cold start counts for scaling. This is exact without
+Envoy, where every request goes through the activator; with Envoy in "serve" mode, requests sent straight to a
+replica count only once Prometheus scrapes it, as for any new replica of a service that already has some. The
+activator's other metrics (held requests gauge, cold-start histogram) are in the 15 s job, whose first scrape
+of the activator comes at a target-dependent offset of up to 15 s: a cold start before it is missing from
+their rates. The scaling decisions do not use them, so `kapa up` does not wait for it.
 """
 
 from __future__ import annotations
