@@ -7,6 +7,7 @@ requests finish (bounded by the revision timeout) and the process exits 0.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import time
 
@@ -43,6 +44,21 @@ def admin_routes(readiness: Readiness, drain: Drain) -> dict[str, Route]:
     return {contract.READY_PATH: ready, contract.LIVE_PATH: live, contract.WAIT_FOR_DRAIN_PATH: wait_for_drain}
 
 
+def freeze_startup_heap() -> None:
+    """Move every object alive after start-up (modules, classes, config: ~23,000 tracked objects) out of
+    the cyclic collector's reach.
+
+    Requests make no reference cycles (the relay's objects die by reference counting), so in steady state
+    the collector runs only for the readiness probe's and the scrapes' garbage: a young-generation pass
+    (~0.2 ms) every ~20 s at 1,000 requests/s. Now and then the collector makes a full pass (once the
+    objects promoted since the last one reach a quarter of the old generation), which would walk the
+    start-up heap too: ~5 ms of stalled event loop, every request in flight delayed by it. Frozen, that
+    pass walks only what was allocated since. Garbage is collected first so none is kept forever.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(config: Config) -> int:
     """Run the queue-proxy until drained; returns the exit code."""
     loop = asyncio.get_running_loop()
@@ -69,6 +85,7 @@ async def serve(config: Config) -> int:
 
     drain = Drain(readiness, stats, config.drain_s)
     admin = await serve_routes(host, config.admin_port, admin_routes(readiness, drain))
+    freeze_startup_heap()
     stop = asyncio.Event()
 
     def on_signal(signum: int) -> None:
