@@ -12,7 +12,7 @@ the activator sends to every replica) since the replica started.
 
 Restarts: a scaler that starts (or restarts, or is a new replica) in front of running services must not treat
 them as new. A service's first decision waits until its ready pods are known (a tick never guesses them as
-zero), and a service that shows it existed before (ready pods, series in Prometheus, a workload the catalog
+zero), and a service that shows it existed before (ready pods, requests in Prometheus, a workload the catalog
 says is set to zero: observations.existed_before) does not get initial-scale again.
 """
 

@@ -79,8 +79,9 @@ def existed_before(
     it, so that initial-scale (which Knative applies only when a revision is created) is not applied again
     by a restarted scaler. Either counts:
 
-    - series for the service in a fresh snapshot: its queue-proxies or the activator reported within the
-      window, so it had pods or requests moments ago;
+    - activity in a fresh snapshot: a value above zero in some window, so it had requests moments ago. A
+      series that is present but zero proves nothing: the activator exports a zero series for every service
+      it routes from its own start, so a brand-new service has one too;
     - its workload set to zero replicas (`replicas`, from the catalog when it knows it): scaled to zero
       before, by Kapa or by its owner, and to stay there until a request arrives.
 
@@ -89,7 +90,7 @@ def existed_before(
     """
     if replicas == 0:
         return True
-    return not snapshot.stale and any(key in snapshot.values.get(query, ()) for query in queries)
+    return not snapshot.stale and any(snapshot.values.get(query, {}).get(key, 0.0) > 0 for query in queries)
 
 
 class MetricsSource(Protocol):
