@@ -14,12 +14,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support import free_port, stop_process
+from tests.support import free_port, running
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -57,30 +57,15 @@ def _pinned_to(cpus: frozenset[int] | None) -> Callable[[], None] | None:
     return lambda: os.sched_setaffinity(0, cpus)
 
 
-@contextmanager
 def started(
     args: Sequence[str],
     env: Mapping[str, str] | None = None,
     cpus: frozenset[int] | None = None,
     log: Path | None = None,
-) -> Iterator[subprocess.Popen[bytes]]:
+) -> AbstractContextManager[subprocess.Popen[bytes]]:
     """Run `args` in its own process group (pinned to `cpus` if given) for the block; then SIGTERM it,
     and SIGKILL the group if it has not gone within 5 s, so nothing outlives the benchmark."""
-    out = open(log, "wb") if log else subprocess.DEVNULL
-    process = subprocess.Popen(
-        list(args),
-        env={**os.environ, **(env or {})},
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=_pinned_to(cpus),
-    )
-    try:
-        yield process
-    finally:
-        stop_process(process)
-        if log:
-            out.close()  # type: ignore[union-attr]
+    return running(args, env, log, preexec_fn=_pinned_to(cpus))
 
 
 def set_affinity(pid: int, cpus: frozenset[int] | set[int]) -> None:

@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -87,12 +87,18 @@ def stop_process(process: subprocess.Popen[bytes], grace_s: float = 5.0) -> None
 
 @contextmanager
 def running(
-    args: Sequence[str], env: Mapping[str, str] | None = None, log: Path | None = None
+    args: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a command in its own process group for the duration of the block, then stop it."""
+    """Run a command in its own process group for the duration of the block, then stop it. `preexec_fn`
+    runs in the child before the command (the benchmarks pin CPUs with it)."""
     full_env = {**os.environ, **(env or {})}
     out = open(log, "wb") if log else subprocess.DEVNULL
-    process = subprocess.Popen(list(args), env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        list(args), env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec_fn
+    )
     try:
         yield process
     finally:
