@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -21,15 +21,18 @@ from prometheus_client.registry import CollectorRegistry
 from kapa.endpoints import EndpointSource
 from kapa.log import get_logger
 from kapa.relay import ClientTimeouts
+from kapa.services import Endpoint, ServiceKey
 
 from activator.admin import admin_app
 from activator.backends import Backends
 from activator.config import ServiceSettings
 from activator.metrics import ActivatorCollector
+from activator.peers import ALONE, Share
 from activator.poke import Poker
 from activator.proxy import ActivatorProxy
 from activator.routing import Router
 from activator.service import Service
+from activator.throttler import Throttler
 
 log = get_logger(__name__)
 
@@ -38,6 +41,16 @@ DRAIN_POLL_S = 0.05
 #: Added to the longest service timeout to bound the drain: a 504 given at the timeout still reaches
 #: its client.
 DRAIN_MARGIN_S = 2.0
+
+
+@dataclass(frozen=True)
+class ServiceWatch:
+    """One Service whose ready pods the activator follows (its own replicas, the scaler's), from a source
+    that may watch just that Service."""
+
+    source: EndpointSource
+    service: ServiceKey
+    on_ready: Callable[[frozenset[Endpoint]], None]
 
 
 @dataclass(frozen=True)
@@ -58,15 +71,43 @@ class Activator:
         drain_delay_s: float,
         timeouts: ClientTimeouts = ClientTimeouts(),
     ) -> None:
-        self.services = {item.key: Service.from_settings(item) for item in settings}
-        self.router = Router(settings)
+        #: The services served now, by key; changed in place by `apply_settings`, so every part sees the same.
+        self.services: dict[ServiceKey, Service] = {}
+        self._throttlers: dict[ServiceKey, Throttler] = {}
+        self.router = Router()
         self.source = source
+        self._watches: list[ServiceWatch] = []
+        self._watch_tasks: list[asyncio.Task[None]] = []
+        self._share = ALONE
         self.drain_delay_s = drain_delay_s
-        self.backends = Backends(source, {key: service.throttler for key, service in self.services.items()})
+        self.backends = Backends(source, self._throttlers)
         self.poker = Poker(scaler_urls)
         self.proxy = ActivatorProxy(self.services, self.router, self.backends, self.poker, timeouts)
         self.draining = False
         self._runner: web.AppRunner | None = None
+        self.apply_settings(settings)
+
+    def apply_settings(self, settings: Iterable[ServiceSettings]) -> None:
+        """Serve exactly these services from now on: new ones are added (with the pods already known),
+        changed ones take their new limits and timeout, gone ones are no longer routed (requests under way
+        for them finish as they would have). Raises RoutingError, changing nothing, on a Host or prefix
+        claimed twice."""
+        wanted = {item.key: item for item in settings}
+        self.router.update(wanted.values())
+        for key in [key for key in self.services if key not in wanted]:
+            del self.services[key]
+            del self._throttlers[key]
+            self.backends.remove_service(key)
+        for key, item in wanted.items():
+            service = self.services.get(key)
+            if service is None:
+                service = self.services[key] = Service.from_settings(item)
+                service.throttler.set_share(self._share)
+                self._throttlers[key] = service.throttler
+                self.backends.add_service(key)
+            elif service.settings != item:
+                service.update(item)
+        log.info("services", count=len(self.services))
 
     def registries(self) -> tuple[CollectorRegistry, CollectorRegistry]:
         full, scaling = CollectorRegistry(auto_describe=False), CollectorRegistry(auto_describe=False)
@@ -77,6 +118,9 @@ class Activator:
     async def start(self, listen: Listen) -> None:
         await self.source.start()
         self.backends.start()
+        for watch in self._watches:
+            await watch.source.start()
+            self._watch_tasks.append(asyncio.create_task(self._follow(watch), name=f"watch {watch.service}"))
         full, scaling = self.registries()
         app = admin_app(lambda: not self.draining, self.services.keys(), self.source, full, scaling)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -113,7 +157,29 @@ class Activator:
         longest = max((service.settings.timeout_s for service in self.services.values()), default=0.0)
         return longest + DRAIN_MARGIN_S
 
+    def watch(self, watch: ServiceWatch) -> None:
+        """Follow a Service's ready pods from `start` on."""
+        self._watches.append(watch)
+
+    def set_share(self, share: Share) -> None:
+        """This activator's place among its replicas (activator.peers) changed."""
+        if share != self._share:
+            self._share = share
+            for throttler in self._throttlers.values():
+                throttler.set_share(share)
+            log.info("activator replicas", index=share.index, count=share.count)
+
+    @staticmethod
+    async def _follow(watch: ServiceWatch) -> None:
+        async for update in watch.source.updates():
+            if update.key == watch.service:
+                watch.on_ready(update.ready)
+
     async def close(self) -> None:
+        for task in self._watch_tasks:
+            task.cancel()
+        for watch in self._watches:
+            await watch.source.close()
         await self.proxy.close()
         await self.backends.close()
         await self.poker.close()

@@ -86,6 +86,19 @@ class Backends:
         log.info("endpoints", service=str(update.key), count=len(update.endpoints),
                  added=len(update.endpoints - previous), removed=len(previous - update.endpoints))
 
+    def add_service(self, key: ServiceKey) -> None:
+        """A service was enrolled (its throttler is now in the mapping): take the pods the source already
+        knows, which it reported while the service was still unknown here."""
+        update = self._source.snapshot().get(key)
+        if update is not None:
+            self.apply(update)
+
+    def remove_service(self, key: ServiceKey) -> None:
+        """A service is no longer served: stop probing its pods (requests on them finish by themselves)."""
+        self._current.pop(key, None)
+        for slot in [slot for slot in self._probes if slot[0] == key]:
+            self._probes.pop(slot).cancel()
+
     def suspect(self, key: ServiceKey, endpoint: Endpoint) -> None:
         """A request to the pod failed: stop sending it new requests until it answers a probe again."""
         throttler = self._throttlers.get(key)

@@ -55,3 +55,20 @@ def settings_from_entry(entry: ServiceEntry, queue_limit: int = DEFAULT_QUEUE_LI
 
 def settings_from_entries(entries: Iterable[ServiceEntry], queue_limit: int = DEFAULT_QUEUE_LIMIT) -> list[ServiceSettings]:
     return [settings_from_entry(entry, queue_limit) for entry in entries]
+
+
+class CatalogSettings:
+    """Settings for a catalog that changes while the activator runs (Kubernetes): each entry is parsed once
+    per change of the entry, so a bad annotation is logged when it appears, not at every catalog change."""
+
+    def __init__(self, queue_limit: int = DEFAULT_QUEUE_LIMIT) -> None:
+        self._queue_limit = queue_limit
+        self._parsed: dict[ServiceKey, tuple[ServiceEntry, ServiceSettings]] = {}
+
+    def __call__(self, entries: Iterable[ServiceEntry]) -> list[ServiceSettings]:
+        parsed = {}
+        for entry in entries:
+            known = self._parsed.get(entry.spec.key)
+            parsed[entry.spec.key] = known if known and known[0] == entry else (entry, settings_from_entry(entry, self._queue_limit))
+        self._parsed = parsed
+        return [settings for _, settings in parsed.values()]

@@ -18,16 +18,17 @@ from kapa.services import Endpoint
 
 @dataclass(eq=False)
 class PodTracker:
-    """One pod's requests in flight from this activator, against its capacity (0: unlimited)."""
+    """One pod's requests in flight from this activator, against this activator's part of the pod's limit
+    (None: no limit; 0: the pod takes nothing from this activator, see activator.peers)."""
 
     endpoint: Endpoint
-    capacity: int
+    capacity: int | None
     in_flight: int = 0
     #: Probed ready and in the pick list; an unready pod keeps its count so slots are never over-granted.
     ready: bool = field(default=False)
 
     def has_free_slot(self) -> bool:
-        return self.capacity == 0 or self.in_flight < self.capacity
+        return self.capacity is None or self.in_flight < self.capacity
 
 
 Policy = Callable[[Sequence[PodTracker]], "PodTracker | None"]

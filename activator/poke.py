@@ -1,7 +1,8 @@
 """Tell the scaler the moment a service at zero gets a request, instead of waiting for a metrics scrape.
 
 An activation starts with the first request that finds no ready pod and ends when no request is held any
-more (the pods took them, or they timed out). One poke goes to every scaler replica per activation, not
+more (the pods took them, or they timed out). One poke goes to every scaler replica per activation (on
+Kubernetes, every ready pod of the scaler's Service: replicas decide alike only if each hears it), not
 one per request: `POST {scaler_url}` + contract.SCALER_POKE_PATH. A scaler that cannot be reached (or
 answers 5xx) is retried with exponential backoff until it accepts or the activation ends; a 4xx is the
 scaler saying no (for instance it does not know the service), logged and not retried.
@@ -28,10 +29,16 @@ REQUEST_TIMEOUT_S = 2.0
 class Poker:
     def __init__(self, scaler_urls: Sequence[str]) -> None:
         self._urls = [url.rstrip("/") for url in scaler_urls]
+        self._configured = list(self._urls)
         self._activations: dict[ServiceKey, list[asyncio.Task[None]]] = {}
         self._session: aiohttp.ClientSession | None = None
         #: Pokes a scaler accepted, per service (the pokes-sent counter).
         self.sent: dict[ServiceKey, int] = {}
+
+    def set_urls(self, scaler_urls: Sequence[str]) -> None:
+        """Poke these scalers from the next activation on (every replica, as found in Kubernetes); none
+        known: the configured ones again."""
+        self._urls = [url.rstrip("/") for url in scaler_urls] or self._configured
 
     def activate(self, key: ServiceKey) -> None:
         """A request for `key` found no ready pod: poke every scaler, unless this activation already did."""

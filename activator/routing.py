@@ -19,14 +19,21 @@ class RoutingError(ValueError):
 
 
 class Router:
-    def __init__(self, services: Iterable[ServiceSettings]) -> None:
+    def __init__(self, services: Iterable[ServiceSettings] = ()) -> None:
         self._by_host: dict[bytes, ServiceKey] = {}
+        self._prefixes: list[tuple[bytes, ServiceKey]] = []
+        self.update(services)
+
+    def update(self, services: Iterable[ServiceSettings]) -> None:
+        """Route exactly `services` from now on; on a conflict raise RoutingError and keep routing as before."""
+        by_host: dict[bytes, ServiceKey] = {}
         prefixes: dict[bytes, ServiceKey] = {}
         for service in services:
             for host in service.hosts:
-                self._claim(self._by_host, host.lower().encode(), service.key, "host")
+                self._claim(by_host, host.lower().encode(), service.key, "host")
             if service.path_prefix:
                 self._claim(prefixes, service.path_prefix.encode(), service.key, "path prefix")
+        self._by_host = by_host
         #: Longest first, so /api/v2 wins over /api.
         self._prefixes = sorted(prefixes.items(), key=lambda item: len(item[0]), reverse=True)
 

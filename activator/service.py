@@ -18,3 +18,8 @@ class Service:
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> Service:
         return cls(settings, Throttler(settings))
+
+    def update(self, settings: ServiceSettings) -> None:
+        """New settings from a changed catalog entry; counters and held requests carry on."""
+        self.settings = settings
+        self.throttler.update_settings(settings)

@@ -25,6 +25,7 @@ from kapa.services import Endpoint
 
 from activator.config import ServiceSettings
 from activator.lb_policy import PodTracker, Policy, policy_for
+from activator.peers import ALONE, Share, pod_capacity
 
 
 class QueueFull(Exception):
@@ -44,6 +45,7 @@ class Throttler:
     ) -> None:
         self.settings = settings
         self._policy = policy or policy_for(settings.container_concurrency)
+        self._share = ALONE
         self._clock = clock
         self._trackers: dict[Endpoint, PodTracker] = {}
         #: Ready pods in endpoint order (first-available needs a stable order).
@@ -71,7 +73,28 @@ class Throttler:
                 del self._trackers[endpoint]
         for endpoint in wanted:
             if endpoint not in self._trackers:
-                self._trackers[endpoint] = PodTracker(endpoint, self.settings.container_concurrency)
+                self._trackers[endpoint] = PodTracker(endpoint, None)
+        self._set_capacities()
+
+    def update_settings(self, settings: ServiceSettings) -> None:
+        """The service's annotations changed: new limit, timeout and queue limit from now on (requests
+        already waiting keep the timeout they started with)."""
+        if settings.container_concurrency != self.settings.container_concurrency:
+            self._policy = policy_for(settings.container_concurrency)
+        self.settings = settings
+        self._set_capacities()
+
+    def set_share(self, share: Share) -> None:
+        """This activator's place among its replicas changed (see activator.peers)."""
+        if share != self._share:
+            self._share = share
+            self._set_capacities()
+
+    def _set_capacities(self) -> None:
+        """Each pod's capacity from this activator, by its place in the endpoint order every replica shares."""
+        for index, endpoint in enumerate(sorted(self._trackers)):
+            self._trackers[endpoint].capacity = pod_capacity(self.settings.container_concurrency, index, self._share)
+        self._dispatch()
 
     def mark_ready(self, endpoint: Endpoint) -> None:
         """A probe answered: the pod takes requests from now on, starting with those waiting."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,8 @@ class TypeStatus:
     acked_version: str | None
     rejected_version: str | None
     reject_reason: str
+    #: Seconds from the publication of the last ACKed version to its ACK: a decision's way to Envoy.
+    ack_delay_s: float | None = None
 
 
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
@@ -41,6 +44,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self, cache: SnapshotCache) -> None:
         self.cache = cache
         self._streams: dict[int, tuple[str, StreamBook | DeltaStreamBook]] = {}
+        self._ack_delays: dict[tuple[int, str], float] = {}
         self._stream_ids = itertools.count(1)
 
     def status(self) -> dict[str, dict[str, TypeStatus]]:
@@ -52,7 +56,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         status: dict[str, dict[str, TypeStatus]] = {}
         for stream_id, (node, stream) in sorted(self._streams.items()):
             status[node if node not in status else f"{node}#{stream_id}"] = {
-                type_url: TypeStatus(book.acked_version, book.rejected_version, book.reject_reason)
+                type_url: TypeStatus(book.acked_version, book.rejected_version, book.reject_reason,
+                                     self._ack_delays.get((stream_id, type_url)))
                 for type_url, book in stream.types.items()
             }
         return status
@@ -137,6 +142,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         version_in_force=outcome.in_force, reason=outcome.detail,
                     )
                 elif outcome.kind is not RequestKind.STALE:
+                    published = self.cache.published_at(outcome.version) if outcome.kind is RequestKind.ACK else None
+                    if published is not None and outcome.version is not None:
+                        self._ack_delays[(stream_id, outcome.type_url)] = time.monotonic() - published
                     log.debug(
                         "discovery request", node=node, kind=outcome.kind.value, type=_short(outcome.type_url),
                         version=outcome.version,
@@ -162,6 +170,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             reader.cancel()
             self.cache.unwatch(wake)
             self._streams.pop(stream_id, None)
+            for key in [key for key in self._ack_delays if key[0] == stream_id]:
+                del self._ack_delays[key]
             log.info("ads stream closed", stream=stream_id, node=node)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -57,6 +58,10 @@ def _pack(message: Message) -> any_pb2.Any:
     return packed
 
 
+#: How many versions' publication times are kept: enough for every ACK still in flight.
+PUBLISHED_KEPT = 256
+
+
 class SnapshotCache:
     """The current resources per type, each type versioned on its own; wakes watchers on every change."""
 
@@ -67,6 +72,8 @@ class SnapshotCache:
         self._order: tuple[str, ...] = TYPE_ORDER
         #: (type, name) -> (message object, its packing); see `_packed`.
         self._pack_memo: dict[tuple[str, str], tuple[Message, any_pb2.Any]] = {}
+        #: version -> when it was published (time.monotonic()), for the latest PUBLISHED_KEPT versions.
+        self._published: dict[str, float] = {}
 
     @property
     def order(self) -> tuple[str, ...]:
@@ -75,6 +82,10 @@ class SnapshotCache:
 
     def snapshot(self) -> Mapping[str, TypeSnapshot]:
         return MappingProxyType(dict(self._types))
+
+    def published_at(self, version: str) -> float | None:
+        """When `version` was published (time.monotonic()); None for a version too old or never ours."""
+        return self._published.get(version)
 
     def set_resources(
         self, resources: Mapping[str, Mapping[str, Message]], order: tuple[str, ...] = TYPE_ORDER
@@ -104,7 +115,10 @@ class SnapshotCache:
                 if current is not None and current.resources.get(name) == resource
             }
             self._types[type_url] = TypeSnapshot(str(self._serial), packed, unchanged)
+            self._published[str(self._serial)] = time.monotonic()
             changed.append(type_url)
+        while len(self._published) > PUBLISHED_KEPT:
+            del self._published[next(iter(self._published))]
         if changed:
             self._order = order
             for event in self._watchers:

@@ -4,8 +4,9 @@
     await gateway.start()
     gateway.set_activator([Endpoint("10.0.0.5", 8013)])
     gateway.set_service(key, "serve", endpoints)       # or set_mode / set_endpoints separately
-    gateway.apply_decision(key, decision)              # anything with .mode: "serve" | "proxy"
-    task = asyncio.create_task(gateway.follow_endpoints(source.updates()))
+    gateway.set_services(entries)                      # the catalog: hosts, prefix, timeout per service
+    gateway.apply_decisions({key: decision})           # anything with .mode: "serve" | "proxy"
+    gateway.apply_endpoints(update)                    # an EndpointsUpdate: its ready pods (gateway.follower)
 
 Every change builds a new `RoutingState`, turns it into Envoy resources and hands them to the snapshot
 cache, which pushes to every connected Envoy the types whose content changed. A change that would be
@@ -14,8 +15,8 @@ invalid raises `RoutingError` and leaves the state as it was.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 from kapa import contract
@@ -44,7 +45,7 @@ class EndpointsChange(Protocol):
     def key(self) -> ServiceKey: ...
 
     @property
-    def endpoints(self) -> frozenset[Endpoint]: ...
+    def ready(self) -> frozenset[Endpoint]: ...
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,7 @@ class Gateway:
         self.config = config
         self.cache = SnapshotCache()
         self.xds = XdsServer(self.cache, config.xds_host, config.xds_port)
-        state = RoutingState().with_activator(activator)
-        for entry in services:
-            state = state.with_route(route_for_entry(entry))
-        self._state = state
+        self._state = RoutingState().with_activator(activator).with_catalog(route_for_entry(entry) for entry in services)
         self._publish()
 
     @property
@@ -98,13 +96,10 @@ class Gateway:
     def set_endpoints(self, key: ServiceKey, endpoints: Iterable[Endpoint]) -> None:
         self.set_service(key, endpoints=endpoints)
 
-    def add_service(self, entry: ServiceEntry) -> None:
-        """Enrol a service from its services-file entry (hosts, prefix, timeout), keeping any known mode/pods."""
-        current = self._state.services.get(entry.spec.key)
-        route = route_for_entry(entry)
-        if current is not None:
-            route = replace(route, mode=current.mode, endpoints=current.endpoints)
-        self._replace(self._state.with_route(route))
+    def set_services(self, entries: Iterable[ServiceEntry]) -> None:
+        """Route exactly these services (a whole catalog: the others are unrouted), each from its entry
+        (hosts, prefix, timeout), keeping the mode and pods already known of each."""
+        self._replace(self._state.with_catalog(route_for_entry(entry) for entry in entries))
 
     def remove_service(self, key: ServiceKey) -> None:
         self._replace(self._state.without_service(key))
@@ -112,20 +107,17 @@ class Gateway:
     def set_activator(self, endpoints: Iterable[Endpoint]) -> None:
         self._replace(self._state.with_activator(endpoints))
 
-    def apply_decision(self, key: ServiceKey, decision: Decision) -> None:
-        """Follow a scaler decision: its `.mode` picks pods ("serve") or the activator ("proxy")."""
-        self.set_mode(key, decision.mode)  # type: ignore[arg-type]  # RoutingState validates it
+    def apply_decisions(self, decisions: Mapping[ServiceKey, Decision]) -> None:
+        """Follow the scaler's decisions: each `.mode` picks pods ("serve") or the activator ("proxy"). One
+        routing change (one xDS push) for a whole tick, however many services switched."""
+        self._replace(self._state.with_modes({key: decision.mode for key, decision in decisions.items()}))  # type: ignore[misc]
 
     def apply_endpoints(self, update: EndpointsChange) -> None:
-        """Take a service's new endpoint set. A source may report every Service of a cluster; only the
-        services enrolled with the gateway are routed, the others are ignored."""
+        """Take a service's new endpoint set; only the ready endpoints take requests from Envoy (the
+        activator probes the others itself). A source may report every Service of a cluster; only the
+        services routed here are taken, the others are ignored."""
         if update.key in self._state.services:
-            self.set_endpoints(update.key, update.endpoints)
-
-    async def follow_endpoints(self, updates: AsyncIterable[EndpointsChange]) -> None:
-        """Apply every update of an endpoint source (e.g. `EndpointSource.updates()`) until it ends."""
-        async for update in updates:
-            self.apply_endpoints(update)
+            self.set_endpoints(update.key, update.ready)
 
     def _replace(self, state: RoutingState) -> None:
         if state is self._state:  # RoutingState returns itself for a no-op change

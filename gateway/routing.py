@@ -9,7 +9,6 @@ one frozen object.
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -17,7 +16,7 @@ from typing import Final, Literal, get_args
 
 from kapa import contract
 from kapa.log import get_logger
-from kapa.services import Endpoint, ServiceEntry, ServiceKey, ServiceSpec
+from kapa.services import Endpoint, ServiceEntry, ServiceKey, ServiceSpec, parse_host
 
 log = get_logger(__name__)
 
@@ -56,22 +55,16 @@ def check_endpoint(endpoint: Endpoint) -> Endpoint:
     return endpoint
 
 
-#: A Host Envoy accepts as a virtual-host domain: a name or address, with at most a leading "*" (suffix
-#: match, e.g. "*.example.com") or a trailing "*" (prefix match, e.g. "hello.*").
-_HOST = re.compile(r"\*?[a-z0-9_.:\[\]-]+|[a-z0-9_.:\[\]-]+\*")
-
-
 def normalize_hosts(hosts: Iterable[str]) -> tuple[str, ...]:
     """Hosts lower-cased (Envoy and HTTP match them case-insensitively) and de-duplicated, in order.
 
     Envoy rejects a route table that lists a domain twice, even within one service, so duplicates between a
     service's default hosts and its extra hosts must go.
     """
-    normalized = tuple(dict.fromkeys(host.strip().lower() for host in hosts))
-    for host in normalized:
-        if not _HOST.fullmatch(host):
-            raise RoutingError(f"invalid host {host!r}")
-    return normalized
+    try:
+        return tuple(dict.fromkeys(parse_host(host) for host in hosts))
+    except ValueError as error:
+        raise RoutingError(str(error)) from None
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -182,6 +175,42 @@ class RoutingState:
         if endpoints is not None:
             route = replace(route, endpoints=frozenset(endpoints))
         return self.with_route(route)
+
+    def with_catalog(self, routes: Iterable[ServiceRoute]) -> RoutingState:
+        """The state serving exactly `routes` (a whole catalog): services not among them are dropped, and
+        each kept one keeps its mode and endpoints. Claims are checked in one pass, so a catalog of
+        thousands of services costs one build, not one per service."""
+        services: dict[ServiceKey, ServiceRoute] = {}
+        owners: dict[str, ServiceKey] = {}
+        prefixes: dict[str, ServiceKey] = {}
+        for route in routes:
+            current = self.services.get(route.key)
+            if current is not None:
+                route = replace(route, mode=current.mode, endpoints=current.endpoints)
+            for host in route.hosts:
+                owner = owners.setdefault(host, route.key)
+                if owner != route.key:
+                    raise ClaimConflict(f"{owner} and {route.key} both claim host(s) {host}")
+            if route.path_prefix is not None:
+                owner = prefixes.setdefault(route.path_prefix, route.key)
+                if owner != route.key:
+                    raise ClaimConflict(f"{owner} and {route.key} both claim path prefix {route.path_prefix}")
+            services[route.key] = route
+        if services == dict(self.services):
+            return self
+        return replace(self, services=services)
+
+    def with_modes(self, modes: Mapping[ServiceKey, Mode]) -> RoutingState:
+        """The state with each known service of `modes` set to its mode (unknown services are ignored: the
+        catalog, not a decision, decides what is routed)."""
+        changed = {
+            key: replace(route, mode=parse_mode(modes[key]))
+            for key, route in self.services.items()
+            if key in modes and modes[key] != route.mode
+        }
+        if not changed:
+            return self
+        return replace(self, services={**self.services, **changed})
 
     def without_service(self, key: ServiceKey) -> RoutingState:
         if key not in self.services:

@@ -26,7 +26,7 @@ BOOTSTRAP_FILE: Path = CHART_DIR / "files" / "envoy-bootstrap.json"
 DASHBOARD_FILE: Path = CHART_DIR / "dashboards" / "kapa.json"
 SCRAPE_CONFIGS_FILE: Path = CHART_DIR / "files" / "scrape-configs.json"
 POD_METRICS_ENDPOINTS_FILE: Path = CHART_DIR / "files" / "pod-metrics-endpoints.json"
-#: The chart's template replaces this with the scaler Service's DNS name (the gateway runs in that pod).
+#: The chart's template replaces this with the xDS Service's DNS name (the gateway runs in the scaler's pods).
 XDS_HOST_PLACEHOLDER: str = "__XDS_HOST__"
 #: Envoy's health listener: proxies GET /ready to the loopback-only admin interface.
 ENVOY_HEALTH_PORT: int = 9902

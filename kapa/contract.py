@@ -31,6 +31,9 @@ REQUEST_DURATION: Final = "kapa_request_duration_seconds"
 REQUESTS_IN_FLIGHT: Final = "kapa_requests_in_flight"
 #: Gauge: requests waiting for a concurrency slot.
 QUEUE_DEPTH: Final = "kapa_queue_depth"
+#: Requests that waited for a concurrency slot at the queue-proxy: zero while whatever sends to the pod (the
+#: activators, together) keeps within its containerConcurrency.
+QUEUED_REQUESTS: Final = "kapa_queued_requests_total"
 #: Requests refused before reaching the app, labelled by LABEL_REASON.
 REJECTED_REQUESTS: Final = "kapa_rejected_requests_total"
 
@@ -263,6 +266,9 @@ ANNOTATION_ENABLED: Final = KAPA_ANNOTATION_PREFIX + "enabled"
 ANNOTATION_CONTAINER_CONCURRENCY: Final = KAPA_ANNOTATION_PREFIX + "container-concurrency"
 #: Knative's timeoutSeconds, as an annotation.
 ANNOTATION_TIMEOUT_SECONDS: Final = KAPA_ANNOTATION_PREFIX + "timeout-seconds"
+#: Host names a service answers besides NAME.NAMESPACE[.svc[.<cluster domain>]], comma-separated (a
+#: Knative Route's custom domains, on a plain Deployment).
+ANNOTATION_HOSTS: Final = KAPA_ANNOTATION_PREFIX + "hosts"
 #: The reason of the Warning Event that names a rejected annotation value and the default used instead, on
 #: the Deployment (the scaler and the webhook report them; `kubectl get events --field-selector reason=...`).
 EVENT_REASON_INVALID_ANNOTATION: Final = "InvalidAutoscalingAnnotation"

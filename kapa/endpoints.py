@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from kapa import kubeclient
 from kapa.log import get_logger
 from kapa.services import Endpoint, ServiceKey
 
@@ -184,6 +185,8 @@ def parse_endpoint_slice(slice_object: Mapping[str, Any], port_name: str = DEFAU
     if not service or not namespace:
         return None
     key = ServiceKey(namespace, service)
+    if not slice_object.get("endpoints"):  # an empty slice lists no ports either: nothing to warn about
+        return _SliceState(key, frozenset(), frozenset())
     port = _slice_port(slice_object, port_name)
     if port is None:
         log.warning(
@@ -352,7 +355,8 @@ class ListWatch:
 
 
 class KubernetesEndpointSource(_Broadcaster, ListWatch):
-    """EndpointSlices of Services (all namespaces, or one) by list + watch, resuming on resourceVersion.
+    """EndpointSlices of Services (all namespaces, or one; every Service, or one) by list + watch, resuming on
+    resourceVersion.
 
     The list/watch is `ListWatch`'s; after a new list only what changed is published.
     """
@@ -364,10 +368,13 @@ class KubernetesEndpointSource(_Broadcaster, ListWatch):
         api_client: Any = None,
         namespace: str | None = None,
         port_name: str = DEFAULT_PORT_NAME,
+        service: str | None = None,
     ) -> None:
         super().__init__()
         self._api_client = api_client
         self._namespace = namespace
+        #: Only this Service's slices (None: every Service's).
+        self._service = service
         self._index = EndpointSliceIndex(port_name)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -392,15 +399,11 @@ class KubernetesEndpointSource(_Broadcaster, ListWatch):
 
         if self._api_client is None:
             try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                try:
-                    config.load_kube_config()
-                except (config.ConfigException, OSError) as error:
-                    raise EndpointSourceError(
-                        f"no Kubernetes configuration (not in a cluster, and no usable kubeconfig): {error}"
-                    ) from None
-            self._api_client = client.ApiClient()
+                self._api_client = kubeclient.api_client()
+            except (config.ConfigException, OSError) as error:
+                raise EndpointSourceError(
+                    f"no Kubernetes configuration (not in a cluster, and no usable kubeconfig): {error}"
+                ) from None
         self._loop = asyncio.get_running_loop()
         api = client.DiscoveryV1Api(self._api_client)
         self._thread = threading.Thread(target=self._run, args=(api,), name="endpointslice-watch", daemon=True)
@@ -411,7 +414,7 @@ class KubernetesEndpointSource(_Broadcaster, ListWatch):
         self._close_subscriptions()
 
     def _call(self, api: Any, **kwargs: Any) -> Any:
-        kwargs.update(label_selector=SERVICE_NAME_LABEL)
+        kwargs.update(label_selector=SERVICE_NAME_LABEL if self._service is None else f"{SERVICE_NAME_LABEL}={self._service}")
         if self._namespace is None:
             return api.list_endpoint_slice_for_all_namespaces(**kwargs)
         return api.list_namespaced_endpoint_slice(self._namespace, **kwargs)

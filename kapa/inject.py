@@ -9,6 +9,10 @@ on manifests for GitOps users, so both produce the same pod spec. What it does:
   runs against the app itself;
 - points the app's readiness probe at the queue-proxy's admin READY_PATH, so Kubernetes and the activator
   see one readiness, the queue-proxy's (unready while draining as well as while the app is unready);
+- gives the app a preStop hook that waits on the queue-proxy's WAIT_FOR_DRAIN_PATH: Kubernetes signals all
+  of a pod's containers at once, and without the hook the app would stop while the gateway and the
+  activators still send the draining pod requests (each a 502). An app's own preStop hook is kept, with
+  a warning;
 - raises terminationGracePeriodSeconds to the revision timeout plus the drain period, so a pod that is
   draining is never killed with requests still inside;
 - labels the pod `kapa.dev/enabled: "true"` (what the chart's PodMonitor selects) and adds the
@@ -163,6 +167,14 @@ def inject_document(document: Mapping[str, Any], image: str = DEFAULT_IMAGE, nam
         pass  # Kubernetes must keep running an exec or grpc check: the queue-proxy cannot.
     else:
         app["readinessProbe"] = _through_queue_proxy(original_probe)
+    lifecycle = app.setdefault("lifecycle", {})
+    if "preStop" in lifecycle:
+        warnings.append(
+            f"{service}: the app's own preStop hook is kept; without Kapa's ({contract.WAIT_FOR_DRAIN_PATH} on"
+            f" port {contract.QUEUE_ADMIN_PORT}) the app may stop before the queue-proxy has drained"
+        )
+    else:
+        lifecycle["preStop"] = {"httpGet": {"path": contract.WAIT_FOR_DRAIN_PATH, "port": contract.QUEUE_ADMIN_PORT}}
     containers.append(_queue_proxy_container(image, user_port, concurrency, timeout_s, service, app_probe))
 
     grace_s = math.ceil(timeout_s) + contract.DEFAULT_DRAIN_SECONDS

@@ -6,12 +6,29 @@ types, whichever source (a YAML file, Kubernetes) they come from.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
 import yaml
+
+#: Kubernetes' default cluster DNS domain (the kubelet's --cluster-domain).
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"
+
+#: A Host Envoy accepts as a virtual-host domain: a name or address, with at most a leading "*" (suffix
+#: match, e.g. "*.example.com") or a trailing "*" (prefix match, e.g. "hello.*").
+_HOST = re.compile(r"\*?[a-z0-9_.:\[\]-]+|[a-z0-9_.:\[\]-]+\*")
+
+
+def parse_host(text: str) -> str:
+    """A Host value as every part matches it: trimmed and lower-cased (HTTP compares hosts case-insensitively).
+    Raises ValueError naming the value when Envoy could not take it as a virtual-host domain."""
+    host = text.strip().lower()
+    if not _HOST.fullmatch(host):
+        raise ValueError(f"invalid host {text.strip()!r}")
+    return host
 
 
 @dataclass(frozen=True, order=True)
@@ -34,10 +51,10 @@ class ServiceKey:
             raise ValueError(f"expected NAMESPACE/NAME, got {text!r}")
         return cls(namespace, name)
 
-    def hosts(self) -> tuple[str, ...]:
+    def hosts(self, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> tuple[str, ...]:
         """Host header values that route to this service, as cluster DNS spells them."""
         base = f"{self.name}.{self.namespace}"
-        return (base, f"{base}.svc", f"{base}.svc.cluster.local")
+        return (base, f"{base}.svc", f"{base}.svc.{cluster_domain}")
 
 
 @dataclass(frozen=True)
@@ -73,10 +90,12 @@ class ServiceEntry:
     path_prefix: str | None = None
     #: The `local:` section, read only by the local mode (command to run the app, its port, ...).
     local: Mapping[str, object] = field(default_factory=dict)
+    #: The cluster DNS domain of the service's fully qualified host.
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
 
     @property
     def hosts(self) -> tuple[str, ...]:
-        return self.spec.key.hosts() + self.extra_hosts
+        return self.spec.key.hosts(self.cluster_domain) + self.extra_hosts
 
 
 class ServicesFileError(ValueError):

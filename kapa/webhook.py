@@ -31,7 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
-from kapa import contract
+from kapa import contract, kubeclient
 from kapa.inject import InjectionError, inject_document, pod_deployment_name
 from kapa.log import get_logger
 from scaler.config import ConfigError
@@ -230,20 +230,15 @@ def _brief(error: BaseException) -> str:
 
 
 def kubernetes_api(kubeconfig: Path | None) -> Any | None:
-    """An ApiClient from `kubeconfig`, else from the pod's ServiceAccount; None (events off) without either."""
-    from kubernetes import client, config
+    """An ApiClient (kapa.kubeclient's); None (events off) without a usable configuration."""
+    from kubernetes import config
 
-    configuration = client.Configuration()
     try:
-        if kubeconfig is not None:
-            config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-        else:
-            config.load_incluster_config(client_configuration=configuration)
+        return kubeclient.api_client(str(kubeconfig) if kubeconfig is not None else None)
     except (config.ConfigException, OSError) as error:
         log.warning("no Kubernetes API: annotation problems are admission warnings and log lines only",
                     error=str(error))  # fmt: skip
         return None
-    return client.ApiClient(configuration)
 
 
 async def _mutate(request: web.Request) -> web.Response:

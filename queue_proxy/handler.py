@@ -69,7 +69,9 @@ class QueueProxyHandler:
         outcome = limiter.acquire(exchange)
         if outcome == ADMITTED:
             exchange.forward(self.upstream)
-        elif outcome != QUEUED:
+        elif outcome == QUEUED:
+            self.stats.queued += 1
+        else:
             self.stats.reject(contract.REASON_QUEUE_FULL)
             exchange.respond(503, _QUEUE_FULL_BODY % (limiter.capacity, len(limiter.waiting)))
 

@@ -78,6 +78,8 @@ class StatsCollector(Collector):
             return _gauge(name, "Requests inside the queue-proxy (waiting or at the app).", labels, snap.in_flight)
         if name == contract.QUEUE_DEPTH:
             return _gauge(name, "Requests waiting for a concurrency slot.", labels, snap.queue_depth)
+        if name == contract.QUEUED_REQUESTS:
+            return _counter(name, "Requests that waited for a concurrency slot.", labels, snap.queued)
         raise KeyError(f"the queue-proxy does not export {name}")
 
 
@@ -95,7 +97,8 @@ def _gauge(name: str, documentation: str, labels: list[str], value: float) -> Ga
 
 ALL_METRICS = (
     contract.CONCURRENCY_SECONDS, contract.PROXIED_CONCURRENCY_SECONDS, contract.REQUESTS, contract.PROXIED_REQUESTS,
-    contract.REQUEST_DURATION, contract.REQUESTS_IN_FLIGHT, contract.QUEUE_DEPTH, contract.REJECTED_REQUESTS,
+    contract.REQUEST_DURATION, contract.REQUESTS_IN_FLIGHT, contract.QUEUE_DEPTH, contract.QUEUED_REQUESTS,
+    contract.REJECTED_REQUESTS,
 )
 
 

@@ -33,6 +33,7 @@ class Snapshot:
     duration_bucket_counts: tuple[int, ...]  # per bucket of DURATION_BUCKETS_S, then +Inf; not cumulative
     duration_sum_s: float
     queue_depth: int
+    queued: int
     rejected_by_reason: dict[str, int]
 
 
@@ -42,6 +43,7 @@ class RequestStats:
     __slots__ = (
         "in_flight", "proxied_in_flight", "concurrency_seconds", "proxied_concurrency_seconds", "last_change",
         "last_arrival", "by_status_hundred", "proxied_requests", "bucket_counts", "duration_sum_s", "rejected",
+        "queued",
     )
 
     def __init__(self, now: float | None = None) -> None:
@@ -59,6 +61,8 @@ class RequestStats:
         self.bucket_counts = empty_buckets()
         self.duration_sum_s = 0.0
         self.rejected: dict[str, int] = {}
+        #: Requests that had to wait for a concurrency slot (the limit was reached when they arrived).
+        self.queued = 0
 
     def started(self, now: float, proxied: bool) -> None:
         """A request arrived at `now` (time.monotonic())."""
@@ -110,5 +114,6 @@ class RequestStats:
             duration_bucket_counts=tuple(self.bucket_counts),
             duration_sum_s=self.duration_sum_s,
             queue_depth=queue_depth,
+            queued=self.queued,
             rejected_by_reason=dict(self.rejected),
         )

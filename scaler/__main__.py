@@ -1,7 +1,8 @@
 """`kapa scaler` (also `python -m scaler`): the scaler as a process, with HTTP and KEDA gRPC in front.
 
     kapa scaler --services services.yaml [--config config-autoscaler.yaml]
-                [--kubernetes [--kubeconfig FILE] [--kube-namespace NS]] [--actuator none|keda|direct]
+                [--kubernetes [--kubeconfig FILE] [--kube-namespace NS] [--cluster-domain D]
+                 [--xds-port 18000 --activator-service NS/NAME --activator HOST:PORT]] [--actuator none|keda|direct]
                 [--prometheus-url http://127.0.0.1:9090] [--host 0.0.0.0] [--grpc-port 9095] [--http-port 9096]
                 [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
 """
@@ -19,13 +20,19 @@ import uvloop
 from aiohttp import web
 
 from kapa import contract
+from kapa.deployments import DeploymentCatalog
 from kapa.log import configure, get_logger
-from kapa.services import ServicesFileError
+from kapa.services import DEFAULT_CLUSTER_DOMAIN, ServiceKey, ServicesFileError
+from gateway.admin_http import GATEWAY_KEY, get_routes
+from gateway.control import Gateway, GatewayConfig
+from gateway.follower import GatewayFollower
+from gateway.resources import ListenerConfig
+from gateway.routing import parse_endpoint
 from scaler.catalog import FileCatalog
 from scaler.config import AutoscalerConfig
 from scaler.grpc_server import TlsFiles, start_grpc_server
 from scaler.http_api import make_app
-from scaler.loop import Scaler
+from scaler.loop import Actuator, Scaler
 from scaler.prometheus_source import PrometheusMetrics
 
 log = get_logger("scaler")
@@ -48,6 +55,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scaler-address", default=os.environ.get("KAPA_SCALER_ADDRESS"),
                         help="with --kubernetes --actuator keda: HOST:PORT of this scaler's gRPC Service, which "
                         "the ScaledObjects it keeps point KEDA at (default: env KAPA_SCALER_ADDRESS)")
+    parser.add_argument("--cluster-domain", default=DEFAULT_CLUSTER_DOMAIN,
+                        help="with --kubernetes: the cluster DNS domain of the hosts each service answers")
+    parser.add_argument("--xds-port", type=int,
+                        help="with --kubernetes: also run the gateway here, the xDS server that routes Envoy by this "
+                        "scaler's decisions, the catalog and EndpointSlices")
+    parser.add_argument("--envoy-listen-port", type=int, default=contract.ENVOY_LISTENER_PORT,
+                        help="with --xds-port: the port of Envoy's HTTP listener")
+    parser.add_argument("--activator-service", type=ServiceKey.parse, metavar="NAMESPACE/NAME",
+                        help="with --xds-port: the activator's Service, whose ready pods Envoy balances over")
+    parser.add_argument("--activator", type=parse_endpoint, metavar="HOST:PORT",
+                        help="with --xds-port: the activator's address while none of its pods is known ready")
     parser.add_argument("--config", type=Path, help="config-autoscaler: flat YAML map or ConfigMap manifest")
     parser.add_argument("--prometheus-url", default="http://127.0.0.1:9090")
     parser.add_argument("--query-timeout", type=float, default=1.5, help="seconds before a query counts as failed")
@@ -62,6 +80,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--services is required without --kubernetes")
     if args.actuator == "direct" and not args.kubernetes:
         parser.error("--actuator direct needs --kubernetes")
+    if args.xds_port is not None and not (args.kubernetes and args.activator):
+        parser.error("--xds-port needs --kubernetes and --activator")
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
     if args.tls_client_ca is not None and args.tls_cert is None:
@@ -77,21 +97,17 @@ async def serve(args: argparse.Namespace) -> int:
     else:
         config = AutoscalerConfig.default()
     metrics = PrometheusMetrics(args.prometheus_url, timeout_s=args.query_timeout)
+    background: list[asyncio.Task[None]] = []
+    gateway: Gateway | None = None
     if args.kubernetes:
-        from scaler.kubernetes import (
-            DeploymentCatalog,
-            EndpointSliceReadyPods,
-            ScaleActuator,
-            ScaledObjectActuator,
-            api_client,
-        )
+        from kapa.endpoints import KubernetesEndpointSource
+        from kapa.kubeclient import api_client
+        from scaler.kubernetes import AnnotationReporter, EndpointSliceReadyPods, ScaleActuator, ScaledObjectActuator
 
         api = api_client(args.kubeconfig)
-        deployments = DeploymentCatalog(api, config, args.kube_namespace)
+        deployments = DeploymentCatalog(api, args.kube_namespace, args.cluster_domain, AnnotationReporter(api, config))
         ready_pods = EndpointSliceReadyPods(api, args.kube_namespace)
-        await deployments.start()
-        await ready_pods.start()
-        actuators: list[ScaleActuator | ScaledObjectActuator] = []
+        actuators: list[Actuator] = []
         if args.actuator == "direct":
             actuators.append(ScaleActuator(api, deployments))
         elif args.actuator == "keda" and args.scaler_address:
@@ -99,6 +115,22 @@ async def serve(args: argparse.Namespace) -> int:
         elif args.actuator == "keda":
             log.warning("actuator keda without --scaler-address: no ScaledObjects are kept; create them yourself "
                         "(kapa inject --scaled-objects)")
+        if args.xds_port is not None:
+            gateway = Gateway(GatewayConfig(args.host, args.xds_port, ListenerConfig(port=args.envoy_listen_port)),
+                              activator=[args.activator])
+            follower = GatewayFollower(gateway, args.activator_service, [args.activator])
+            deployments.subscribe(follower.on_entries)
+            actuators.append(follower)
+            background.append(asyncio.create_task(_serve_xds_once_listed(deployments, gateway), name="xds"))
+            sources = [ready_pods.source]
+            if args.activator_service is not None:  # its own watch: the activator may live outside --kube-namespace
+                activators = KubernetesEndpointSource(api, args.activator_service.namespace,
+                                                      service=args.activator_service.name)
+                await activators.start()
+                sources.append(activators)
+            background += [asyncio.create_task(follower.follow(source), name="gateway-endpoints") for source in sources]
+        await deployments.start()
+        await ready_pods.start()
         scaler = Scaler(config, deployments, metrics, ready_pods=ready_pods, actuators=actuators)
     else:
         try:
@@ -109,7 +141,11 @@ async def serve(args: argparse.Namespace) -> int:
         scaler = Scaler(config, catalog, metrics, ready_pods=metrics)
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
 
-    runner = web.AppRunner(make_app(scaler), access_log=None)
+    app = make_app(scaler)
+    if gateway is not None:
+        app[GATEWAY_KEY] = gateway
+        app.router.add_get("/v1/routes", get_routes)  # read-only: routes change only by decisions
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, args.host, args.http_port).start()
     grpc_server = await start_grpc_server(scaler, args.host, args.grpc_port, tls)
@@ -121,6 +157,7 @@ async def serve(args: argparse.Namespace) -> int:
         prometheus=args.prometheus_url,
         services=len(scaler.services()),
         actuator=args.actuator,
+        xds_port=args.xds_port,
     )
 
     stopping = asyncio.Event()
@@ -130,10 +167,22 @@ async def serve(args: argparse.Namespace) -> int:
     await stopping.wait()
     log.info("scaler stopping")
     await scaler.stop()
+    for task in background:
+        task.cancel()
+    if gateway is not None:
+        await gateway.stop()
     await grpc_server.stop(grace=1.0)
     await runner.cleanup()
     await metrics.close()
     return 0
+
+
+async def _serve_xds_once_listed(catalog: DeploymentCatalog, gateway: Gateway) -> None:
+    """Open the xDS port only once the catalog is known: an Envoy that connects to a fresh replica (a restart,
+    a rollout) must get every route, never the empty table of a catalog not yet listed. Until their first
+    decision, services go to the activator, which is right whatever their state."""
+    await catalog.listed.wait()
+    await gateway.start()
 
 
 def main(argv: list[str] | None = None) -> int:

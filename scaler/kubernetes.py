@@ -1,11 +1,9 @@
-"""The scaler's Kubernetes edges: which Deployments are enrolled, how many of their pods are ready, setting
-their scale (`actuator: direct`), and telling their owners about bad annotations.
+"""The scaler's Kubernetes edges: how many pods of each enrolled Deployment (kapa.deployments' catalog) are
+ready, setting their scale (`actuator: direct`), and telling their owners about bad annotations.
 
-- `DeploymentCatalog` lists and watches Deployments (all namespaces, or one) and offers those enrolled with
-  `kapa.dev/enabled: "true"` (label or annotation, on the Deployment or its pod template: kapa.inject's
-  rule) as ServiceSpecs. Annotations on the Deployment apply and those on its pod template win, as for
-  injection. When an enrolled Deployment's annotations change, each rejected value becomes a Warning Event
-  on the Deployment naming the key and the problem (and a log line), once per change.
+- `AnnotationReporter`, the catalog's listener: when an enrolled Deployment's annotations change, each
+  rejected value becomes a Warning Event on the Deployment naming the key and the problem (and a log
+  line), once per change.
 - `EndpointSliceReadyPods` counts ready endpoints per Service from EndpointSlices (kapa.endpoints' watch):
   the same readiness Kubernetes routes by. Unknown (None) until the first list has arrived.
 - `ScaleActuator` patches `deployments/scale` to each decision's desired_pods when it differs from the
@@ -21,14 +19,13 @@ network and hands each parsed event to the event loop; API writes run via asynci
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 from kapa import contract
-from kapa.endpoints import KubernetesEndpointSource, ListWatch
-from kapa.inject import is_enrolled
+from kapa.deployments import DeploymentCatalog
+from kapa.endpoints import KubernetesEndpointSource
 from kapa.log import get_logger
 from kapa.webhook import event_name
 from kapa.services import ServiceKey, ServiceSpec
@@ -38,33 +35,6 @@ from scaler.decision import Decision
 log = get_logger(__name__)
 
 EVENT_SOURCE = "kapa-scaler"
-_PREFIXES = (contract.KNATIVE_ANNOTATION_PREFIX, contract.KAPA_ANNOTATION_PREFIX)
-
-
-def api_client(kubeconfig: str | None = None) -> Any:
-    """An ApiClient from the pod's ServiceAccount, else from `kubeconfig` (or ~/.kube/config)."""
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    if kubeconfig is None:
-        try:
-            config.load_incluster_config(client_configuration=configuration)
-            return client.ApiClient(configuration)
-        except config.ConfigException:
-            pass
-    config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    return client.ApiClient(configuration)
-
-
-def deployment_spec(deployment: Mapping[str, Any]) -> ServiceSpec:
-    """The ServiceSpec of a Deployment (as API JSON): its key and its merged annotations."""
-    metadata = deployment.get("metadata") or {}
-    template = ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
-    merged = {**(metadata.get("annotations") or {}), **(template.get("annotations") or {})}
-    # Only Kapa's and Knative's keys configure scaling; leaving out the rest (revision numbers,
-    # last-applied-configuration) keeps a rollout from looking like a configuration change.
-    annotations = {key: value for key, value in merged.items() if key.startswith(_PREFIXES)}
-    return ServiceSpec(ServiceKey(metadata["namespace"], metadata["name"]), annotations)
 
 
 def bad_annotation_event(deployment: Mapping[str, Any], error: ConfigError) -> dict[str, Any]:
@@ -93,86 +63,20 @@ def bad_annotation_event(deployment: Mapping[str, Any], error: ConfigError) -> d
     }
 
 
-class DeploymentCatalog(ListWatch):
-    """Enrolled Deployments by list + watch; `services()` is the scaler loop's ServiceCatalog."""
+class AnnotationReporter:
+    """The catalog's SpecListener: each rejected annotation of a new or changed enrolled Deployment becomes a
+    log line and a Warning Event on the Deployment naming the key and the problem, once per change."""
 
-    kind = "deployments"
-
-    def __init__(self, api: Any, config: AutoscalerConfig, namespace: str | None = None) -> None:
+    def __init__(self, api: Any, config: AutoscalerConfig) -> None:
         self._api = api
         self._config = config
-        self._namespace = namespace
-        #: (namespace, name) -> Deployment JSON, every Deployment (enrolment may change).
-        self._deployments: dict[tuple[str, str], dict[str, Any]] = {}
-        self._services: dict[ServiceKey, ServiceSpec] = {}
-        self._replicas: dict[ServiceKey, int] = {}
-        self._stopping = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
 
-    # -- read by the loop and the actuator ---------------------------------------------------------------------
-
-    def services(self) -> Mapping[ServiceKey, ServiceSpec]:
-        return self._services
-
-    def replicas(self, key: ServiceKey) -> int | None:
-        """The Deployment's spec.replicas as last seen (None when unknown)."""
-        return self._replicas.get(key)
-
-    def enrolled_deployments(self) -> dict[ServiceKey, dict[str, Any]]:
-        """The enrolled Deployments as last seen (API JSON), by service key."""
-        return {key: self._deployments[(key.namespace, key.name)] for key in self._services}
-
-    # -- state changes, on the loop's thread -------------------------------------------------------------------
-
-    def handle_list(self, list_object: Mapping[str, Any]) -> None:
-        """Apply a full DeploymentList (as JSON)."""
-        self._deployments = {}
-        for deployment in list_object.get("items") or []:
-            metadata = deployment["metadata"]
-            self._deployments[(metadata["namespace"], metadata["name"])] = deployment
-        self._rebuild()
-
-    def handle_event(self, event: Mapping[str, Any]) -> None:
-        """Apply one watch event (as JSON: {"type": ..., "object": ...}); BOOKMARK and ERROR change nothing."""
-        event_type, deployment = event.get("type"), event.get("object") or {}
-        metadata = deployment.get("metadata") or {}
-        slot = (metadata.get("namespace", ""), metadata.get("name", ""))
-        if event_type in {"ADDED", "MODIFIED"}:
-            self._deployments[slot] = deployment
-        elif event_type == "DELETED":
-            self._deployments.pop(slot, None)
-        else:
-            return
-        self._rebuild()
-
-    def _rebuild(self) -> None:
-        services: dict[ServiceKey, ServiceSpec] = {}
-        replicas: dict[ServiceKey, int] = {}
-        for deployment in self._deployments.values():
-            if not is_enrolled({**deployment, "kind": "Deployment"}):
-                continue
-            spec = deployment_spec(deployment)
-            previous = self._services.get(spec.key)
-            if previous is not None and previous == spec:
-                spec = previous  # unchanged: the loop recognises it by identity and re-parses nothing
-            else:
-                self._report(deployment, spec)
-            services[spec.key] = spec
-            replicas[spec.key] = int((deployment.get("spec") or {}).get("replicas", 1))
-        added = services.keys() - self._services.keys()
-        removed = self._services.keys() - services.keys()
-        if added or removed:
-            log.info("enrolled deployments changed", added=sorted(map(str, added)),
-                     removed=sorted(map(str, removed)), services=len(services))
-        self._services, self._replicas = services, replicas
-
-    def _report(self, deployment: dict[str, Any], spec: ServiceSpec) -> None:
+    def __call__(self, deployment: Mapping[str, Any], spec: ServiceSpec) -> None:
         _, errors = service_config(self._config, spec)
         for error in errors:
             log.warning("invalid autoscaling annotation; using the default", service=error.service, key=error.key,
                         error=error.message)
-            if self._loop is not None:
-                self._loop.create_task(self._create_event(bad_annotation_event(deployment, error)))
+            asyncio.get_running_loop().create_task(self._create_event(bad_annotation_event(deployment, error)))
 
     async def _create_event(self, event: dict[str, Any]) -> None:
         from kubernetes import client
@@ -187,23 +91,6 @@ class DeploymentCatalog(ListWatch):
                 log.warning("cannot create event", namespace=namespace, error=repr(error))
         except Exception as error:  # noqa: BLE001 - an event is a courtesy; the log line already went out
             log.warning("cannot create event", namespace=namespace, error=repr(error))
-
-    # -- running -------------------------------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        from kubernetes import client
-
-        self._loop = asyncio.get_running_loop()
-        apps = client.AppsV1Api(self._api)
-        threading.Thread(target=self._run, args=(apps,), name="deployment-watch", daemon=True).start()
-
-    def close(self) -> None:
-        self._stopping.set()
-
-    def _call(self, apps: Any, **kwargs: Any) -> Any:
-        if self._namespace is None:
-            return apps.list_deployment_for_all_namespaces(**kwargs)
-        return apps.list_namespaced_deployment(self._namespace, **kwargs)
 
 
 class _ListedEndpointSource(KubernetesEndpointSource):

@@ -12,7 +12,7 @@ from kapa.services import Endpoint
 from activator.lb_policy import BestOfTwo, PodTracker, RoundRobin, first_available, policy_for
 
 
-def pods(*in_flight: int, capacity: int) -> list[PodTracker]:
+def pods(*in_flight: int, capacity: int | None) -> list[PodTracker]:
     return [PodTracker(Endpoint("10.0.0.1", 8000 + i), capacity, n, ready=True) for i, n in enumerate(in_flight)]
 
 
@@ -25,6 +25,7 @@ def pods(*in_flight: int, capacity: int) -> list[PodTracker]:
         ((1, 1, 1), 1, None),
         ((2, 3, 1), 3, 0),
         ((), 1, None),
+        ((0, 0), 0, None),  # no part of these pods belongs to this activator (activator.peers)
     ],
 )
 def test_first_available_fills_pods_in_order(in_flight: tuple[int, ...], capacity: int, expected: int | None) -> None:
@@ -43,9 +44,9 @@ def test_round_robin_rotates_and_skips_full_pods() -> None:
 
 def test_best_of_two_prefers_the_less_loaded_and_spreads() -> None:
     policy = BestOfTwo(random.Random(7))
-    trackers = pods(5, 0, capacity=0)
+    trackers = pods(5, 0, capacity=None)
     assert all(policy(trackers) is trackers[1] for _ in range(20))  # two pods: always both compared
-    trackers = pods(0, 0, 0, 0, capacity=0)
+    trackers = pods(0, 0, 0, 0, capacity=None)
     counts: Counter[int] = Counter()
     for _ in range(400):
         chosen = policy(trackers)

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from kapa import chartgen, contract, inject
+from kapa.services import Endpoint, ServiceKey
 from tests.charts.conftest import CHART, KUBE_VERSION, NAMESPACE, REPO, find, one, render, run_helm
 
 #: Rendered with every optional part on: the PodMonitors need the operator's API, Roles need namespaces.
@@ -124,8 +125,9 @@ def test_ports_and_paths_are_the_contracts(helm: str) -> None:
         (spec,) = [c for d, _, c in containers(manifests) if d == deployment and c["name"] == container]
         return {p["name"]: p["containerPort"] for p in spec["ports"]}
 
-    assert ports("kapa-scaler", "scaler") == {"grpc": contract.SCALER_GRPC_PORT, "http": contract.SCALER_HTTP_PORT}
-    assert ports("kapa-scaler", "gateway") == {"xds": contract.XDS_PORT}
+    assert ports("kapa-scaler", "scaler") == {
+        "grpc": contract.SCALER_GRPC_PORT, "http": contract.SCALER_HTTP_PORT, "xds": contract.XDS_PORT,
+    }
     assert ports("kapa-activator", "activator") == {
         "http": contract.ACTIVATOR_PORT,
         inject.METRICS_PORT_NAME: contract.ACTIVATOR_ADMIN_PORT,
@@ -143,7 +145,6 @@ def container_args(manifests: list[dict[str, Any]], deployment: str, container: 
 
 def test_scaler_gateway_and_activator_arguments_are_accepted_by_their_commands(helm: str) -> None:
     from activator.__main__ import parse_args as activator_args
-    from gateway.__main__ import _parser as gateway_parser
     from scaler.__main__ import parse_args as scaler_args
 
     manifests = render(helm)
@@ -153,13 +154,20 @@ def test_scaler_gateway_and_activator_arguments_are_accepted_by_their_commands(h
     for variant, actuator, namespace in [("direct", "direct", None), ("operator+namespaces", "keda", "shop")]:
         parsed = scaler_args(container_args(render(helm, *VARIANTS[variant]), "kapa-scaler", "scaler"))
         assert (parsed.actuator, parsed.kube_namespace) == (actuator, namespace)
-    gateway = gateway_parser().parse_args(container_args(manifests, "kapa-scaler", "gateway"))
-    assert gateway.xds_port == contract.XDS_PORT and gateway.listen_port == contract.ENVOY_LISTENER_PORT
-    assert gateway.activator == [f"kapa-activator.{NAMESPACE}.svc.cluster.local:{contract.ACTIVATOR_PORT}"]
+    # The gateway runs in the scaler's process: its catalog is the scaler's, its activators the Service's pods.
+    assert scaler.xds_port == contract.XDS_PORT and scaler.envoy_listen_port == contract.ENVOY_LISTENER_PORT
+    assert scaler.activator == Endpoint(f"kapa-activator.{NAMESPACE}.svc.cluster.local", contract.ACTIVATOR_PORT)
+    assert scaler.activator_service == ServiceKey(NAMESPACE, "kapa-activator")
+    assert scaler.cluster_domain == "cluster.local"
     activator = activator_args(container_args(manifests, "kapa-activator", "activator"))
     assert (activator.port, activator.admin_port) == (contract.ACTIVATOR_PORT, contract.ACTIVATOR_ADMIN_PORT)
-    assert activator.endpoint_source == "kubernetes" and activator.kube_namespace is None
+    assert activator.kubernetes and activator.services is None and activator.kube_namespace is None
+    assert activator.peers == ServiceKey(NAMESPACE, "kapa-activator") and activator.pod_ip == "$(POD_IP)"
     assert activator.scaler_url == [f"http://kapa-scaler.{NAMESPACE}.svc.cluster.local:{contract.SCALER_HTTP_PORT}"]
+    assert activator.scaler_service == ServiceKey(NAMESPACE, "kapa-scaler")
+    (pod_ip,) = [c for d, _, c in containers(manifests) if d == "kapa-activator"][0]["env"]
+    assert pod_ip == {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+    assert not [c for c in find(manifests, "ConfigMap") if "services.yaml" in (c.get("data") or {})], "one catalog"
 
 
 def rules_of(manifests: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
@@ -186,10 +194,10 @@ def test_rbac_is_least_privilege(helm: str, variant: str) -> None:
     assert grants(scaler, "keda.sh", "scaledobjects", "create") is keda
     assert grants(scaler, "apps", "deployments/scale", "patch") is not keda
     activator = rules_of(manifests, "kapa-activator")
-    assert activator and all(
-        rule == {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}
-        for rule in activator
-    )
+    readers = [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+               {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]}]
+    assert activator and all(rule in readers for rule in activator), activator
+    assert {rule["resources"][0] for rule in activator} == {"endpointslices", "deployments"}
     webhook = rules_of(manifests, "kapa-webhook")
     if find(manifests, "MutatingWebhookConfiguration"):  # Events about bad annotations, on their Deployment
         assert grants(webhook, "", "events", "create") and grants(webhook, "apps", "deployments", "get")
@@ -204,7 +212,13 @@ def test_rbac_is_least_privilege(helm: str, variant: str) -> None:
 def test_watch_namespaces_gives_roles_in_exactly_those_namespaces(helm: str) -> None:
     manifests = render(helm, *VARIANTS["operator+namespaces"])
     assert not find(manifests, "ClusterRole") and not find(manifests, "ClusterRoleBinding")
-    assert {r["metadata"]["namespace"] for r in find(manifests, "Role")} == {"shop"}
+    assert {r["metadata"]["namespace"] for r in find(manifests, "Role")} == {"shop", NAMESPACE}
+    # In the release's namespace only the activators' EndpointSlices: the replicas' own Service.
+    for name in ("kapa-scaler-replicas", "kapa-activator-replicas"):
+        assert one(manifests, "Role", name)["rules"] == [
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}]
+        binding = one(manifests, "RoleBinding", name)
+        assert binding["metadata"]["namespace"] == NAMESPACE and binding["roleRef"]["name"] == name
     selector = one(manifests, "MutatingWebhookConfiguration", "kapa-webhook")["webhooks"][0]["namespaceSelector"]
     assert {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["shop"]} in selector["matchExpressions"]
     assert "--kube-namespace=shop" in container_args(manifests, "kapa-activator", "activator")
@@ -245,7 +259,7 @@ def test_webhook_certificate_is_signed_by_the_ca_bundle_for_the_service_name(hel
 
 VALUES_REJECTED = [
     (("--set", "actuator=kedda"), "/actuator", "value must be one of 'keda', 'direct'"),
-    (("--set", "scaler.replicas=2"), "/scaler", "additional properties 'replicas' not allowed"),
+    (("--set", "scaler.replicas=0"), "/scaler/replicas", "minimum"),
     (("--set", "autoscaler.stable-windo=30s"), "/autoscaler", "additional properties 'stable-windo' not allowed"),
     (("--set", "autoscaler.metric=cpu"), "/autoscaler/metric", "value must be one of"),
     (("--set", "webhook.failurePolicy=Sometimes"), "/webhook/failurePolicy", "value must be one of"),
@@ -345,11 +359,14 @@ def test_envoy_bootstrap_points_at_the_gateway_in_the_scaler_pod(helm: str) -> N
     bootstrap = rendered_bootstrap(helm)
     (xds,) = [c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "kapa_xds"]
     address = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
-    assert address == {"address": f"kapa-scaler.{NAMESPACE}.svc.cluster.local", "port_value": contract.XDS_PORT}
-    scaler_service = one(render(helm), "Service", "kapa-scaler")
-    assert {"name": "xds", "port": contract.XDS_PORT, "targetPort": "xds", "appProtocol": "kubernetes.io/h2c"} in (
-        scaler_service["spec"]["ports"]
-    )
+    assert address == {"address": f"kapa-xds.{NAMESPACE}.svc.cluster.local", "port_value": contract.XDS_PORT}
+    manifests = render(helm)
+    xds_service = one(manifests, "Service", "kapa-xds")
+    # Published before the scaler's first tick makes it Ready (the scaler opens the port once it has its catalog).
+    assert xds_service["spec"]["publishNotReadyAddresses"] is True
+    assert xds_service["spec"]["selector"] == one(manifests, "Service", "kapa-scaler")["spec"]["selector"]
+    assert xds_service["spec"]["ports"] == [
+        {"name": "xds", "port": contract.XDS_PORT, "targetPort": "xds", "appProtocol": "kubernetes.io/h2c"}]
     assert bootstrap["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
 
 

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import pytest
 
 from kapa import contract
-from kapa.endpoints import LocalEndpointSource
+from kapa.endpoints import EndpointsUpdate, LocalEndpointSource
 from kapa.services import Endpoint, ServiceEntry, ServiceKey, ServiceSpec
 
 from gateway.control import Gateway, GatewayConfig
+from gateway.follower import GatewayFollower
 from gateway.resources import (
-    CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, ROUTES_FIRST_ORDER, TYPE_ORDER,
+    CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE, ROUTES_FIRST_ORDER, TYPE_ORDER,
 )
 from gateway.routing import RoutingError
 
@@ -37,14 +38,14 @@ def test_decisions_change_only_the_route_table() -> None:
     assert gateway.state.services[HELLO].mode == contract.MODE_PROXY  # enrolled services start at the activator
     gateway.set_endpoints(HELLO, [POD])
     before = versions(gateway)
-    gateway.apply_decision(HELLO, FakeDecision(contract.MODE_SERVE))
+    gateway.apply_decisions({HELLO: FakeDecision(contract.MODE_SERVE)})
     after = versions(gateway)
     assert gateway.state.services[HELLO].serves_directly
     assert [t for t in after if after[t] != before[t]] == [ROUTE_TYPE]
-    gateway.apply_decision(HELLO, FakeDecision(contract.MODE_SERVE))  # same decision again: nothing to push
+    gateway.apply_decisions({HELLO: FakeDecision(contract.MODE_SERVE)})  # same decision again: nothing to push
     assert versions(gateway) == after
     with pytest.raises(RoutingError):
-        gateway.apply_decision(HELLO, FakeDecision("sideways"))
+        gateway.apply_decisions({HELLO: FakeDecision("sideways")})
     assert versions(gateway) == after
 
 
@@ -59,33 +60,62 @@ def test_losing_every_pod_while_serving_moves_the_route_before_emptying_the_clus
     assert gateway.cache.order == TYPE_ORDER
 
 
-def test_add_service_keeps_what_the_scaler_and_endpoints_said() -> None:
-    gateway = Gateway(GatewayConfig())
+def test_a_whole_ticks_decisions_are_one_push_and_unknown_services_are_not_routed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keys = [ServiceKey("default", f"s{index}") for index in range(50)]
+    gateway = Gateway(GatewayConfig(), [ServiceEntry(ServiceSpec(key)) for key in keys])
+    for key in keys:
+        gateway.set_endpoints(key, [POD])
+    pushes: list[object] = []
+    set_resources = gateway.cache.set_resources
+    monkeypatch.setattr(gateway.cache, "set_resources", lambda *args: pushes.append(args) or set_resources(*args))
+    decisions = {key: FakeDecision(contract.MODE_SERVE) for key in keys}
+    decisions[ServiceKey("other", "unenrolled")] = FakeDecision(contract.MODE_SERVE)
+    gateway.apply_decisions(decisions)
+    assert len(pushes) == 1
+    assert all(gateway.state.services[key].serves_directly for key in keys)
+    assert ServiceKey("other", "unenrolled") not in gateway.state.services, "a decision does not enrol"
+
+
+def test_set_services_routes_exactly_the_catalog_keeping_mode_and_pods() -> None:
+    gateway = Gateway(GatewayConfig(), [ServiceEntry(ServiceSpec(HELLO))])
     gateway.set_service(HELLO, contract.MODE_SERVE, [POD])
-    gateway.add_service(ServiceEntry(ServiceSpec(HELLO), extra_hosts=("hello.example",)))
+    gateway.set_services([ServiceEntry(ServiceSpec(HELLO), extra_hosts=("hello.example",))])
     route = gateway.state.services[HELLO]
     assert (route.mode, route.endpoints, route.hosts[-1]) == (contract.MODE_SERVE, frozenset({POD}), "hello.example")
-    gateway.remove_service(HELLO)
+    gateway.set_services([])
     assert HELLO not in gateway.state.services
     assert set(gateway.cache.snapshot()[CLUSTER_TYPE].resources) == {"kapa_activator"}
 
 
-async def test_follows_an_endpoint_source_for_enrolled_services_only() -> None:
-    gateway = Gateway(GatewayConfig(), [ServiceEntry(ServiceSpec(HELLO))])
+async def test_follower_routes_ready_pods_of_enrolled_services_and_the_ready_activators() -> None:
+    activator_service = ServiceKey("kapa", "kapa-activator")
+    fallback = Endpoint("kapa-activator.kapa.svc.cluster.local", 8013)
+    gateway = Gateway(GatewayConfig(), [ServiceEntry(ServiceSpec(HELLO))], [fallback])
+    follower = GatewayFollower(gateway, activator_service, [fallback])
     source = LocalEndpointSource()
-    follower = asyncio.create_task(gateway.follow_endpoints(source.updates()))
+    task = asyncio.create_task(follower.follow(source))
     stranger = ServiceKey("kube-system", "dns")
-    source.set(HELLO, [POD])
-    source.set(stranger, [Endpoint("10.0.0.9", 53)])
+    starting = Endpoint("10.0.0.8", 8012)
     before = versions(gateway)
+    source.set(stranger, [Endpoint("10.0.0.9", 53)])
+    source._publish(EndpointsUpdate(HELLO, frozenset({POD, starting}), ready=frozenset({POD})))
+    source.set(activator_service, [Endpoint("10.0.0.2", 8013), Endpoint("10.0.0.3", 8013)])
     for _ in range(50):
         await asyncio.sleep(0.01)
-        if gateway.state.services[HELLO].endpoints:
+        if gateway.state.services[HELLO].endpoints and len(gateway.state.activator) == 2:
             break
-    await source.close()
-    await asyncio.wait_for(follower, 1)
-    assert gateway.state.services[HELLO].endpoints == frozenset({POD})
+    assert gateway.state.services[HELLO].endpoints == frozenset({POD}), "a pod not ready yet takes nothing from Envoy"
     assert stranger not in gateway.state.services
+    assert gateway.state.activator == (Endpoint("10.0.0.2", 8013), Endpoint("10.0.0.3", 8013))
     after = versions(gateway)
-    assert {t for t in after if after[t] != before[t]} == {ENDPOINT_TYPE}
     assert after[LISTENER_TYPE] == before[LISTENER_TYPE]
+    source.set(activator_service, [])
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if gateway.state.activator == (fallback,):
+            break
+    assert gateway.state.activator == (fallback,), "no activator pod known ready: back to the Service's name"
+    await source.close()
+    await asyncio.wait_for(task, 1)

@@ -35,20 +35,26 @@ TARGET = 10
 LOAD_CONCURRENCY = 50
 SLEEP_MS = 100
 GRACE_S = 10
+ACTIVATORS = 2
+STEADY = "steady"
+LIMITED = "limited"
+STEADY_BURST_CAPACITY = 10
 
-SAMPLE_MANIFEST = f"""
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: {APPS}
----
+def app_manifest(name: str, template_annotations: dict[str, str], deployment_annotations: dict[str, str] | None = None,
+                 replicas: int = 1) -> str:
+    """A Service and an enrolled Deployment of the sample app: the Deployment carries kapa.dev/enabled as an
+    annotation (the catalog's enrolment), its pod template as a label (the webhook's selector). Annotations
+    on the Deployment itself can change without a rollout."""
+    annotations = "".join(f'\n        {key}: "{value}"' for key, value in template_annotations.items())
+    on_deployment = "".join(f'\n    {key}: "{value}"' for key, value in (deployment_annotations or {}).items())
+    return f"""
 apiVersion: v1
 kind: Service
 metadata:
-  name: {SAMPLE}
+  name: {name}
   namespace: {APPS}
 spec:
-  selector: {{app: {SAMPLE}}}
+  selector: {{app: {name}}}
   ports:
     - name: http
       port: {contract.QUEUE_SERVING_PORT}
@@ -57,28 +63,20 @@ spec:
 apiVersion: apps/v1
 kind: Deployment
 metadata:
-  name: {SAMPLE}
+  name: {name}
   namespace: {APPS}
   annotations:
-    {contract.ANNOTATION_ENABLED}: "true"
+    {contract.ANNOTATION_ENABLED}: "true"{on_deployment}
 spec:
-  replicas: 1
+  replicas: {replicas}
   selector:
-    matchLabels: {{app: {SAMPLE}}}
+    matchLabels: {{app: {name}}}
   template:
     metadata:
       labels:
-        app: {SAMPLE}
+        app: {name}
         {contract.ANNOTATION_ENABLED}: "true"
-      # On the pod template, as Knative has them on a revision: the webhook sees only the pod, the scaler
-      # reads both (the template's win).
-      annotations:
-        autoscaling.knative.dev/target: "{TARGET}"
-        autoscaling.knative.dev/target-utilization-percentage: "100"
-        autoscaling.knative.dev/window: "6s"
-        # Malformed on purpose: the default is used and the scaler reports it as an Event on the Deployment.
-        autoscaling.knative.dev/panic-threshold-percentage: "lots"
-        {contract.ANNOTATION_TIMEOUT_SECONDS}: "10"
+      annotations:{annotations}
     spec:
       containers:
         - name: app
@@ -91,6 +89,23 @@ spec:
             httpGet: {{path: {contract.READY_PATH}, port: {contract.USER_PORT}}}
             periodSeconds: 1
 """
+
+
+# On the pod template, as Knative has them on a revision: the webhook sees only the pod, the scaler reads
+# both (the template's win).
+SAMPLE_MANIFEST = f"""
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: {APPS}
+---""" + app_manifest(SAMPLE, {
+    "autoscaling.knative.dev/target": str(TARGET),
+    "autoscaling.knative.dev/target-utilization-percentage": "100",
+    "autoscaling.knative.dev/window": "6s",
+    # Malformed on purpose: the default is used and the scaler reports it as an Event on the Deployment.
+    "autoscaling.knative.dev/panic-threshold-percentage": "lots",
+    contract.ANNOTATION_TIMEOUT_SECONDS: "10",
+})
 
 
 def core(cluster: Cluster) -> Any:
@@ -134,6 +149,67 @@ def envoy_url(cluster: Cluster) -> str:
     return f"http://{component_pod(cluster, 'envoy').status.pod_ip}:{contract.ENVOY_LISTENER_PORT}/"
 
 
+def routes(cluster: Cluster) -> dict[str, Any]:
+    """The gateway's routing state (in the scaler's process), with what each Envoy ACKed."""
+    scaler = component_pod(cluster, "scaler")
+    url = f"http://{scaler.status.pod_ip}:{contract.SCALER_HTTP_PORT}/v1/routes"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+def route(cluster: Cluster, name: str) -> dict[str, Any] | None:
+    return next((item for item in routes(cluster)["services"] if item["name"] == name), None)
+
+
+def target(cluster: Cluster, name: str) -> str | None:
+    """Where Envoy sends the service's requests now: "pods", "activator", or None (not routed)."""
+    found = route(cluster, name)
+    return found["target"] if found else None
+
+
+def scrape(address: str, port: int) -> str:
+    with urllib.request.urlopen(f"http://{address}:{port}{contract.METRICS_PATH}", timeout=5) as response:
+        return response.read().decode()
+
+
+def sample_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of every sample of `name` whose labels include `labels` (Prometheus text exposition)."""
+    total = 0.0
+    for line in text.splitlines():
+        if (line.startswith(name + "{") or line.startswith(name + " ")) and all(
+                f'{key}="{value}"' in line for key, value in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def activator_requests(cluster: Cluster, service: str) -> list[float]:
+    """Requests each activator replica answered for `service` (its own counter, read from every replica)."""
+    pods = [pod for pod in release_pods(cluster)
+            if pod.metadata.labels.get("app.kubernetes.io/component") == "activator" and pod_ready(pod)]
+    return [sample_sum(scrape(pod.status.pod_ip, contract.ACTIVATOR_ADMIN_PORT), contract.REQUESTS,
+                       **{contract.LABEL_SERVICE: service}) for pod in pods]
+
+
+def queue_proxy_total(cluster: Cluster, service: str, name: str) -> float:
+    """A queue-proxy counter summed over the service's running pods."""
+    pods = core(cluster).list_namespaced_pod(APPS, label_selector=f"app={service}").items
+    return sum(sample_sum(scrape(pod.status.pod_ip, contract.QUEUE_METRICS_PORT), name)
+               for pod in pods if pod.status.pod_ip and pod_ready(pod))
+
+
+def start_load(url: str, host: str, concurrency: int, duration: str, sleep_ms: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kapa", "load", "-c", str(concurrency), "-z", duration, "--sleep", str(sleep_ms),
+         "--json", "-H", f"Host: {host}", url],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def load_result(load: subprocess.Popen[str], timeout_s: float = 120) -> dict[str, Any]:
+    output, errors = load.communicate(timeout=timeout_s)
+    assert load.returncode == 0, f"kapa load failed: {errors[-800:]}"
+    return json.loads(output)
+
+
 def get(url: str, host: str, timeout_s: float) -> tuple[int, bytes]:
     request = urllib.request.Request(url, headers={"Host": host})
     try:
@@ -145,13 +221,14 @@ def get(url: str, host: str, timeout_s: float) -> tuple[int, bytes]:
 
 @pytest.fixture(scope="module")
 def release(cluster: Cluster, prometheus: Prometheus) -> Iterator[Cluster]:
-    """`helm install` of charts/kapa with the direct actuator, then Prometheus fed the chart's scrape jobs."""
+    """`helm install` of charts/kapa with the direct actuator and two activators, then Prometheus fed the
+    chart's scrape jobs. No list of services: the enrolled Deployments are the catalog."""
     values = {
         "actuator": "direct",
         # Shortened (default 30 s) so the scale-to-zero scenarios take seconds.
         "autoscaler": {"scale-to-zero-grace-period": f"{GRACE_S}s"},
         "prometheus": {"url": prometheus.url},
-        "services": [{"name": SAMPLE, "namespace": APPS}],
+        "activator": {"autoscaling": {"enabled": False, "minReplicas": ACTIVATORS}},
     }
     values_file = cluster.plane.dir / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
@@ -172,8 +249,9 @@ def release(cluster: Cluster, prometheus: Prometheus) -> Iterator[Cluster]:
 
 def test_helm_install_every_pod_ready(release: Cluster) -> None:
     pods = release_pods(release)
-    components = {pod.metadata.labels.get("app.kubernetes.io/component") for pod in pods}
-    assert {"scaler", "activator", "envoy", "webhook"} <= components, release.diagnose(NAMESPACE)
+    components = [pod.metadata.labels.get("app.kubernetes.io/component") for pod in pods]
+    assert {"scaler", "activator", "envoy", "webhook"} <= set(components), release.diagnose(NAMESPACE)
+    assert components.count("activator") == ACTIVATORS
     not_ready = [pod.metadata.name for pod in pods if not pod_ready(pod)]
     assert not not_ready, f"not Ready: {not_ready}\n{release.diagnose(NAMESPACE)}"
     for pod in pods:
@@ -212,6 +290,10 @@ def test_scales_to_zero_then_from_zero_through_envoy_and_activator(release: Clus
     # No traffic since the pod started: the scaler takes the Deployment to zero after the grace period.
     wait_for(lambda: replicas(release) == 0, 150, f"{SAMPLE} scaled to 0\n{release.diagnose(NAMESPACE)}")
     wait_for(lambda: not sample_pods(release), 90, f"{SAMPLE} pods gone\n{release.diagnose(APPS)}")
+    # At zero Envoy sends the service's requests to the activators, which hold them.
+    at_zero = route(release, SAMPLE)
+    assert at_zero is not None and (at_zero["mode"], at_zero["target"]) == ("proxy", "activator"), at_zero
+    assert at_zero["hosts"] == [f"{SAMPLE}.{APPS}", f"{SAMPLE}.{APPS}.svc", f"{SAMPLE}.{APPS}.svc.cluster.local"]
     url = envoy_url(release)
     started = time.monotonic()
     status, body = get(f"{url}?sleep={SLEEP_MS}", f"{SAMPLE}.{APPS}", 90)
@@ -244,6 +326,138 @@ def test_scales_to_five_under_load_then_back_to_zero(release: Cluster) -> None:
     assert max(seen) == expected, f"replicas seen {seen}, expected a peak of {expected}\n{release.diagnose(APPS)}"
     # Idle again: back to zero once the stable window has no traffic and the grace period has passed.
     wait_for(lambda: replicas(release) == 0, 150, f"{SAMPLE} back to 0\n{release.diagnose(NAMESPACE)}")
+
+
+def test_a_deployment_enrolled_while_running_is_routed_within_seconds(release: Cluster) -> None:
+    """No restart and no values change: the catalog's watch routes it, through the activator until it has
+    pods and is decided about. Two pods of target 10 and a burst capacity of 10: up to 10 concurrent
+    requests leave excess burst capacity >= 0, so its pods take them straight from Envoy."""
+    created = time.monotonic()
+    release.apply(app_manifest(
+        STEADY,
+        {"autoscaling.knative.dev/target": str(TARGET),
+         "autoscaling.knative.dev/target-utilization-percentage": "100",
+         "autoscaling.knative.dev/min-scale": "2",
+         contract.ANNOTATION_HOSTS: "steady.example.com"},
+        # On the Deployment, so that changing it is no rollout (the next scenarios change it).
+        {"autoscaling.knative.dev/target-burst-capacity": str(STEADY_BURST_CAPACITY)},
+        replicas=2,
+    ))
+    wait_for(lambda: route(release, STEADY), 20, f"{STEADY} routed")
+    routed = time.monotonic() - created
+    status, body = get(f"{envoy_url(release)}?sleep=1", "steady.example.com", 60)
+    answered = time.monotonic() - created
+    assert status == 200, f"{status} {body[:300]!r}\n{release.diagnose(APPS)}"
+    print(f"enrolled -> routed: {routed:.1f} s; -> first 200 through Envoy (pod start included): {answered:.1f} s")
+
+
+def set_burst_capacity(cluster: Cluster, value: str) -> None:
+    patch = {"metadata": {"annotations": {"autoscaling.knative.dev/target-burst-capacity": value}}}
+    apps_api(cluster).patch_namespaced_deployment(STEADY, APPS, patch)
+
+
+def test_steady_load_with_capacity_is_served_by_the_pods_not_the_activator(release: Cluster) -> None:
+    """Serve mode: the activators see none of the load. Then the same load with the annotation changed to
+    -1 (activator always in path, no restart): proxy mode. Latency of both paths printed side by side."""
+    wait_for(lambda: target(release, STEADY) == "pods", 60, f"{STEADY} in serve mode\n{release.diagnose(APPS)}")
+    before_activators = activator_requests(release, STEADY)
+    before_pods = queue_proxy_total(release, STEADY, contract.REQUESTS)
+    # 5 concurrent: excess burst capacity 2 x 10 - 10 - 5 = 5 >= 0 throughout.
+    served = load_result(start_load(envoy_url(release), f"{STEADY}.{APPS}", 5, "10s", SLEEP_MS))
+    assert served["errors"] == 0 and set(served["status_counts"]) == {"200"}, served
+    assert activator_requests(release, STEADY) == before_activators, "the activators saw none of it"
+    assert queue_proxy_total(release, STEADY, contract.REQUESTS) - before_pods >= served["responses"]
+    assert target(release, STEADY) == "pods"
+
+    set_burst_capacity(release, "-1")
+    started = time.monotonic()
+    wait_for(lambda: target(release, STEADY) == "activator", 20, f"{STEADY} re-configured to proxy")
+    reconfigured = time.monotonic() - started
+    before_activators = activator_requests(release, STEADY)
+    proxied = load_result(start_load(envoy_url(release), f"{STEADY}.{APPS}", 5, "10s", SLEEP_MS))
+    assert proxied["errors"] == 0 and set(proxied["status_counts"]) == {"200"}, proxied
+    assert sum(activator_requests(release, STEADY)) - sum(before_activators) >= proxied["responses"]
+    set_burst_capacity(release, str(STEADY_BURST_CAPACITY))
+    wait_for(lambda: target(release, STEADY) == "pods", 20, f"{STEADY} back to serve")
+    print(f"annotation changed -> route moved: {reconfigured:.1f} s")
+    for name, result in (("serve", served), ("proxy", proxied)):
+        latency = result["latency_ms"]
+        print(f"{name} path, -c 5 sleep={SLEEP_MS} ms: p50 {latency['p50'] - SLEEP_MS:.2f} ms, "
+              f"p99 {latency['p99'] - SLEEP_MS:.2f} ms above the app's sleep, {result['responses_per_s']} req/s")
+
+
+def test_a_burst_beyond_capacity_goes_through_the_activator_and_back_with_no_failed_request(release: Cluster) -> None:
+    """A steady 5 for 45 s, and 12 s of 40 more in its middle: serve -> proxy (excess burst capacity
+    2 x 10 - 10 - 45 < 0) -> serve again once new pods hold it or the burst is over. Every response of both
+    loads is counted: none may fail."""
+    url = envoy_url(release)
+    before = sum(activator_requests(release, STEADY))
+    base = start_load(url, f"{STEADY}.{APPS}", 5, "45s", SLEEP_MS)
+    burst: subprocess.Popen[str] | None = None
+    targets: list[tuple[float, str | None]] = []
+    ack_delays: list[float] = []
+    started = time.monotonic()
+    try:
+        while base.poll() is None:
+            elapsed = time.monotonic() - started
+            if burst is None and elapsed >= 5:
+                burst = start_load(url, f"{STEADY}.{APPS}", 40, "12s", SLEEP_MS)
+            state = routes(release)
+            now_target = next((item["target"] for item in state["services"] if item["name"] == STEADY), None)
+            if not targets or targets[-1][1] != now_target:
+                targets.append((round(elapsed, 1), now_target))
+                for envoy in state["envoys"].values():
+                    route_status = envoy.get("type.googleapis.com/envoy.config.route.v3.RouteConfiguration") or {}
+                    if route_status.get("ack_delay_s") is not None:
+                        ack_delays.append(route_status["ack_delay_s"])
+            time.sleep(0.25)
+        results = [load_result(base)] + ([load_result(burst)] if burst else [])
+    finally:
+        for load in (base, burst):
+            if load is not None and load.poll() is None:
+                load.kill()
+    print(f"route targets over time: {targets}\nroute ACK delays (s): {[round(d, 4) for d in ack_delays]}")
+    for result in results:  # ("unfinished": in flight when the load's own duration ran out, cancelled by it)
+        assert result["errors"] == 0 and set(result["status_counts"]) == {"200"}, result
+    sequence = [where for _, where in targets]
+    assert sequence[0] == "pods" and "activator" in sequence, sequence
+    assert sequence[-1] == "pods", f"back to the pods after the burst: {sequence}"
+    assert sum(activator_requests(release, STEADY)) > before, "the burst went through the activators"
+
+
+def test_an_unlabelled_deployment_stops_being_routed(release: Cluster) -> None:
+    patch = {"metadata": {"annotations": {contract.ANNOTATION_ENABLED: None}},
+             "spec": {"template": {"metadata": {"labels": {contract.ANNOTATION_ENABLED: None}}}}}
+    apps_api(release).patch_namespaced_deployment(STEADY, APPS, patch)
+    started = time.monotonic()
+    wait_for(lambda: route(release, STEADY) is None, 20, f"{STEADY} unrouted")
+    unrouted = time.monotonic() - started
+    status, _ = wait_for(lambda: (lambda answer: answer if answer[0] == 404 else None)(
+        get(envoy_url(release), f"{STEADY}.{APPS}", 10)), 20, "Envoy's 404 for the unrouted host")
+    assert status == 404
+    print(f"unlabelled -> unrouted: {unrouted:.1f} s")
+    apps_api(release).delete_namespaced_deployment(STEADY, APPS)
+
+
+def test_two_activators_never_put_more_than_the_pods_limit_on_it(release: Cluster) -> None:
+    """containerConcurrency 2, one pod (max-scale 1), two activators, 12 clients: each activator may have
+    one request on the pod, so the queue-proxy never has to queue one (its counter of queued requests is
+    exact, not sampled), while both activators forward."""
+    release.apply(app_manifest(LIMITED, {
+        "autoscaling.knative.dev/min-scale": "1",
+        "autoscaling.knative.dev/max-scale": "1",
+        contract.ANNOTATION_CONTAINER_CONCURRENCY: "2",
+    }))
+    wait_for(lambda: route(release, LIMITED) and queue_proxy_total(release, LIMITED, contract.QUEUED_REQUESTS) == 0
+             and any(pod_ready(p) for p in core(release).list_namespaced_pod(APPS, label_selector=f"app={LIMITED}").items),
+             90, f"{LIMITED} ready\n{release.diagnose(APPS)}")
+    result = load_result(start_load(envoy_url(release), f"{LIMITED}.{APPS}", 12, "10s", 200))
+    assert result["errors"] == 0 and set(result["status_counts"]) == {"200"}, result
+    forwarded = activator_requests(release, LIMITED)
+    assert len(forwarded) == ACTIVATORS and all(count > 0 for count in forwarded), forwarded
+    assert queue_proxy_total(release, LIMITED, contract.QUEUED_REQUESTS) == 0
+    assert queue_proxy_total(release, LIMITED, contract.REQUESTS) >= result["responses"]
+    print(f"requests per activator: {forwarded}; at the pod: {result['responses']}, none queued")
 
 
 def test_prometheus_found_the_pods_through_kubernetes_discovery(release: Cluster, prometheus: Prometheus) -> None:

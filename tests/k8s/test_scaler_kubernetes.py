@@ -1,5 +1,5 @@
-"""scaler.kubernetes against the real API server: the catalog of enrolled Deployments, Events for bad
-annotations, ready pods from EndpointSlices, and the direct actuator's scale patches."""
+"""scaler.kubernetes against the real API server: the catalog of enrolled Deployments (kapa.deployments),
+Events for bad annotations, ready pods from EndpointSlices, and the direct actuator's scale patches."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from kapa import contract
 from kapa.services import ServiceKey
 from scaler.config import AutoscalerConfig
 from scaler.decision import Decision
+from kapa.deployments import DeploymentCatalog
 from scaler.kubernetes import (
-    DeploymentCatalog,
+    AnnotationReporter,
     EndpointSliceReadyPods,
     ScaleActuator,
     ScaledObjectActuator,
@@ -73,7 +74,8 @@ async def test_catalog_events_and_direct_scale(namespace: Cluster) -> None:
     apps.create_namespaced_deployment(NAMESPACE, deployment("enrolled", enrolled))
     apps.create_namespaced_deployment(NAMESPACE, deployment("plain", {}))
 
-    catalog = DeploymentCatalog(namespace.api, AutoscalerConfig.default(), NAMESPACE)
+    catalog = DeploymentCatalog(namespace.api, NAMESPACE,
+                                on_spec_change=AnnotationReporter(namespace.api, AutoscalerConfig.default()))
     await catalog.start()
     try:
         key = ServiceKey(NAMESPACE, "enrolled")
@@ -154,7 +156,7 @@ async def test_keda_actuator_keeps_one_scaled_object_per_enrolled_deployment(nam
     extensions.create_custom_resource_definition(SCALED_OBJECT_CRD)
     custom = client.CustomObjectsApi(namespace.api)
     apps = client.AppsV1Api(namespace.api)
-    catalog = DeploymentCatalog(namespace.api, AutoscalerConfig.default(), NAMESPACE)
+    catalog = DeploymentCatalog(namespace.api, NAMESPACE)
     try:
         def scaled_object() -> dict[str, Any] | None:
             try:

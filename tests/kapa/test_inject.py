@@ -158,6 +158,18 @@ def test_longer_grace_period_is_kept() -> None:
     assert pod_spec(inject_document(document).document)["terminationGracePeriodSeconds"] == 900
 
 
+def test_the_app_waits_for_the_queue_proxys_drain_before_its_sigterm() -> None:
+    result = inject_document(deployment())
+    app = pod_spec(result.document)["containers"][0]
+    assert app["lifecycle"]["preStop"] == {
+        "httpGet": {"path": contract.WAIT_FOR_DRAIN_PATH, "port": contract.QUEUE_ADMIN_PORT}}
+    own = {"exec": {"command": ["flush-caches"]}}
+    containers = [{**pod_spec(deployment())["containers"][0], "lifecycle": {"preStop": own}}]
+    kept = inject_document(deployment(containers=containers))
+    assert pod_spec(kept.document)["containers"][0]["lifecycle"]["preStop"] == own
+    assert any("preStop" in warning and contract.WAIT_FOR_DRAIN_PATH in warning for warning in kept.warnings)
+
+
 def test_app_without_probe_or_port_gets_tcp_check_on_default_user_port() -> None:
     document = deployment(containers=[{"name": "app", "image": "hello:1"}])
     injected = inject_document(document).document

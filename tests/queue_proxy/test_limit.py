@@ -52,6 +52,7 @@ async def test_limit_queues_in_order_and_refuses_beyond_the_queue(app_port: int,
         stats = _app_stats(proxy)
         assert stats["max"] == 2 and stats["total"] == 22
         assert proxy.metric(contract.REJECTED_REQUESTS, reason=contract.REASON_QUEUE_FULL) == 5
+        assert proxy.metric(contract.QUEUED_REQUESTS) == 20, "every request that found both slots taken waited"
         assert proxy.metric(contract.QUEUE_DEPTH) == 0
         assert proxy.metric(contract.REQUESTS_IN_FLIGHT) == 0
 

@@ -31,7 +31,7 @@ def test_scaling_path_serves_only_the_scaling_metrics_and_all_are_labelled(proxy
     assert _base_names(everything) == {
         contract.CONCURRENCY_SECONDS, contract.PROXIED_CONCURRENCY_SECONDS, contract.REQUESTS,
         contract.PROXIED_REQUESTS, contract.REQUEST_DURATION, contract.REQUESTS_IN_FLIGHT, contract.QUEUE_DEPTH,
-        contract.REJECTED_REQUESTS,
+        contract.QUEUED_REQUESTS, contract.REJECTED_REQUESTS,
     }
     labels = (
         f'{contract.LABEL_NAMESPACE}="tests"', f'{contract.LABEL_SERVICE}="app"',

@@ -85,8 +85,7 @@ affinity:
 {{- end }}
 {{- end -}}
 
-{{/* Where the services file and config-autoscaler are mounted in Kapa's pods. */}}
-{{- define "kapa.servicesFile" -}}/etc/kapa/services/services.yaml{{- end -}}
+{{/* Where config-autoscaler is mounted in the scaler's pod. */}}
 {{- define "kapa.configDir" -}}/etc/kapa/config-autoscaler{{- end -}}
 
 {{/* The uid of the Kapa image's user (see the Dockerfile) and of the Envoy image's. */}}
