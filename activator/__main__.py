@@ -97,6 +97,8 @@ def _api_client() -> object:
 async def _serve(activator: Activator, listen: Listen, catalog: DeploymentCatalog | None) -> None:
     if catalog is not None:
         await catalog.start()
+        # Not listening (so not ready) before the services are known: Envoy would get 404s from this replica.
+        await catalog.listed.wait()
     try:
         await activator.run(listen)
     finally:

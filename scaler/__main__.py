@@ -20,7 +20,6 @@ import uvloop
 from aiohttp import web
 
 from kapa import contract
-from kapa.deployments import DeploymentCatalog
 from kapa.log import configure, get_logger
 from kapa.services import DEFAULT_CLUSTER_DOMAIN, ServiceKey, ServicesFileError
 from gateway.admin_http import GATEWAY_KEY, get_routes
@@ -100,6 +99,7 @@ async def serve(args: argparse.Namespace) -> int:
     background: list[asyncio.Task[None]] = []
     gateway: Gateway | None = None
     if args.kubernetes:
+        from kapa.deployments import DeploymentCatalog
         from kapa.endpoints import KubernetesEndpointSource
         from kapa.kubeclient import api_client
         from scaler.kubernetes import AnnotationReporter, EndpointSliceReadyPods, ScaleActuator, ScaledObjectActuator
@@ -121,7 +121,6 @@ async def serve(args: argparse.Namespace) -> int:
             follower = GatewayFollower(gateway, args.activator_service, [args.activator])
             deployments.subscribe(follower.on_entries)
             actuators.append(follower)
-            background.append(asyncio.create_task(_serve_xds_once_listed(deployments, gateway), name="xds"))
             sources = [ready_pods.source]
             if args.activator_service is not None:  # its own watch: the activator may live outside --kube-namespace
                 activators = KubernetesEndpointSource(api, args.activator_service.namespace,
@@ -131,6 +130,12 @@ async def serve(args: argparse.Namespace) -> int:
             background += [asyncio.create_task(follower.follow(source), name="gateway-endpoints") for source in sources]
         await deployments.start()
         await ready_pods.start()
+        # Nothing before the catalog is known: an empty first tick would tell KEDA nothing is enrolled, and an
+        # Envoy connecting to a fresh replica (a restart, a rollout) would get an empty route table. Until
+        # their first decision, services go to the activator, which is right whatever their state.
+        await deployments.listed.wait()
+        if gateway is not None:
+            await gateway.start()
         scaler = Scaler(config, deployments, metrics, ready_pods=ready_pods, actuators=actuators)
     else:
         try:
@@ -175,14 +180,6 @@ async def serve(args: argparse.Namespace) -> int:
     await runner.cleanup()
     await metrics.close()
     return 0
-
-
-async def _serve_xds_once_listed(catalog: DeploymentCatalog, gateway: Gateway) -> None:
-    """Open the xDS port only once the catalog is known: an Envoy that connects to a fresh replica (a restart,
-    a rollout) must get every route, never the empty table of a catalog not yet listed. Until their first
-    decision, services go to the activator, which is right whatever their state."""
-    await catalog.listed.wait()
-    await gateway.start()
 
 
 def main(argv: list[str] | None = None) -> int:
