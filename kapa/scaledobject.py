@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kapa import contract
-from kapa.services import ServiceKey, ServiceSpec
+from kapa.deployments import deployment_spec
 from scaler.config import AutoscalerConfig, service_config
 
 #: KEDA's API group/version and the trigger type whose StreamIsActive lets the scaler wake a service at once.
@@ -82,10 +82,9 @@ def scaled_object(
     name, namespace = str(metadata.get("name", "")), str(metadata.get("namespace") or "default")
     if not name:
         raise ValueError("the Deployment has no metadata.name")
-    annotations = {str(k): str(v) for k, v in (metadata.get("annotations") or {}).items()}
-    settings, errors = service_config(
-        config or AutoscalerConfig.default(), ServiceSpec(ServiceKey(namespace, name), annotations)
-    )
+    # The annotations the scaler reads: the Deployment's and its pod template's (those win), as the catalog merges them.
+    spec = deployment_spec({**deployment, "metadata": {**metadata, "name": name, "namespace": namespace}})
+    settings, errors = service_config(config or AutoscalerConfig.default(), spec)
     warnings = tuple(str(e) for e in errors if e.key in _BOUND_ANNOTATIONS)
     max_replicas = settings.max_scale or UNBOUNDED_MAX_REPLICAS
     # KEDA activates 0 -> 1 itself; without scale to zero the floor is one pod, as in Knative.

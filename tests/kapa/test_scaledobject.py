@@ -72,6 +72,13 @@ def test_replica_bounds_follow_min_and_max_scale(
         assert any(warned in w and "shop/hello" in w for w in result.warnings), result.warnings
 
 
+def test_bounds_on_the_pod_template_win_as_the_scaler_reads_them() -> None:
+    document = deployment({**min_scale("1"), **max_scale("9")})
+    document["spec"] = {"template": {"metadata": {"annotations": max_scale("3")}}}
+    spec = scaled_object(document, "kapa-scaler.kapa.svc:9095").manifest["spec"]
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 3)
+
+
 def test_only_problems_with_the_bounds_it_carries_are_reported() -> None:
     annotations = {**max_scale("3"), contract.knative_annotation("target"): "lots"}
     assert scaled_object(deployment(annotations), SCALER).warnings == ()
