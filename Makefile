@@ -4,9 +4,9 @@
 setup:
 	@bash scripts/setup.sh
 
-# The Kubernetes end-to-end tests need a control plane built from Go modules (cached in ~/.cache/kapa).
+# The Kubernetes end-to-end tests need a control plane and KEDA built from Go modules (cached in ~/.cache/kapa).
 k8s-tools:
-	@if command -v go >/dev/null; then bash scripts/build-k8s.sh >/dev/null; \
+	@if command -v go >/dev/null; then bash scripts/build-k8s.sh >/dev/null && bash scripts/build-keda.sh >/dev/null; \
 	else echo "make: no Go toolchain: the Kubernetes end-to-end tests (tests/k8s) will skip; install Go to run them"; fi
 
 up: setup

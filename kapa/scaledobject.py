@@ -51,15 +51,20 @@ def no_smoothing_behavior(max_replicas: int) -> dict[str, Any]:
 
     Scale-up: one Pods policy as large as max_replicas allows a jump from 1 to the maximum in one period;
     scale-down: 100 % allows a drop to the minimum in one period. Both periods are 1 s, shorter than any HPA
-    sync, so no earlier change ever counts against the next one."""
+    sync, so no earlier change ever counts against the next one. Tolerance 0: the metric already is the
+    exact pod count, and the HPA's default 10 % would hold a ±1 step at 10 or more pods (11/10 is within
+    it). The field is the HPAConfigurableTolerance feature (beta and on by default from Kubernetes 1.35);
+    KEDA passes it through, and an API server without it drops the unknown field."""
     return {
         "scaleUp": {
             "stabilizationWindowSeconds": 0,
+            "tolerance": "0",
             "selectPolicy": "Max",
             "policies": [{"type": "Pods", "value": max_replicas, "periodSeconds": 1}],
         },
         "scaleDown": {
             "stabilizationWindowSeconds": 0,
+            "tolerance": "0",
             "selectPolicy": "Max",
             "policies": [{"type": "Percent", "value": 100, "periodSeconds": 1}],
         },

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import yaml
@@ -25,6 +25,9 @@ import yaml
 from tests.k8s import controlplane, network, session
 from tests.k8s.controlplane import BIN_DIR, ControlPlane
 from tests.support import REPO, free_port, stop_process, wait_for_http
+
+if TYPE_CHECKING:
+    from tests.k8s.keda import Keda
 
 NODE = "kapa-node"
 T = TypeVar("T")
@@ -98,13 +101,17 @@ def _node_ready(api: Any) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
 
 
-@pytest.fixture(scope="package")
-def cluster() -> Iterator[Cluster]:
-    reason = controlplane.skip_reason()
+def skip_unless_runnable(reason: str | None) -> None:
+    """Skip with `reason` (what to build or install), or fail where the tests must run."""
     if reason is not None:
         if os.environ.get("KAPA_K8S_REQUIRED"):  # set by .ci/run, which builds the binaries first
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="package")
+def cluster() -> Iterator[Cluster]:
+    skip_unless_runnable(controlplane.skip_reason())
     with session.exclusive(timeout_s=900):
         # Not under pytest's basetemp: concurrent pytest runs prune old basetemps, and not under /tmp, which
         # pods commonly mount an emptyDir over (the kubelet's volume sources must stay visible to them).
@@ -136,6 +143,19 @@ def _with_kubelet(plane: ControlPlane, root: Path) -> Iterator[Cluster]:
             yield Cluster(plane, kubelet_root, kubelet_log, api)
         finally:
             stop_process(kubelet, grace_s=30)
+
+
+@pytest.fixture(scope="package")
+def keda(cluster: Cluster) -> Keda:
+    """The real KEDA (operator and metrics API server) running as pods, its external metrics API served.
+
+    Left running until the cluster goes: nothing outlives the control plane it is registered with."""
+    from tests.k8s import keda as keda_setup  # imported here: it imports this module
+
+    skip_unless_runnable(keda_setup.skip_reason())
+    started = keda_setup.install(cluster, cluster.plane.dir.parent / "keda")
+    print(f"keda v{keda_setup.KEDA_VERSION} serving external metrics {started.started_in_s:.1f} s after install")
+    return started
 
 
 @dataclass(frozen=True)

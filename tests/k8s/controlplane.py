@@ -25,12 +25,20 @@ from tests.k8s import network, session
 from tests.support import free_port, stop_process
 
 K8S_VERSION = "v1.36.3"
-#: Where scripts/build-k8s.sh puts the binaries (KAPA_CACHE overrides the cache root, as in the script).
-BIN_DIR = Path(os.environ.get("KAPA_CACHE", Path.home() / ".cache" / "kapa")) / f"k8s-{K8S_VERSION}" / "bin"
+#: The build scripts' cache root (KAPA_CACHE overrides it, as in scripts/build-*.sh).
+CACHE = Path(os.environ.get("KAPA_CACHE", Path.home() / ".cache" / "kapa"))
+#: Where scripts/build-k8s.sh puts the binaries.
+BIN_DIR = CACHE / f"k8s-{K8S_VERSION}" / "bin"
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "helm", "prometheus")
 #: The first address of network.SERVICE_CIDR, which the API server gives the `kubernetes` Service.
 KUBERNETES_SERVICE_IP = "10.96.0.1"
 CLUSTER_DOMAIN = "cluster.local"
+#: The front proxy's CA and client certificate (the API server's identity towards aggregated API servers),
+#: in this subdirectory of the PKI; the client certificate's CN, the one name aggregated servers accept.
+FRONT_PROXY_DIR = "front-proxy"
+FRONT_PROXY_CLIENT = "front-proxy-client"
+#: kube-controller-manager's default --horizontal-pod-autoscaler-sync-period is 15 s; tests use a faster one.
+DEFAULT_HPA_SYNC_PERIOD_S = 5.0
 
 
 def missing_binaries() -> list[str]:
@@ -99,7 +107,15 @@ def _ec_key(path: Path) -> None:
     _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(path), cwd=path.parent)
 
 
-def _signed_cert(pki: Path, name: str, subject: str, extensions: str) -> None:
+def make_ca(pki: Path, subject: str) -> None:
+    """A self-signed CA as pki/ca.crt + pki/ca.key, which `signed_cert` signs with."""
+    pki.mkdir(parents=True, exist_ok=True)
+    _ec_key(pki / "ca.key")
+    _openssl("req", "-x509", "-new", "-key", "ca.key", "-subj", subject, "-days", "2", "-out", "ca.crt", cwd=pki)
+
+
+def signed_cert(pki: Path, name: str, subject: str, extensions: str) -> None:
+    """pki/NAME.crt + pki/NAME.key for `subject`, signed by pki's CA; `extensions` is an openssl extfile."""
     _ec_key(pki / f"{name}.key")
     _openssl("req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr", cwd=pki)
     (pki / f"{name}.ext").write_text(extensions)
@@ -108,21 +124,24 @@ def _signed_cert(pki: Path, name: str, subject: str, extensions: str) -> None:
 
 
 def make_pki(pki: Path) -> None:
-    """A CA, the API server's serving certificate, an admin client certificate and the ServiceAccount key."""
-    pki.mkdir(parents=True)
-    _ec_key(pki / "ca.key")
-    _openssl("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=kapa-test-ca", "-days", "2",
-             "-out", "ca.crt", cwd=pki)
+    """A CA, the API server's serving certificate, an admin client certificate, the ServiceAccount key, and
+    the front proxy's own CA and client certificate (FRONT_PROXY_DIR)."""
+    make_ca(pki, "/CN=kapa-test-ca")
     names = ["kubernetes", "kubernetes.default", "kubernetes.default.svc", f"kubernetes.default.svc.{CLUSTER_DOMAIN}",
              "localhost"]
     alt = ",".join([f"DNS:{n}" for n in names] + [f"IP:{ip}" for ip in ("127.0.0.1", network.GATEWAY_IP,
                                                                          KUBERNETES_SERVICE_IP)])
-    _signed_cert(pki, "apiserver", "/CN=kube-apiserver",
-                 f"subjectAltName={alt}\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n")
-    _signed_cert(pki, "admin", "/O=system:masters/CN=kapa-test-admin",
-                 "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n")
+    signed_cert(pki, "apiserver", "/CN=kube-apiserver",
+                f"subjectAltName={alt}\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n")
+    signed_cert(pki, "admin", "/O=system:masters/CN=kapa-test-admin",
+                "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n")
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+    # A CA of its own, as Kubernetes recommends: an aggregated API server trusts any certificate this CA signs
+    # to assert a user in request headers, so it must not sign ordinary client certificates.
+    make_ca(pki / FRONT_PROXY_DIR, "/CN=kapa-test-front-proxy-ca")
+    signed_cert(pki / FRONT_PROXY_DIR, FRONT_PROXY_CLIENT, f"/CN={FRONT_PROXY_CLIENT}",
+                "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n")
 
 
 def write_kubeconfig(path: Path, server: str, pki: Path) -> None:
@@ -172,11 +191,35 @@ def _wait_ready(plane: ControlPlane, process: subprocess.Popen[bytes], logs: Pat
     raise TimeoutError(f"kube-apiserver not ready after {timeout_s}s (last: {last}); see {logs}")
 
 
+def _front_proxy_flags(pki: Path) -> list[str]:
+    """The API server's front-proxy (requestheader) configuration, which aggregated APIs need.
+
+    When the API server proxies a request to an aggregated API (KEDA's external.metrics.k8s.io), it
+    presents the front-proxy client certificate and names the caller in X-Remote-User/-Group/-Extra-*
+    headers. The aggregated server learns which CA and names to trust for that from the
+    kube-system/extension-apiserver-authentication ConfigMap, which the API server fills from these flags;
+    without them it sees every proxied caller, the HPA controller included, as system:anonymous."""
+    front_proxy = pki / FRONT_PROXY_DIR
+    return [
+        f"--requestheader-client-ca-file={front_proxy / 'ca.crt'}",
+        f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={front_proxy / f'{FRONT_PROXY_CLIENT}.crt'}",
+        f"--proxy-client-key-file={front_proxy / f'{FRONT_PROXY_CLIENT}.key'}",
+    ]
+
+
 @contextmanager
-def control_plane(root: Path, startup_timeout_s: float = 120.0) -> Iterator[ControlPlane]:
+def control_plane(
+    root: Path, startup_timeout_s: float = 120.0, hpa_sync_period_s: float = DEFAULT_HPA_SYNC_PERIOD_S
+) -> Iterator[ControlPlane]:
     """etcd + kube-apiserver + kube-controller-manager + kube-scheduler, torn down (in reverse) on exit.
 
     Expects the pod bridge (network.create_bridge) to exist: the API server binds its address.
+    hpa_sync_period_s is how often the HPA controller reads metrics (and so how fast replicas above 1 follow
+    an external scaler); a benchmark can ask for the production default of 15 s.
     """
     pki = root / "pki"
     logs = root / "logs"
@@ -215,6 +258,7 @@ def control_plane(root: Path, startup_timeout_s: float = 120.0) -> Iterator[Cont
             # Webhooks and aggregated APIs are called at their Service's endpoints (pod IPs), not the
             # ClusterIP, which nothing routes here (no kube-proxy).
             "--enable-aggregator-routing=true",
+            *_front_proxy_flags(pki),
             "--allow-privileged=true",
             "--profiling=false",
             "--v=1",
@@ -227,7 +271,7 @@ def control_plane(root: Path, startup_timeout_s: float = 120.0) -> Iterator[Cont
             "--leader-elect=false", "--controllers=*",
             f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
             f"--service-cluster-ip-range={network.SERVICE_CIDR}",
-            "--horizontal-pod-autoscaler-sync-period=5s",
+            f"--horizontal-pod-autoscaler-sync-period={hpa_sync_period_s:g}s",
             "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
             "--v=1",
         ], logs)

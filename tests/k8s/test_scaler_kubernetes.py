@@ -22,6 +22,7 @@ from scaler.kubernetes import (
     ScaledObjectActuator,
 )
 from tests.k8s.conftest import Cluster
+from tests.k8s.keda import Keda
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -136,24 +137,10 @@ async def test_ready_pods_from_endpoint_slices(namespace: Cluster) -> None:
         await counter.close()
 
 
-SCALED_OBJECT_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "scaledobjects.keda.sh"},
-    "spec": {
-        "group": "keda.sh", "scope": "Namespaced",
-        "names": {"plural": "scaledobjects", "singular": "scaledobject", "kind": "ScaledObject"},
-        # KEDA's real CRD validates the spec; this stand-in keeps whatever it is given.
-        "versions": [{"name": "v1alpha1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
-            "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
-    },
-}
-
-
-async def test_keda_actuator_keeps_one_scaled_object_per_enrolled_deployment(namespace: Cluster) -> None:
+async def test_keda_actuator_keeps_one_scaled_object_per_enrolled_deployment(namespace: Cluster, keda: Keda) -> None:
+    """Against KEDA's own CRD (installed by the `keda` fixture), whose schema validates what Kapa writes."""
     from kubernetes import client
 
-    extensions = client.ApiextensionsV1Api(namespace.api)
-    extensions.create_custom_resource_definition(SCALED_OBJECT_CRD)
     custom = client.CustomObjectsApi(namespace.api)
     apps = client.AppsV1Api(namespace.api)
     catalog = DeploymentCatalog(namespace.api, NAMESPACE)
@@ -205,4 +192,3 @@ async def test_keda_actuator_keeps_one_scaled_object_per_enrolled_deployment(nam
         assert await applied() is None, "un-enrolled: its ScaledObject is deleted"
     finally:
         catalog.close()
-        extensions.delete_custom_resource_definition("scaledobjects.keda.sh")
