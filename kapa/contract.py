@@ -238,12 +238,22 @@ AUTOSCALER_KEY_ALIASES: Final[dict[str, str]] = {
 
 METRIC_CONCURRENCY: Final = "concurrency"
 METRIC_RPS: Final = "rps"
+#: The metrics of the HPA class: the Kubernetes HPA scales on the pods' resource use, Kapa only routes.
+METRIC_CPU: Final = "cpu"
+METRIC_MEMORY: Final = "memory"
+#: Values of autoscaling.knative.dev/class: Knative's pod autoscaler (the KPA, Kapa's scaler; the default) or
+#: the Kubernetes HPA on cpu or memory.
+CLASS_KPA: Final = "kpa.autoscaling.knative.dev"
+CLASS_HPA: Final = "hpa.autoscaling.knative.dev"
+#: The HPA class's default cpu target, in percent of the pods' cpu requests (`kubectl autoscale`'s).
+DEFAULT_HPA_CPU_TARGET_PERCENTAGE: Final = 80
 
 # --- Per-service annotations ------------------------------------------------------------------------------
 
 KNATIVE_ANNOTATION_PREFIX: Final = "autoscaling.knative.dev/"
 #: The `autoscaling.knative.dev/<key>` annotations Kapa honours.
 KNATIVE_ANNOTATION_KEYS: Final = (
+    "class",
     "metric",
     "target",
     "target-utilization-percentage",

@@ -10,6 +10,9 @@ period), so everything downstream must pass its number through untouched:
 - cooldownPeriod is 0: when the scaler answers IsActive false it has already waited the grace period;
 - pollingInterval is short, because KEDA notices deactivation (N -> 0) only when it polls IsActive.
 
+A service of Knative's HPA class (`autoscaling.knative.dev/class: hpa.autoscaling.knative.dev`, metric cpu
+or memory) gets KEDA's resource trigger instead: the HPA scales it on its pods' use, with its own smoothing.
+
 min/max replicas come from Knative's min-scale and max-scale (annotation on the Deployment, else the global
 config-autoscaler value, within max-scale-limit). The function is pure; the scaler applies its result with
 the Kubernetes API.
@@ -100,12 +103,18 @@ def scaled_object(
         object_metadata["ownerReferences"] = [
             {"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": metadata["uid"]}
         ]
-    manifest = {
-        "apiVersion": KEDA_API_VERSION,
-        "kind": "ScaledObject",
-        "metadata": object_metadata,
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+    target_ref = {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+    if settings.autoscaler_class == contract.CLASS_HPA:
+        # The HPA class: KEDA's resource trigger, the HPA's own smoothing; an HPA never goes to zero.
+        spec: dict[str, Any] = {
+            "scaleTargetRef": target_ref,
+            "minReplicaCount": min(max(1, settings.min_scale), max_replicas),
+            "maxReplicaCount": max_replicas,
+            "triggers": [resource_trigger(settings.metric, settings.total_target)],
+        }
+    else:
+        spec = {
+            "scaleTargetRef": target_ref,
             "minReplicaCount": min(min_replicas, max_replicas),
             "maxReplicaCount": max_replicas,
             "pollingInterval": polling_interval_s,
@@ -119,6 +128,46 @@ def scaled_object(
                 }
             ],
             "advanced": {"horizontalPodAutoscalerConfig": {"behavior": no_smoothing_behavior(max_replicas)}},
+        }
+    manifest = {"apiVersion": KEDA_API_VERSION, "kind": "ScaledObject", "metadata": object_metadata, "spec": spec}
+    return ScaledObjectResult(manifest, warnings)
+
+
+def resource_trigger(metric: str, target: float) -> dict[str, Any]:
+    """KEDA's cpu or memory trigger for Knative's HPA class: cpu as a utilisation percentage of the pods'
+    requests, memory as MiB per pod (Knative's units for `autoscaling.knative.dev/target`)."""
+    if metric == contract.METRIC_CPU:
+        return {"type": "cpu", "metricType": "Utilization", "metadata": {"value": str(round(target))}}
+    return {"type": "memory", "metricType": "AverageValue", "metadata": {"value": f"{round(target)}Mi"}}
+
+
+def horizontal_pod_autoscaler(deployment: Mapping[str, Any], config: AutoscalerConfig | None = None) -> dict[str, Any] | None:
+    """For `actuator: direct`: the autoscaling/v2 HPA of a Deployment of Knative's HPA class (cpu as a
+    utilisation percentage, memory as MiB per pod, never under one pod), owned by it; None for the KPA class,
+    which the scaler itself scales."""
+    metadata = deployment.get("metadata") or {}
+    settings, _ = service_config(config or AutoscalerConfig.default(), deployment_spec(deployment))
+    if settings.autoscaler_class != contract.CLASS_HPA:
+        return None
+    name = str(metadata["name"])
+    if settings.metric == contract.METRIC_CPU:
+        target: dict[str, Any] = {"type": "Utilization", "averageUtilization": round(settings.total_target)}
+    else:
+        target = {"type": "AverageValue", "averageValue": f"{round(settings.total_target)}Mi"}
+    max_replicas = settings.max_scale or UNBOUNDED_MAX_REPLICAS
+    object_metadata: dict[str, Any] = {"name": name, "namespace": metadata["namespace"], "labels": dict(MANAGED_BY_LABELS)}
+    if metadata.get("uid"):
+        object_metadata["ownerReferences"] = [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": metadata["uid"]}
+        ]
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": object_metadata,
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": min(max(1, settings.min_scale), max_replicas),
+            "maxReplicas": max_replicas,
+            "metrics": [{"type": "Resource", "resource": {"name": settings.metric, "target": target}}],
         },
     }
-    return ScaledObjectResult(manifest, warnings)

@@ -102,16 +102,22 @@ async def serve(args: argparse.Namespace) -> int:
         from kapa.deployments import DeploymentCatalog
         from kapa.endpoints import KubernetesEndpointSource
         from kapa.kubeclient import api_client
-        from scaler.kubernetes import AnnotationReporter, EndpointSliceReadyPods, ScaleActuator, ScaledObjectActuator
+        from kapa.scaledobject import KEDA_API_VERSION, horizontal_pod_autoscaler, scaled_object
+        from scaler.kubernetes import AnnotationReporter, EndpointSliceReadyPods, ObjectActuator, ScaleActuator
 
         api = api_client(args.kubeconfig)
         deployments = DeploymentCatalog(api, args.kube_namespace, args.cluster_domain, AnnotationReporter(api, config))
         ready_pods = EndpointSliceReadyPods(api, args.kube_namespace)
         actuators: list[Actuator] = []
+        address = args.scaler_address
         if args.actuator == "direct":
             actuators.append(ScaleActuator(api, deployments))
-        elif args.actuator == "keda" and args.scaler_address:
-            actuators.append(ScaledObjectActuator(api, deployments, args.scaler_address, config))
+            actuators.append(ObjectActuator(api, deployments, "autoscaling/v2", "horizontalpodautoscalers",
+                                            lambda deployment: horizontal_pod_autoscaler(deployment, config)))
+        elif args.actuator == "keda" and address:
+            actuators.append(ObjectActuator(api, deployments, KEDA_API_VERSION, "scaledobjects",
+                                            lambda deployment: scaled_object(deployment, address, config).manifest))
+            actuators.append(ScaleActuator(api, deployments, leave_zero_to_keda=True))
         elif args.actuator == "keda":
             log.warning("actuator keda without --scaler-address: no ScaledObjects are kept; create them yourself "
                         "(kapa inject --scaled-objects)")

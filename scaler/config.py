@@ -25,11 +25,16 @@ from kapa.contract import (
     ANNOTATION_TIMEOUT_SECONDS,
     AUTOSCALER_DEFAULTS,
     AUTOSCALER_KEY_ALIASES,
+    CLASS_HPA,
+    CLASS_KPA,
     DEFAULT_CONTAINER_CONCURRENCY,
+    DEFAULT_HPA_CPU_TARGET_PERCENTAGE,
     DEFAULT_REVISION_TIMEOUT_SECONDS,
     KNATIVE_ANNOTATION_KEYS,
     KNATIVE_ANNOTATION_PREFIX,
     METRIC_CONCURRENCY,
+    METRIC_CPU,
+    METRIC_MEMORY,
     METRIC_RPS,
 )
 from kapa.services import ServiceKey, ServiceSpec
@@ -44,10 +49,6 @@ STABLE_WINDOW_MAX_S = 3600.0
 #: Knative's largest containerConcurrency and request timeout.
 MAX_CONTAINER_CONCURRENCY = 1000
 MAX_TIMEOUT_S = 600.0
-#: The class annotation Knative services carry for the KPA; it names the behaviour Kapa provides.
-_CLASS_ANNOTATION = KNATIVE_ANNOTATION_PREFIX + "class"
-_KPA_CLASS = "kpa.autoscaling.knative.dev"
-
 
 @dataclass(frozen=True)
 class ConfigError:
@@ -167,6 +168,24 @@ def _metric(text: str) -> str:
     return value
 
 
+def _service_metric(text: str) -> str:
+    """A service's metric: the KPA's two, or the HPA class's resources (checked against the class later)."""
+    value = text.strip()
+    if value not in (METRIC_CONCURRENCY, METRIC_RPS, METRIC_CPU, METRIC_MEMORY):
+        raise ValueError(
+            f"unsupported metric {text!r}: use {METRIC_CONCURRENCY} or {METRIC_RPS} (or, with the "
+            f"{CLASS_HPA} class, {METRIC_CPU} or {METRIC_MEMORY})"
+        )
+    return value
+
+
+def _class(text: str) -> str:
+    value = text.strip()
+    if value not in (CLASS_KPA, CLASS_HPA):
+        raise ValueError(f"unknown autoscaler class {text!r}: use {CLASS_KPA} or {CLASS_HPA}")
+    return value
+
+
 def _aggregation(text: str) -> str:
     value = text.strip()
     if value.lower() == AGGREGATION_LINEAR:
@@ -211,7 +230,8 @@ _GLOBAL_SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
 #: annotation key (after the prefix) -> (ServiceConfig field it feeds, parser). The global default of each
 #: comes from the config-autoscaler key named in _ANNOTATION_GLOBAL_KEY, where there is one.
 _ANNOTATION_SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "metric": ("metric", _metric),
+    "class": ("autoscaler_class", _class),
+    "metric": ("metric", _service_metric),
     "target": ("target", _float_at_least(MIN_TARGET)),
     "target-utilization-percentage": ("target_utilization_percentage", _percentage),
     "window": ("stable_window_s", _window),
@@ -368,6 +388,9 @@ class ServiceConfig:
     """
 
     key: ServiceKey
+    #: contract.CLASS_KPA (Kapa decides) or contract.CLASS_HPA (the Kubernetes HPA on `metric`, cpu or memory,
+    #: against `total_target`: percent of the cpu requests, or MiB per pod).
+    autoscaler_class: str
     metric: str
     target: float
     total_target: float
@@ -401,7 +424,8 @@ def service_config(global_config: AutoscalerConfig, spec: ServiceSpec) -> tuple[
     service = str(spec.key)
     errors: list[ConfigError] = []
     values: dict[str, Any] = {
-        "metric": global_config.metric,
+        "autoscaler_class": CLASS_KPA,
+        "metric": None,
         "target": None,
         "target_utilization_percentage": global_config.target_utilization_percentage,
         "stable_window_s": global_config.stable_window_s,
@@ -421,8 +445,7 @@ def service_config(global_config: AutoscalerConfig, spec: ServiceSpec) -> tuple[
             continue
         short = name[len(KNATIVE_ANNOTATION_PREFIX) :]
         if short not in _ANNOTATION_SETTINGS:
-            if not (name == _CLASS_ANNOTATION and raw_value.strip() == _KPA_CLASS):
-                errors.append(ConfigError(name, service, "not an autoscaling annotation Kapa honours, ignored"))
+            errors.append(ConfigError(name, service, "not an autoscaling annotation Kapa honours, ignored"))
             continue
         field_name, parse = _ANNOTATION_SETTINGS[short]
         try:
@@ -447,6 +470,15 @@ def service_config(global_config: AutoscalerConfig, spec: ServiceSpec) -> tuple[
         errors,
     )
     errors += _check_service_consistency(global_config, values, service)
+    if values["autoscaler_class"] == CLASS_HPA:
+        errors += _check_hpa_class(values, service)
+    elif values["metric"] in (METRIC_CPU, METRIC_MEMORY):
+        errors.append(ConfigError(KNATIVE_ANNOTATION_PREFIX + "metric", service,
+                                  f"{values['metric']} needs autoscaling.knative.dev/class: {CLASS_HPA}; using "
+                                  f"{global_config.metric}"))
+        values["metric"] = None
+    if values["metric"] is None:
+        values["metric"] = global_config.metric
 
     if values["metric"] == METRIC_RPS:
         total = global_config.requests_per_second_target_default
@@ -466,6 +498,7 @@ def service_config(global_config: AutoscalerConfig, spec: ServiceSpec) -> tuple[
     return (
         ServiceConfig(
             key=spec.key,
+            autoscaler_class=values["autoscaler_class"],
             metric=values["metric"],
             target=max(MIN_TARGET, total * utilization / 100.0),
             total_target=total,
@@ -513,6 +546,24 @@ def _kapa_annotation(
     except ValueError as error:
         errors.append(ConfigError(name, str(spec.key), f"{error}; using {default}"))
         return default
+
+
+def _check_hpa_class(values: dict[str, Any], service: str) -> list[ConfigError]:
+    """The HPA class scales on cpu (the default; target in percent of the pods' cpu requests) or memory
+    (target in MiB per pod, which has no default)."""
+    prefix = KNATIVE_ANNOTATION_PREFIX
+    errors = []
+    if values["metric"] in (METRIC_CONCURRENCY, METRIC_RPS):
+        errors.append(ConfigError(prefix + "metric", service, f"the {CLASS_HPA} class scales on cpu or memory; using cpu"))
+        values["metric"] = METRIC_CPU
+    if values["metric"] is None:
+        values["metric"] = METRIC_CPU
+    if values["metric"] == METRIC_MEMORY and values["target"] is None:
+        values["metric"] = METRIC_CPU
+        errors.append(ConfigError(prefix + "target", service, "metric memory needs a target (MiB per pod); using cpu"))
+    if values["metric"] == METRIC_CPU and values["target"] is None:
+        values["target"] = float(DEFAULT_HPA_CPU_TARGET_PERCENTAGE)
+    return errors
 
 
 def _check_service_consistency(

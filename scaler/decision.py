@@ -34,7 +34,7 @@ import math
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
-from kapa.contract import MODE_PROXY, MODE_SERVE
+from kapa.contract import CLASS_HPA, METRIC_CPU, MODE_PROXY, MODE_SERVE
 from scaler.config import ServiceConfig
 
 #: How often the scaler decides for every service (Knative's decider tick).
@@ -79,6 +79,9 @@ class Decision:
     ready_pods: int
     at_s: float
     explanation: tuple[str, ...]
+    #: True for a service of the HPA class: the Kubernetes HPA sets its pod count (desired_pods is the ready
+    #: count, informational); Kapa only routes it, to its pods whenever one is ready.
+    delegated: bool = False
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -93,6 +96,7 @@ class Decision:
             "ready_pods": self.ready_pods,
             "at_s": self.at_s,
             "explanation": list(self.explanation),
+            "delegated": self.delegated,
         }
 
 
@@ -254,6 +258,18 @@ def decide(
     )
     return decision, _state(
         initialised, panic_since, max_panic, active_since, inactive_since, last_poke, delay_window, decision
+    )
+
+
+def delegated_decision(config: ServiceConfig, ready_pods: int, now: float) -> Decision:
+    """A service of the HPA class: nothing to decide, only to route (serve while a pod is ready) and explain."""
+    unit = "% of the pods' cpu requests" if config.metric == METRIC_CPU else " MiB of memory per pod"
+    why = (f"scaled by the Kubernetes HPA ({CLASS_HPA}) on {config.metric}, target {config.total_target:g}{unit}, "
+           f"between {max(1, config.min_scale)} and {config.max_scale or 'any number of'} pods; Kapa only routes it")
+    return Decision(
+        desired_pods=ready_pods, excess_burst_capacity=0, panic_mode=False, stale=False,
+        mode=MODE_SERVE if ready_pods > 0 else MODE_PROXY, stable_value=None, panic_value=None,
+        target=config.total_target, ready_pods=ready_pods, at_s=now, explanation=(why,), delegated=True,
     )
 
 

@@ -8,9 +8,10 @@ ready, setting their scale (`actuator: direct`), and telling their owners about 
   the same readiness Kubernetes routes by. Unknown (None) until the first list has arrived.
 - `ScaleActuator` patches `deployments/scale` to each decision's desired_pods when it differs from the
   Deployment's replicas as last seen by the catalog (so an unchanged decision costs no API call); 0 is a
-  valid count.
-- `ScaledObjectActuator` (`actuator: keda`) keeps a KEDA ScaledObject (kapa.scaledobject) per enrolled
-  Deployment, pointing KEDA's external-push trigger at the scaler's gRPC address.
+  valid count with `actuator: direct`, KEDA's with `actuator: keda`.
+- `ObjectActuator` keeps an object per enrolled Deployment: a KEDA ScaledObject (kapa.scaledobject) with
+  `actuator: keda`, pointing KEDA's external-push trigger at the scaler's gRPC address (or, for Knative's
+  HPA class, KEDA's cpu/memory trigger); with `actuator: direct` an HPA for each Deployment of the HPA class.
 
 The official `kubernetes` client is synchronous: the watch runs in one daemon thread that only reads the
 network and hands each parsed event to the event loop; API writes run via asyncio.to_thread.
@@ -19,7 +20,7 @@ network and hands each parsed event to the event loop; API writes run via asynci
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -123,19 +124,31 @@ class EndpointSliceReadyPods:
 
 
 class ScaleActuator:
-    """`actuator: direct`: set each enrolled Deployment's scale subresource to the decided pod count."""
+    """Set each enrolled Deployment's scale subresource to the decided pod count.
 
-    def __init__(self, api: Any, catalog: DeploymentCatalog) -> None:
+    `actuator: direct`: every change, 0 included. `actuator: keda` (`leave_zero_to_keda`): only changes
+    between counts of one or more. KEDA's HPA reads the same decision through GetMetrics, but only every
+    --horizontal-pod-autoscaler-sync-period (15 s by default, often not settable on managed clusters) and
+    not at all within its tolerance; writing the decision at once keeps Knative's 2 s reaction whatever the
+    cluster's settings. The two never fight: the HPA computes the very count written here (metric = desired
+    pods, target 1), so its next sync changes nothing. 0 <-> 1 stays KEDA's (activation, cooldown), since an
+    HPA holding a Deployment at zero is disabled and KEDA alone brings it back.
+    """
+
+    def __init__(self, api: Any, catalog: DeploymentCatalog, leave_zero_to_keda: bool = False) -> None:
         from kubernetes import client
 
         self._apps = client.AppsV1Api(api)
         self._catalog = catalog
+        self._leave_zero_to_keda = leave_zero_to_keda
 
     async def apply(self, decisions: Mapping[ServiceKey, Decision]) -> None:
         for key, decision in decisions.items():
             current = self._catalog.replicas(key)
             desired = decision.desired_pods
-            if current is None or current == desired or desired < 0:
+            if current is None or current == desired or desired < 0 or decision.delegated:
+                continue
+            if self._leave_zero_to_keda and 0 in (current, desired):
                 continue
             await asyncio.to_thread(
                 self._apps.patch_namespaced_deployment_scale, key.name, key.namespace, {"spec": {"replicas": desired}}
@@ -143,32 +156,35 @@ class ScaleActuator:
             log.info("scaled", service=str(key), replicas_from=current, replicas_to=desired)
 
 
-class ScaledObjectActuator:
-    """`actuator: keda`: keep one KEDA ScaledObject (kapa.scaledobject) per enrolled Deployment.
+class ObjectActuator:
+    """Keep one object per enrolled Deployment, as `manifest_for(deployment)` gives it (None: none wanted):
+    KEDA ScaledObjects (`actuator: keda`), or HorizontalPodAutoscalers for Knative's HPA class (`actuator:
+    direct`). The decisions it receives are not used, only the moment (every tick).
 
-    KEDA then drives the Deployment from the scaler's gRPC answers; this only reconciles the objects, so the
-    decisions it receives are not used, only the moment (every tick). A ScaledObject is written when its
-    manifest differs from the one last written (create, or merge-patch when it exists); one whose
-    Deployment is no longer enrolled is deleted (only objects labelled as Kapa's); a deleted Deployment
-    takes its ScaledObject with it (owner reference).
+    An object is written when its manifest differs from the one last written: created, or, when it exists,
+    replaced (not merged, so a key the manifest dropped goes too). One no longer wanted is deleted, if it is
+    labelled as Kapa's; a deleted Deployment takes its objects with it (owner reference).
     """
 
-    def __init__(self, api: Any, catalog: DeploymentCatalog, scaler_address: str, config: AutoscalerConfig) -> None:
+    def __init__(
+        self, api: Any, catalog: DeploymentCatalog, api_version: str, plural: str,
+        manifest_for: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+    ) -> None:
         from kubernetes import client
 
         self._custom = client.CustomObjectsApi(api)
         self._catalog = catalog
-        self._scaler_address = scaler_address
-        self._config = config
+        self._group, self._version = api_version.split("/")
+        self._plural = plural
+        self._manifest_for = manifest_for
         self._written: dict[ServiceKey, dict[str, Any]] = {}
 
     async def apply(self, decisions: Mapping[ServiceKey, Decision]) -> None:
-        from kapa.scaledobject import scaled_object
-
-        wanted = {
-            key: scaled_object(deployment, self._scaler_address, self._config).manifest
-            for key, deployment in self._catalog.enrolled_deployments().items()
-        }
+        wanted = {}
+        for key, deployment in self._catalog.enrolled_deployments().items():
+            manifest = self._manifest_for(deployment)
+            if manifest is not None:
+                wanted[key] = manifest
         for key, manifest in wanted.items():
             if self._written.get(key) != manifest:
                 await asyncio.to_thread(self._write, key, manifest)
@@ -180,32 +196,31 @@ class ScaledObjectActuator:
     def _write(self, key: ServiceKey, manifest: dict[str, Any]) -> None:
         from kubernetes.client.rest import ApiException
 
-        group, version = manifest["apiVersion"].split("/")
+        where = (self._group, self._version, key.namespace, self._plural)
         try:
-            self._custom.create_namespaced_custom_object(group, version, key.namespace, "scaledobjects", manifest)
-            log.info("scaled object created", service=str(key))
+            self._custom.create_namespaced_custom_object(*where, manifest)
+            log.info("object created", kind=manifest["kind"], service=str(key))
         except ApiException as error:
             if error.status != 409:
                 raise
-            self._custom.patch_namespaced_custom_object(
-                group, version, key.namespace, "scaledobjects", key.name, manifest
-            )
-            log.info("scaled object updated", service=str(key))
+            current = self._custom.get_namespaced_custom_object(*where, key.name)
+            replacement = {**manifest, "metadata": {**manifest["metadata"],
+                                                    "resourceVersion": current["metadata"]["resourceVersion"]}}
+            self._custom.replace_namespaced_custom_object(*where, key.name, replacement)
+            log.info("object updated", kind=manifest["kind"], service=str(key))
 
     def _delete(self, key: ServiceKey) -> None:
         from kubernetes.client.rest import ApiException
 
-        from kapa.scaledobject import KEDA_API_VERSION, MANAGED_BY_LABELS
+        from kapa.scaledobject import MANAGED_BY_LABELS
 
-        group, version = KEDA_API_VERSION.split("/")
+        where = (self._group, self._version, key.namespace, self._plural)
         try:
-            current = self._custom.get_namespaced_custom_object(
-                group, version, key.namespace, "scaledobjects", key.name
-            )
+            current = self._custom.get_namespaced_custom_object(*where, key.name)
             labels = (current.get("metadata") or {}).get("labels") or {}
             if all(labels.get(k) == v for k, v in MANAGED_BY_LABELS.items()):
-                self._custom.delete_namespaced_custom_object(group, version, key.namespace, "scaledobjects", key.name)
-                log.info("scaled object deleted", service=str(key))
+                self._custom.delete_namespaced_custom_object(*where, key.name)
+                log.info("object deleted", plural=self._plural, service=str(key))
         except ApiException as error:
             if error.status != 404:
                 raise

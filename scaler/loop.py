@@ -26,11 +26,12 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from kapa.contract import CLASS_HPA
 from kapa.log import get_logger
 from kapa.services import ServiceKey, ServiceSpec
 from scaler.catalog import ReplicaRecord, ServiceCatalog
 from scaler.config import AutoscalerConfig, ServiceConfig, service_config
-from scaler.decision import TICK_INTERVAL_S, Decision, DecisionState, Observation, decide
+from scaler.decision import TICK_INTERVAL_S, Decision, DecisionState, Observation, decide, delegated_decision
 from scaler.exported_metrics import ScalerTelemetry
 from scaler.feed import DecisionChange, DecisionFeed
 from scaler.observations import (
@@ -226,8 +227,9 @@ class Scaler:
             else:
                 current.spec, current.config = spec, config
                 current.stable_query, current.panic_query = stable_query, panic_query
-        if changed:
-            self._windows = {query for s in self._services.values() for query in (s.stable_query, s.panic_query)}
+        if changed:  # the HPA class's services are not observed: the HPA reads their pods' resource use
+            self._windows = {query for s in self._services.values() if s.config.autoscaler_class != CLASS_HPA
+                             for query in (s.stable_query, s.panic_query)}
 
     def _observation(self, service: _Service, poked: bool) -> Observation | None:
         """This tick's observation; None while a service never decided for has no known ready-pod count."""
@@ -244,6 +246,9 @@ class Scaler:
         panic = observed_value(self._snapshot, service.panic_query, key, ready)
         return Observation(stable_value=stable, panic_value=panic, ready_pods=ready, poked=poked)
 
+    def _ready_or_zero(self, service: _Service) -> int:
+        return self.ready_pod_counter.ready_pods(service.key) or 0
+
     def _first_state(self, service: _Service) -> DecisionState:
         """The state a service's first decision starts from: initialised when it existed before."""
         replicas = self._replica_record.replicas(service.key) if self._replica_record is not None else None
@@ -256,11 +261,14 @@ class Scaler:
         # A poke may have decided after this tick's time; the decision's clock must not run backwards.
         now = at if service.decided_at is None or at >= service.decided_at else service.decided_at
         try:
-            observation = self._observation(service, poked)
-            if observation is None:
-                return None
-            state = service.state if service.state.started else self._first_state(service)
-            decision, state = decide(service.config, observation, state, now)
+            if service.config.autoscaler_class == CLASS_HPA:
+                decision, state = delegated_decision(service.config, self._ready_or_zero(service), now), service.state
+            else:
+                observation = self._observation(service, poked)
+                if observation is None:
+                    return None
+                state = service.state if service.state.started else self._first_state(service)
+                decision, state = decide(service.config, observation, state, now)
         except Exception:
             if not service.failed:
                 service.failed = True

@@ -184,7 +184,9 @@ def test_rbac_is_least_privilege(helm: str, variant: str) -> None:
     for role in find(manifests, "ClusterRole") + find(manifests, "Role"):
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], role["metadata"]["name"]
-            assert "secrets" not in rule["resources"] and "delete" not in rule["verbs"]
+            assert "secrets" not in rule["resources"]
+            # Delete only what Kapa itself keeps per enrolled Deployment.
+            assert "delete" not in rule["verbs"] or rule["resources"] in (["scaledobjects"], ["horizontalpodautoscalers"])
     scaler = rules_of(manifests, "kapa-scaler")
     for group, resource in [("discovery.k8s.io", "endpointslices"), ("", "pods"), ("apps", "deployments"), ("", "services")]:
         assert grants(scaler, group, resource, "watch")
@@ -192,7 +194,9 @@ def test_rbac_is_least_privilege(helm: str, variant: str) -> None:
     assert not grants(scaler, "apps", "deployments", "patch"), "only the scale subresource may be patched"
     keda = "direct" not in variant
     assert grants(scaler, "keda.sh", "scaledobjects", "create") is keda
-    assert grants(scaler, "apps", "deployments/scale", "patch") is not keda
+    assert grants(scaler, "keda.sh", "scaledobjects", "delete") is keda, "an unenrolled Deployment's goes"
+    assert grants(scaler, "autoscaling", "horizontalpodautoscalers", "create") is not keda, "direct: the HPA class"
+    assert grants(scaler, "apps", "deployments/scale", "patch"), "keda too: decisions of 1+ pods go at once"
     activator = rules_of(manifests, "kapa-activator")
     readers = [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
                {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]}]

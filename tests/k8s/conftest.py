@@ -8,6 +8,7 @@ binaries or root are missing; `.ci/run` builds the binaries first, so there they
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -109,16 +110,16 @@ def skip_unless_runnable(reason: str | None) -> None:
         pytest.skip(reason)
 
 
-@pytest.fixture(scope="package")
-def cluster() -> Iterator[Cluster]:
-    skip_unless_runnable(controlplane.skip_reason())
+@contextlib.contextmanager
+def running_cluster(hpa_sync_period_s: float = controlplane.DEFAULT_HPA_SYNC_PERIOD_S) -> Iterator[Cluster]:
+    """The pod bridge, a control plane and the process kubelet, for one session (tests or a benchmark)."""
     with session.exclusive(timeout_s=900):
         # Not under pytest's basetemp: concurrent pytest runs prune old basetemps, and not under /tmp, which
         # pods commonly mount an emptyDir over (the kubelet's volume sources must stay visible to them).
         root = Path(tempfile.mkdtemp(prefix="kapa-k8s-", dir="/var/tmp"))
         network.create_bridge()
         try:
-            with controlplane.control_plane(root / "plane") as plane:
+            with controlplane.control_plane(root / "plane", hpa_sync_period_s=hpa_sync_period_s) as plane:
                 yield from _with_kubelet(plane, root)
         finally:
             network.sweep()
@@ -126,6 +127,13 @@ def cluster() -> Iterator[Cluster]:
                 print(f"kept the cluster's files in {root}")
             else:
                 shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="package")
+def cluster() -> Iterator[Cluster]:
+    skip_unless_runnable(controlplane.skip_reason())
+    with running_cluster() as started:
+        yield started
 
 
 def _with_kubelet(plane: ControlPlane, root: Path) -> Iterator[Cluster]:
@@ -164,8 +172,8 @@ class Prometheus:
     config: Path
 
 
-@pytest.fixture(scope="package")
-def prometheus(cluster: Cluster) -> Iterator[Prometheus]:
+@contextlib.contextmanager
+def running_prometheus(cluster: Cluster) -> Iterator[Prometheus]:
     """Real Prometheus (built: Debian's lacks Kubernetes discovery) in the root namespace, on the bridge
     address so the scaler's pod can query it, finding its targets through Kubernetes service discovery
     (role pod) against the test API server. Its scrape jobs are the chart's own (the rendered scrape-config
@@ -188,6 +196,12 @@ def prometheus(cluster: Cluster) -> Iterator[Prometheus]:
             yield Prometheus(f"http://{address}", config)
         finally:
             stop_process(process)
+
+
+@pytest.fixture(scope="package")
+def prometheus(cluster: Cluster) -> Iterator[Prometheus]:
+    with running_prometheus(cluster) as started:
+        yield started
 
 
 def use_scrape_configs(prometheus: Prometheus, plane: ControlPlane, scrape_configs: list[dict[str, Any]]) -> None:

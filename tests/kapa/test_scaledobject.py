@@ -118,3 +118,22 @@ def test_owned_by_the_deployment_when_its_uid_is_known() -> None:
 def test_deployment_without_name_is_refused() -> None:
     with pytest.raises(ValueError, match="metadata.name"):
         scaled_object({"metadata": {}}, SCALER)
+
+
+@pytest.mark.parametrize(
+    ("annotations", "trigger"),
+    [
+        ({"metric": "cpu", "target": "60"},
+         {"type": "cpu", "metricType": "Utilization", "metadata": {"value": "60"}}),
+        ({}, {"type": "cpu", "metricType": "Utilization", "metadata": {"value": "80"}}),
+        ({"metric": "memory", "target": "256"},
+         {"type": "memory", "metricType": "AverageValue", "metadata": {"value": "256Mi"}}),
+    ],
+)
+def test_hpa_class_gets_the_resource_trigger_and_never_zero(annotations: dict[str, str], trigger: dict[str, Any]) -> None:
+    named = {contract.knative_annotation("class"): contract.CLASS_HPA, **max_scale("6"),
+             **{contract.knative_annotation(key): value for key, value in annotations.items()}}
+    spec = scaled_object(deployment(named), "kapa-scaler.kapa.svc:9095").manifest["spec"]
+    assert spec["triggers"] == [trigger]
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 6)
+    assert "advanced" not in spec, "the HPA's own smoothing suits resource metrics"

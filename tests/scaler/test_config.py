@@ -424,7 +424,8 @@ def test_invalid_annotations_name_key_and_service_and_use_the_global_value(
         (ANNOTATION_TIMEOUT_SECONDS, "0", "timeout_s", 300.0),
         (ANNOTATION_TIMEOUT_SECONDS, "601", "timeout_s", 300.0),
         (KNATIVE_ANNOTATION_PREFIX + "minScale", "1", "min_scale", 0),
-        (KNATIVE_ANNOTATION_PREFIX + "class", "hpa.autoscaling.knative.dev", "metric", "concurrency"),
+        (KNATIVE_ANNOTATION_PREFIX + "class", "custom.example.com", "autoscaler_class", "kpa.autoscaling.knative.dev"),
+        (KNATIVE_ANNOTATION_PREFIX + "metric", "cpu", "metric", "concurrency"),  # cpu needs the HPA class
     ],
 )
 def test_other_rejected_annotations(name: str, value: str, field: str, fallback: object) -> None:
@@ -472,3 +473,24 @@ def test_zero_initial_scale_annotation_when_allowed_globally() -> None:
     global_config, _ = AutoscalerConfig.from_mapping({"allow-zero-initial-scale": "true"})
     config, errors = service_config(global_config, spec({"initial-scale": "0"}))
     assert errors == [] and config.initial_scale == 0
+
+
+@pytest.mark.parametrize(
+    ("annotations", "metric", "total_target", "rejected"),
+    [
+        pytest.param({}, "cpu", 80.0, [], id="cpu-by-default-at-80-percent"),
+        pytest.param({"metric": "cpu", "target": "60"}, "cpu", 60.0, [], id="cpu-target-in-percent"),
+        pytest.param({"metric": "memory", "target": "256"}, "memory", 256.0, [], id="memory-target-in-mib"),
+        pytest.param({"metric": "memory"}, "cpu", 80.0, ["target"], id="memory-needs-a-target"),
+        pytest.param({"metric": "rps"}, "cpu", 80.0, ["metric"], id="kpa-metrics-are-not-the-hpas"),
+    ],
+)
+def test_hpa_class_scales_on_cpu_or_memory(
+    annotations: dict[str, str], metric: str, total_target: float, rejected: list[str]
+) -> None:
+    named = {KNATIVE_ANNOTATION_PREFIX + "class": "hpa.autoscaling.knative.dev",
+             **{KNATIVE_ANNOTATION_PREFIX + key: value for key, value in annotations.items()}}
+    config, errors = service_config(AutoscalerConfig.default(), spec(named))
+    assert (config.autoscaler_class, config.metric, config.total_target) == (
+        "hpa.autoscaling.knative.dev", metric, total_target)
+    assert [error.key for error in errors] == [KNATIVE_ANNOTATION_PREFIX + key for key in rejected]

@@ -24,6 +24,7 @@ from tests.support import free_port
 HELLO = ServiceKey("default", "hello")
 IDLE = ServiceKey("default", "idle")
 SLEEPY = ServiceKey("default", "sleepy")
+CPU_BOUND = ServiceKey("default", "crunch")
 BROKEN = ServiceKey("default", "broken")
 
 
@@ -72,6 +73,7 @@ async def test_tick_poke_subscribe_and_config_errors(
             ServiceSpec(IDLE, FAST),
             ServiceSpec(SLEEPY, {**FAST, contract.knative_annotation("initial-scale"): "0"}),
             ServiceSpec(BROKEN, {**FAST, contract.knative_annotation("target"): "lots"}),
+            ServiceSpec(CPU_BOUND, {contract.knative_annotation("class"): contract.CLASS_HPA}),
         ]
     )
     source = PrometheusMetrics(prometheus.url)
@@ -83,7 +85,12 @@ async def test_tick_poke_subscribe_and_config_errors(
         with scaler.subscribe() as every_change:
             decisions = await scaler.tick(time.time())
             changes = {change.key: change for change in await every_change.next()}
-        assert set(changes) == {HELLO, IDLE, SLEEPY, BROKEN}  # first decisions are changes
+        assert set(changes) == {HELLO, IDLE, SLEEPY, BROKEN, CPU_BOUND}  # first decisions are changes
+        # The HPA class: nothing decided nor queried, only routed and explained.
+        delegated = decisions[CPU_BOUND]
+        assert delegated.delegated and delegated.mode == contract.MODE_PROXY, "no pod ready: the activator"
+        assert "Kubernetes HPA" in delegated.explanation[0] and "cpu, target 80%" in delegated.explanation[0]
+        assert all(query.metric == contract.METRIC_CONCURRENCY for query in scaler.windows())
         hello = decisions[HELLO]
         assert hello.stable_value == pytest.approx(4.5, rel=0.05)
         assert hello.ready_pods == 2 and not hello.stale
