@@ -161,9 +161,10 @@ class ObjectActuator:
     KEDA ScaledObjects (`actuator: keda`), or HorizontalPodAutoscalers for Knative's HPA class (`actuator:
     direct`). The decisions it receives are not used, only the moment (every tick).
 
-    An object is written when its manifest differs from the one last written: created, or, when it exists,
-    replaced (not merged, so a key the manifest dropped goes too). One no longer wanted is deleted, if it is
-    labelled as Kapa's; a deleted Deployment takes its objects with it (owner reference).
+    An object is written when its manifest differs from the one last written: created, or, when it exists
+    and differs, its spec replaced (not merged, so a key the manifest dropped goes too) while its metadata
+    (KEDA's finalizer, others' labels) stays. One no longer wanted is deleted, if it is labelled as Kapa's;
+    a deleted Deployment takes its objects with it (owner reference).
     """
 
     def __init__(
@@ -204,8 +205,15 @@ class ObjectActuator:
             if error.status != 409:
                 raise
             current = self._custom.get_namespaced_custom_object(*where, key.name)
-            replacement = {**manifest, "metadata": {**manifest["metadata"],
-                                                    "resourceVersion": current["metadata"]["resourceVersion"]}}
+            metadata = current["metadata"]
+            labels = {**(metadata.get("labels") or {}), **manifest["metadata"]["labels"]}
+            owners = manifest["metadata"].get("ownerReferences", metadata.get("ownerReferences"))
+            if (current.get("spec"), metadata.get("labels"), metadata.get("ownerReferences")) == (
+                    manifest["spec"], labels, owners):
+                return  # as wanted already (a scaler restarting finds its objects): no write, nothing to react to
+            # The live object with our spec, labels and owner: its finalizers (KEDA's) and others' keys stay.
+            replacement = {**current, "spec": manifest["spec"],
+                           "metadata": {**metadata, "labels": labels, "ownerReferences": owners}}
             self._custom.replace_namespaced_custom_object(*where, key.name, replacement)
             log.info("object updated", kind=manifest["kind"], service=str(key))
 

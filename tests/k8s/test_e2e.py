@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import urllib3
 import yaml
 
 from kapa import contract
@@ -360,10 +361,13 @@ class ReplicaHistory:
     def _follow(self, cluster: Cluster, name: str) -> None:
         stream = self._watch.stream(apps_api(cluster).list_namespaced_deployment, APPS,
                                     field_selector=f"metadata.name={name}", timeout_seconds=900)
-        for event in stream:
-            count = event["object"].spec.replicas
-            if count != self.values[-1][1]:
-                self.values.append((time.monotonic(), count))
+        try:
+            for event in stream:
+                count = event["object"].spec.replicas
+                if count != self.values[-1][1]:
+                    self.values.append((time.monotonic(), count))
+        except urllib3.exceptions.ProtocolError:
+            return  # the API server went away with the cluster, after the test read what it needed
 
     def since(self, started: float) -> list[int]:
         """The counts in force from `started` on (the one current then included)."""

@@ -167,8 +167,11 @@ async def test_keda_actuator_keeps_one_scaled_object_per_enrolled_deployment(nam
         await catalog.start()
         key = ServiceKey(NAMESPACE, "keda")
         assert await eventually(lambda: key in catalog.services())
-        actuator = ObjectActuator(namespace.api, catalog, KEDA_API_VERSION, "scaledobjects", lambda deployment: (
-            scaled_object(deployment, "kapa-scaler.kapa.svc:9095", AutoscalerConfig.default()).manifest))
+        def new_actuator() -> ObjectActuator:
+            return ObjectActuator(namespace.api, catalog, KEDA_API_VERSION, "scaledobjects", lambda deployment: (
+                scaled_object(deployment, "kapa-scaler.kapa.svc:9095", AutoscalerConfig.default()).manifest))
+
+        actuator = new_actuator()
 
         async def applied() -> dict[str, Any] | None:
             await actuator.apply({})
@@ -181,12 +184,20 @@ async def test_keda_actuator_keeps_one_scaled_object_per_enrolled_deployment(nam
         assert trigger["metadata"]["scalerAddress"] == "kapa-scaler.kapa.svc:9095"
         assert created["spec"]["maxReplicaCount"] == 7
         assert created["metadata"]["ownerReferences"][0]["name"] == "keda"
+        finalized = await eventually(lambda: (lambda found: found if found["metadata"].get("finalizers") else None)(
+            scaled_object()), 30)
+        assert finalized, "KEDA took the ScaledObject in hand (its finalizer)"
+        # A restarted scaler (a new actuator) finds its object as wanted: it writes nothing.
+        await new_actuator().apply({})
+        assert scaled_object()["metadata"]["resourceVersion"] == finalized["metadata"]["resourceVersion"]
 
         apps.patch_namespaced_deployment("keda", NAMESPACE, {"metadata": {"annotations": {
             "autoscaling.knative.dev/max-scale": "9"}}})
         max_scale = "autoscaling.knative.dev/max-scale"
         assert await eventually(lambda: catalog.services()[key].annotations[max_scale] == "9")
-        assert (await applied())["spec"]["maxReplicaCount"] == 9
+        updated = await applied()
+        assert updated["spec"]["maxReplicaCount"] == 9
+        assert updated["metadata"]["finalizers"] == finalized["metadata"]["finalizers"], "KEDA's finalizer kept"
 
         apps.patch_namespaced_deployment("keda", NAMESPACE, {"metadata": {"annotations": {
             contract.ANNOTATION_ENABLED: "false"}}})
