@@ -404,8 +404,13 @@ def test_switching_to_actuator_keda_gives_each_enrolled_deployment_a_working_sca
         wait_for(lambda: scaled_object_ready(release, name), 90, f"ScaledObject {name} Ready\n{keda.logs()}")
     from kubernetes import client
 
-    hpa = client.AutoscalingV2Api(release.api).read_namespaced_horizontal_pod_autoscaler(f"keda-hpa-{SAMPLE}", APPS)
+    autoscaling = client.AutoscalingV2Api(release.api)
+    hpa = autoscaling.read_namespaced_horizontal_pod_autoscaler(f"keda-hpa-{SAMPLE}", APPS)
     assert hpa.spec.behavior.scale_up.stabilization_window_seconds == 0
+    # min-scale 1 (and max-scale 1) of the limited service: KEDA's HPA keeps exactly one pod, never zero.
+    limited = autoscaling.read_namespaced_horizontal_pod_autoscaler(f"keda-hpa-{LIMITED}", APPS)
+    assert (limited.spec.min_replicas, limited.spec.max_replicas) == (1, 1)
+    assert replicas(release, LIMITED) == 1
 
 
 def test_keda_wakes_the_service_on_its_first_request_through_the_activators_poke(release: Cluster) -> None:
@@ -528,6 +533,17 @@ def test_prometheus_found_the_pods_through_kubernetes_discovery(release: Cluster
 def test_helm_uninstall_leaves_nothing_behind(release: Cluster) -> None:
     from kubernetes import client
 
+    # KEDA finalizes ScaledObjects promptly in a live namespace; in one being deleted it was seen to take
+    # minutes (its events there are refused). So the Deployments go first: their ScaledObjects follow them
+    # (owner references), and KEDA releases those while the namespace lives.
+    custom = client.CustomObjectsApi(release.api)
+
+    def scaled_objects() -> list[str]:
+        found = custom.list_namespaced_custom_object("keda.sh", "v1alpha1", APPS, "scaledobjects")["items"]
+        return [item["metadata"]["name"] for item in found]
+
+    apps_api(release).delete_collection_namespaced_deployment(APPS)
+    wait_for(lambda: not scaled_objects(), 120, "KEDA released the ScaledObjects of the deleted Deployments")
     core(release).delete_namespace(APPS)
     started = time.monotonic()
     try:
