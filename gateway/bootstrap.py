@@ -13,7 +13,7 @@ from typing import Final
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, grpc_service_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, backoff_pb2, base_pb2, config_source_pb2, grpc_service_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.overload.v3 import overload_pb2
 from envoy.extensions.resource_monitors.downstream_connections.v3 import downstream_connections_pb2
@@ -43,6 +43,11 @@ class BootstrapConfig:
     keepalive_timeout_s: float = 5.0
     #: Incremental xDS: each change sends only the resources that changed (see gateway.delta).
     delta: bool = False
+    #: The xDS stream's reconnection backoff (see _xds_reconnect), and how often the server's name is resolved
+    #: again (it moves when its pod does, where the name is not a stable ClusterIP).
+    reconnect_base_s: float = 0.25
+    reconnect_max_s: float = 2.0
+    dns_refresh_s: float = 2.0
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -57,6 +62,17 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _xds_reconnect(config: BootstrapConfig) -> base_pb2.RetryPolicy:
+    """How soon Envoy opens its xDS stream again after losing it. Envoy's default backoff grows to 30 s, and
+    all that time it keeps the routes of its last server: a service enrolled, or a mode decided, meanwhile
+    would not reach it after an xDS server restart (a scaler rollout), nor at start if Envoy came up first."""
+    return base_pb2.RetryPolicy(
+        retry_back_off=backoff_pb2.BackoffStrategy(
+            base_interval=_duration(config.reconnect_base_s), max_interval=_duration(config.reconnect_max_s)
+        )
+    )
 
 
 def _xds_cluster(config: BootstrapConfig) -> cluster_pb2.Cluster:
@@ -80,6 +96,7 @@ def _xds_cluster(config: BootstrapConfig) -> cluster_pb2.Cluster:
     return cluster_pb2.Cluster(
         name=XDS_CLUSTER,
         type=cluster_pb2.Cluster.STATIC if _is_ip(config.xds_host) else cluster_pb2.Cluster.STRICT_DNS,
+        dns_refresh_rate=_duration(config.dns_refresh_s),
         connect_timeout=duration_pb2.Duration(seconds=1),
         typed_extension_protocol_options={"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": protocol},
         load_assignment=endpoint_pb2.ClusterLoadAssignment(
@@ -128,7 +145,9 @@ def bootstrap(config: BootstrapConfig) -> bootstrap_pb2.Bootstrap:
                 transport_api_version=config_source_pb2.V3,
                 grpc_services=[
                     grpc_service_pb2.GrpcService(
-                        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=XDS_CLUSTER)
+                        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
+                            cluster_name=XDS_CLUSTER, retry_policy=_xds_reconnect(config)
+                        )
                     )
                 ],
                 set_node_on_first_message_only=True,

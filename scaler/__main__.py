@@ -88,6 +88,59 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+async def _kubernetes_scaler(
+    args: argparse.Namespace, config: AutoscalerConfig, metrics: PrometheusMetrics,
+    background: list[asyncio.Task[None]],
+) -> tuple[Scaler, Gateway | None]:
+    """The scaler over the enrolled Deployments, its actuators and, with --xds-port, the gateway; its
+    watches' follower tasks go to `background`."""
+    from kapa.deployments import DeploymentCatalog
+    from kapa.endpoints import KubernetesEndpointSource
+    from kapa.kubeclient import api_client
+    from kapa.scaledobject import KEDA_API_VERSION, horizontal_pod_autoscaler, scaled_object
+    from scaler.kubernetes import AnnotationReporter, EndpointSliceReadyPods, ObjectActuator, ScaleActuator
+
+    api = api_client(args.kubeconfig)
+    deployments = DeploymentCatalog(api, args.kube_namespace, args.cluster_domain, AnnotationReporter(api, config))
+    ready_pods = EndpointSliceReadyPods(api, args.kube_namespace)
+    actuators: list[Actuator] = []
+    address = args.scaler_address
+    if args.actuator == "direct":
+        actuators.append(ScaleActuator(api, deployments))
+        actuators.append(ObjectActuator(api, deployments, "autoscaling/v2", "horizontalpodautoscalers",
+                                        lambda deployment: horizontal_pod_autoscaler(deployment, config)))
+    elif args.actuator == "keda" and address:
+        actuators.append(ObjectActuator(api, deployments, KEDA_API_VERSION, "scaledobjects",
+                                        lambda deployment: scaled_object(deployment, address, config).manifest))
+        actuators.append(ScaleActuator(api, deployments, leave_zero_to_keda=True))
+    elif args.actuator == "keda":
+        log.warning("actuator keda without --scaler-address: no ScaledObjects are kept; create them yourself "
+                    "(kapa inject --scaled-objects)")
+    gateway: Gateway | None = None
+    if args.xds_port is not None:
+        gateway = Gateway(GatewayConfig(args.host, args.xds_port, ListenerConfig(port=args.envoy_listen_port)),
+                          activator=[args.activator])
+        follower = GatewayFollower(gateway, args.activator_service, [args.activator])
+        deployments.subscribe(follower.on_entries)
+        actuators.append(follower)
+        sources = [ready_pods.source]
+        if args.activator_service is not None:  # its own watch: the activator may live outside --kube-namespace
+            activators = KubernetesEndpointSource(api, args.activator_service.namespace,
+                                                  service=args.activator_service.name)
+            await activators.start()
+            sources.append(activators)
+        background += [asyncio.create_task(follower.follow(source), name="gateway-endpoints") for source in sources]
+    await deployments.start()
+    await ready_pods.start()
+    # Nothing before the catalog is known: an empty first tick would tell KEDA nothing is enrolled, and an
+    # Envoy connecting to a fresh replica (a restart, a rollout) would get an empty route table. Until
+    # their first decision, services go to the activator, which is right whatever their state.
+    await deployments.listed.wait()
+    if gateway is not None:
+        await gateway.start()
+    return Scaler(config, deployments, metrics, ready_pods=ready_pods, actuators=actuators), gateway
+
+
 async def serve(args: argparse.Namespace) -> int:
     if args.config is not None:
         config, errors = AutoscalerConfig.load_file(args.config)
@@ -99,50 +152,7 @@ async def serve(args: argparse.Namespace) -> int:
     background: list[asyncio.Task[None]] = []
     gateway: Gateway | None = None
     if args.kubernetes:
-        from kapa.deployments import DeploymentCatalog
-        from kapa.endpoints import KubernetesEndpointSource
-        from kapa.kubeclient import api_client
-        from kapa.scaledobject import KEDA_API_VERSION, horizontal_pod_autoscaler, scaled_object
-        from scaler.kubernetes import AnnotationReporter, EndpointSliceReadyPods, ObjectActuator, ScaleActuator
-
-        api = api_client(args.kubeconfig)
-        deployments = DeploymentCatalog(api, args.kube_namespace, args.cluster_domain, AnnotationReporter(api, config))
-        ready_pods = EndpointSliceReadyPods(api, args.kube_namespace)
-        actuators: list[Actuator] = []
-        address = args.scaler_address
-        if args.actuator == "direct":
-            actuators.append(ScaleActuator(api, deployments))
-            actuators.append(ObjectActuator(api, deployments, "autoscaling/v2", "horizontalpodautoscalers",
-                                            lambda deployment: horizontal_pod_autoscaler(deployment, config)))
-        elif args.actuator == "keda" and address:
-            actuators.append(ObjectActuator(api, deployments, KEDA_API_VERSION, "scaledobjects",
-                                            lambda deployment: scaled_object(deployment, address, config).manifest))
-            actuators.append(ScaleActuator(api, deployments, leave_zero_to_keda=True))
-        elif args.actuator == "keda":
-            log.warning("actuator keda without --scaler-address: no ScaledObjects are kept; create them yourself "
-                        "(kapa inject --scaled-objects)")
-        if args.xds_port is not None:
-            gateway = Gateway(GatewayConfig(args.host, args.xds_port, ListenerConfig(port=args.envoy_listen_port)),
-                              activator=[args.activator])
-            follower = GatewayFollower(gateway, args.activator_service, [args.activator])
-            deployments.subscribe(follower.on_entries)
-            actuators.append(follower)
-            sources = [ready_pods.source]
-            if args.activator_service is not None:  # its own watch: the activator may live outside --kube-namespace
-                activators = KubernetesEndpointSource(api, args.activator_service.namespace,
-                                                      service=args.activator_service.name)
-                await activators.start()
-                sources.append(activators)
-            background += [asyncio.create_task(follower.follow(source), name="gateway-endpoints") for source in sources]
-        await deployments.start()
-        await ready_pods.start()
-        # Nothing before the catalog is known: an empty first tick would tell KEDA nothing is enrolled, and an
-        # Envoy connecting to a fresh replica (a restart, a rollout) would get an empty route table. Until
-        # their first decision, services go to the activator, which is right whatever their state.
-        await deployments.listed.wait()
-        if gateway is not None:
-            await gateway.start()
-        scaler = Scaler(config, deployments, metrics, ready_pods=ready_pods, actuators=actuators)
+        scaler, gateway = await _kubernetes_scaler(args, config, metrics, background)
     else:
         try:
             catalog = FileCatalog(args.services)

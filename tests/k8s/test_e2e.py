@@ -15,7 +15,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -23,6 +23,7 @@ import urllib3
 import yaml
 
 from kapa import contract
+from kapa.inject import inject_document
 from tests.k8s import network, workload
 from tests.k8s.conftest import Cluster, Prometheus, wait_for
 from tests.k8s.keda import Keda
@@ -213,12 +214,21 @@ def test_scales_to_five_under_load_then_back_to_zero(release: Cluster) -> None:
     wait_for(lambda: replicas(release) == 0, 150, f"{SAMPLE} back to 0\n{release.diagnose(NAMESPACE)}")
 
 
+def enrolled_by_the_deployment_alone(documents: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Manifests injected as GitOps users do (`kapa inject`), the Deployment enrolled by its own annotation
+    only: its pod template carries no kapa.dev/enabled, so unenrolling it later changes no pod (no rollout)."""
+    injected = [inject_document(document).document for document in documents]
+    for document in injected:
+        if document["kind"] == "Deployment":
+            del document["spec"]["template"]["metadata"]["labels"][contract.ANNOTATION_ENABLED]
+    return injected
+
+
 def test_a_deployment_enrolled_while_running_is_routed_within_seconds(release: Cluster) -> None:
     """No restart and no values change: the catalog's watch routes it, through the activator until it has
     pods and is decided about. Two pods of target 10 and a burst capacity of 10: up to 10 concurrent
     requests leave excess burst capacity >= 0, so its pods take them straight from Envoy."""
-    created = time.monotonic()
-    release.apply(app_manifest(
+    manifest = app_manifest(
         APPS, STEADY,
         {"autoscaling.knative.dev/target": str(TARGET),
          "autoscaling.knative.dev/target-utilization-percentage": "100",
@@ -227,7 +237,9 @@ def test_a_deployment_enrolled_while_running_is_routed_within_seconds(release: C
         # On the Deployment, so that changing it is no rollout (the next scenarios change it).
         {"autoscaling.knative.dev/target-burst-capacity": str(STEADY_BURST_CAPACITY)},
         replicas=2,
-    ))
+    )
+    created = time.monotonic()
+    release.apply(yaml.safe_dump_all(enrolled_by_the_deployment_alone(yaml.safe_load_all(manifest))))
     wait_for(lambda: route(release, STEADY), 20, f"{STEADY} routed")
     routed = time.monotonic() - created
     status, body = get(f"{envoy_url(release)}?sleep=1", "steady.example.com", 60)
@@ -311,8 +323,7 @@ def test_a_burst_beyond_capacity_goes_through_the_activator_and_back_with_no_fai
 
 
 def test_an_unlabelled_deployment_stops_being_routed(release: Cluster) -> None:
-    patch = {"metadata": {"annotations": {contract.ANNOTATION_ENABLED: None}},
-             "spec": {"template": {"metadata": {"labels": {contract.ANNOTATION_ENABLED: None}}}}}
+    patch = {"metadata": {"annotations": {contract.ANNOTATION_ENABLED: None}}}
     apps_api(release).patch_namespaced_deployment(STEADY, APPS, patch)
     started = time.monotonic()
     wait_for(lambda: route(release, STEADY) is None, 20, f"{STEADY} unrouted")

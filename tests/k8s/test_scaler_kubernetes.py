@@ -15,7 +15,7 @@ from kapa.services import ServiceKey
 from scaler.config import AutoscalerConfig
 from scaler.decision import Decision
 from kapa.deployments import DeploymentCatalog
-from kapa.scaledobject import KEDA_API_VERSION, scaled_object
+from kapa.scaledobject import KEDA_API_VERSION, scaled_object as scaled_object_manifest
 from scaler.kubernetes import (
     AnnotationReporter,
     EndpointSliceReadyPods,
@@ -169,7 +169,7 @@ async def test_keda_actuator_keeps_one_scaled_object_per_enrolled_deployment(nam
         assert await eventually(lambda: key in catalog.services())
         def new_actuator() -> ObjectActuator:
             return ObjectActuator(namespace.api, catalog, KEDA_API_VERSION, "scaledobjects", lambda deployment: (
-                scaled_object(deployment, "kapa-scaler.kapa.svc:9095", AutoscalerConfig.default()).manifest))
+                scaled_object_manifest(deployment, "kapa-scaler.kapa.svc:9095", AutoscalerConfig.default()).manifest))
 
         actuator = new_actuator()
 
