@@ -36,6 +36,8 @@ from scaler.decision import Decision
 log = get_logger(__name__)
 
 EVENT_SOURCE = "kapa-scaler"
+#: Read-modify-replace attempts on an object another controller updates too (KEDA, on its ScaledObjects).
+WRITE_ATTEMPTS = 5
 
 
 def bad_annotation_event(deployment: Mapping[str, Any], error: ConfigError) -> dict[str, Any]:
@@ -201,21 +203,30 @@ class ObjectActuator:
         try:
             self._custom.create_namespaced_custom_object(*where, manifest)
             log.info("object created", kind=manifest["kind"], service=str(key))
+            return
         except ApiException as error:
             if error.status != 409:
                 raise
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
             current = self._custom.get_namespaced_custom_object(*where, key.name)
             metadata = current["metadata"]
             labels = {**(metadata.get("labels") or {}), **manifest["metadata"]["labels"]}
             owners = manifest["metadata"].get("ownerReferences", metadata.get("ownerReferences"))
-            if (current.get("spec"), metadata.get("labels"), metadata.get("ownerReferences")) == (
-                    manifest["spec"], labels, owners):
+            if _contains(current.get("spec"), manifest["spec"]) and (metadata.get("labels"), metadata.get(
+                    "ownerReferences")) == (labels, owners):
                 return  # as wanted already (a scaler restarting finds its objects): no write, nothing to react to
             # The live object with our spec, labels and owner: its finalizers (KEDA's) and others' keys stay.
             replacement = {**current, "spec": manifest["spec"],
                            "metadata": {**metadata, "labels": labels, "ownerReferences": owners}}
-            self._custom.replace_namespaced_custom_object(*where, key.name, replacement)
+            try:
+                self._custom.replace_namespaced_custom_object(*where, key.name, replacement)
+            except ApiException as error:
+                # 409: its owner (KEDA) changed it since we read it (status, finalizer): read it again.
+                if error.status != 409 or attempt == WRITE_ATTEMPTS:
+                    raise
+                continue
             log.info("object updated", kind=manifest["kind"], service=str(key))
+            return
 
     def _delete(self, key: ServiceKey) -> None:
         from kubernetes.client.rest import ApiException
@@ -232,3 +243,14 @@ class ObjectActuator:
         except ApiException as error:
             if error.status != 404:
                 raise
+
+
+def _contains(current: object, wanted: object) -> bool:
+    """True when `current` has every value of `wanted` (dicts may hold more keys: what the API server and
+    KEDA default or add; lists must match item by item)."""
+    if isinstance(wanted, dict):
+        return isinstance(current, dict) and all(_contains(current.get(key), value) for key, value in wanted.items())
+    if isinstance(wanted, list):
+        return isinstance(current, list) and len(current) == len(wanted) and all(
+            _contains(have, want) for have, want in zip(current, wanted))
+    return current == wanted

@@ -187,9 +187,12 @@ async def test_keda_actuator_keeps_one_scaled_object_per_enrolled_deployment(nam
         finalized = await eventually(lambda: (lambda found: found if found["metadata"].get("finalizers") else None)(
             scaled_object()), 30)
         assert finalized, "KEDA took the ScaledObject in hand (its finalizer)"
-        # A restarted scaler (a new actuator) finds its object as wanted: it writes nothing.
+        # A restarted scaler (a new actuator) finds its object: KEDA's finalizer stays, the spec (generation)
+        # does not change, so KEDA has nothing to react to.
         await new_actuator().apply({})
-        assert scaled_object()["metadata"]["resourceVersion"] == finalized["metadata"]["resourceVersion"]
+        after_restart = scaled_object()
+        assert after_restart["metadata"]["finalizers"] == finalized["metadata"]["finalizers"]
+        assert after_restart["metadata"]["generation"] == finalized["metadata"]["generation"]
 
         apps.patch_namespaced_deployment("keda", NAMESPACE, {"metadata": {"annotations": {
             "autoscaling.knative.dev/max-scale": "9"}}})
