@@ -26,7 +26,7 @@ from typing import Any
 
 from kapa import contract
 from kapa.deployments import deployment_spec
-from scaler.config import AutoscalerConfig, service_config
+from scaler.config import AutoscalerConfig, ServiceConfig, service_config
 
 #: KEDA's API group/version and the trigger type whose StreamIsActive lets the scaler wake a service at once.
 KEDA_API_VERSION: str = "keda.sh/v1alpha1"
@@ -98,17 +98,12 @@ def scaled_object(
     # KEDA activates 0 -> 1 itself; without scale to zero the floor is one pod, as in Knative.
     min_replicas = settings.min_scale if settings.enable_scale_to_zero else max(1, settings.min_scale)
 
-    object_metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(MANAGED_BY_LABELS)}
-    if metadata.get("uid"):
-        object_metadata["ownerReferences"] = [
-            {"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": metadata["uid"]}
-        ]
-    target_ref = {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+    target_ref = _target_ref(name)
     if settings.autoscaler_class == contract.CLASS_HPA:
         # The HPA class: KEDA's resource trigger, the HPA's own smoothing; an HPA never goes to zero.
         spec: dict[str, Any] = {
             "scaleTargetRef": target_ref,
-            "minReplicaCount": min(max(1, settings.min_scale), max_replicas),
+            "minReplicaCount": _hpa_min_replicas(settings, max_replicas),
             "maxReplicaCount": max_replicas,
             "triggers": [resource_trigger(settings.metric, settings.total_target)],
         }
@@ -129,16 +124,44 @@ def scaled_object(
             ],
             "advanced": {"horizontalPodAutoscalerConfig": {"behavior": no_smoothing_behavior(max_replicas)}},
         }
-    manifest = {"apiVersion": KEDA_API_VERSION, "kind": "ScaledObject", "metadata": object_metadata, "spec": spec}
+    manifest = {
+        "apiVersion": KEDA_API_VERSION, "kind": "ScaledObject", "metadata": _owned_metadata(metadata, namespace),
+        "spec": spec,
+    }
     return ScaledObjectResult(manifest, warnings)
 
 
+def _target_ref(name: str) -> dict[str, str]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+
+
+def _owned_metadata(deployment_metadata: Mapping[str, Any], namespace: str) -> dict[str, Any]:
+    """Metadata of an object Kapa keeps for a Deployment: named like it, labelled as Kapa's and, with the
+    Deployment's uid known, owned by it (so deleting the Deployment deletes the object too)."""
+    name = str(deployment_metadata["name"])
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(MANAGED_BY_LABELS)}
+    if deployment_metadata.get("uid"):
+        metadata["ownerReferences"] = [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": deployment_metadata["uid"]}
+        ]
+    return metadata
+
+
+def _hpa_min_replicas(settings: ServiceConfig, max_replicas: int) -> int:
+    """An HPA never goes to zero: min-scale, at least one pod, within the maximum."""
+    return min(max(1, settings.min_scale), max_replicas)
+
+
+def _resource_value(metric: str, target: float) -> str:
+    """Knative's units for the HPA class's `autoscaling.knative.dev/target`: cpu in percent of the pods'
+    requests, memory in MiB per pod."""
+    return str(round(target)) if metric == contract.METRIC_CPU else f"{round(target)}Mi"
+
+
 def resource_trigger(metric: str, target: float) -> dict[str, Any]:
-    """KEDA's cpu or memory trigger for Knative's HPA class: cpu as a utilisation percentage of the pods'
-    requests, memory as MiB per pod (Knative's units for `autoscaling.knative.dev/target`)."""
-    if metric == contract.METRIC_CPU:
-        return {"type": "cpu", "metricType": "Utilization", "metadata": {"value": str(round(target))}}
-    return {"type": "memory", "metricType": "AverageValue", "metadata": {"value": f"{round(target)}Mi"}}
+    """KEDA's cpu or memory trigger for Knative's HPA class (see _resource_value for the units)."""
+    metric_type = "Utilization" if metric == contract.METRIC_CPU else "AverageValue"
+    return {"type": metric, "metricType": metric_type, "metadata": {"value": _resource_value(metric, target)}}
 
 
 def horizontal_pod_autoscaler(deployment: Mapping[str, Any], config: AutoscalerConfig | None = None) -> dict[str, Any] | None:
@@ -149,24 +172,19 @@ def horizontal_pod_autoscaler(deployment: Mapping[str, Any], config: AutoscalerC
     settings, _ = service_config(config or AutoscalerConfig.default(), deployment_spec(deployment))
     if settings.autoscaler_class != contract.CLASS_HPA:
         return None
-    name = str(metadata["name"])
+    value = _resource_value(settings.metric, settings.total_target)
     if settings.metric == contract.METRIC_CPU:
-        target: dict[str, Any] = {"type": "Utilization", "averageUtilization": round(settings.total_target)}
+        target: dict[str, Any] = {"type": "Utilization", "averageUtilization": int(value)}
     else:
-        target = {"type": "AverageValue", "averageValue": f"{round(settings.total_target)}Mi"}
+        target = {"type": "AverageValue", "averageValue": value}
     max_replicas = settings.max_scale or UNBOUNDED_MAX_REPLICAS
-    object_metadata: dict[str, Any] = {"name": name, "namespace": metadata["namespace"], "labels": dict(MANAGED_BY_LABELS)}
-    if metadata.get("uid"):
-        object_metadata["ownerReferences"] = [
-            {"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": metadata["uid"]}
-        ]
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": object_metadata,
+        "metadata": _owned_metadata(metadata, str(metadata["namespace"])),
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            "minReplicas": min(max(1, settings.min_scale), max_replicas),
+            "scaleTargetRef": _target_ref(str(metadata["name"])),
+            "minReplicas": _hpa_min_replicas(settings, max_replicas),
             "maxReplicas": max_replicas,
             "metrics": [{"type": "Resource", "resource": {"name": settings.metric, "target": target}}],
         },

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kapa import contract
-from kapa.scaledobject import UNBOUNDED_MAX_REPLICAS, scaled_object
+from kapa.scaledobject import UNBOUNDED_MAX_REPLICAS, horizontal_pod_autoscaler, scaled_object
 from scaler.config import AutoscalerConfig
 
 SCALER = "kapa-scaler.kapa.svc:9095"
@@ -137,3 +137,19 @@ def test_hpa_class_gets_the_resource_trigger_and_never_zero(annotations: dict[st
     assert spec["triggers"] == [trigger]
     assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 6)
     assert "advanced" not in spec, "the HPA's own smoothing suits resource metrics"
+
+
+def test_direct_actuator_gets_a_plain_hpa_for_the_hpa_class_only() -> None:
+    assert horizontal_pod_autoscaler(deployment(max_scale("6"))) is None, "the KPA class is the scaler's"
+    cpu = horizontal_pod_autoscaler(deployment({contract.knative_annotation("class"): contract.CLASS_HPA,
+                                                contract.knative_annotation("target"): "60"}, uid="u1"))
+    assert cpu is not None
+    assert cpu["metadata"]["ownerReferences"][0]["uid"] == "u1"
+    assert cpu["spec"]["metrics"] == [{"type": "Resource", "resource": {
+        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}]
+    assert (cpu["spec"]["minReplicas"], cpu["spec"]["maxReplicas"]) == (1, UNBOUNDED_MAX_REPLICAS)
+    memory = horizontal_pod_autoscaler(deployment({contract.knative_annotation("class"): contract.CLASS_HPA,
+                                                   contract.knative_annotation("metric"): "memory",
+                                                   contract.knative_annotation("target"): "256"}))
+    assert memory is not None and memory["spec"]["metrics"][0]["resource"]["target"] == {
+        "type": "AverageValue", "averageValue": "256Mi"}
