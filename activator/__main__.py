@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import uvloop
 
@@ -20,7 +20,9 @@ from kapa.endpoints import (
 )
 from kapa.log import configure, get_logger
 from kapa.relay import ClientTimeouts
-from kapa.services import DEFAULT_CLUSTER_DOMAIN, ServiceEntry, ServiceKey, ServicesFileError, load_services
+from kapa.services import (
+    DEFAULT_CLUSTER_DOMAIN, Endpoint, ServiceEntry, ServiceKey, ServicesFileError, load_services,
+)
 
 from activator.app import Activator, Listen, ServiceWatch
 from activator.config import DEFAULT_QUEUE_LIMIT, CatalogSettings, settings_from_entries
@@ -122,18 +124,14 @@ def _follow_catalog(activator: Activator, catalog: DeploymentCatalog, queue_limi
 def _watch_services(activator: Activator, api: object, args: argparse.Namespace) -> None:
     """Follow the activator's own replicas (to split each pod's limit) and the scaler's (to poke each one),
     each through a watch of just that Service's EndpointSlices: they may live outside --kube-namespace."""
+    def watch(key: ServiceKey, on_ready: Callable[[frozenset[Endpoint]], None]) -> None:
+        activator.watch(ServiceWatch(KubernetesEndpointSource.of_service(api, key), key, on_ready))
+
     if args.peers is not None:
         own = args.pod_ip
-        activator.watch(ServiceWatch(
-            KubernetesEndpointSource(api, args.peers.namespace, service=args.peers.name), args.peers,
-            lambda ready: activator.set_share(share_of(own, ready)),
-        ))
+        watch(args.peers, lambda ready: activator.set_share(share_of(own, ready)))
     if args.scaler_service is not None:
-        activator.watch(ServiceWatch(
-            KubernetesEndpointSource(api, args.scaler_service.namespace, service=args.scaler_service.name),
-            args.scaler_service,
-            lambda ready: activator.poker.set_urls([f"http://{pod}" for pod in sorted(ready)]),
-        ))
+        watch(args.scaler_service, lambda ready: activator.poker.set_urls([f"http://{pod}" for pod in sorted(ready)]))
 
 
 def main(argv: list[str] | None = None) -> int:

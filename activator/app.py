@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -41,6 +41,22 @@ DRAIN_POLL_S = 0.05
 #: Added to the longest service timeout to bound the drain: a 504 given at the timeout still reaches
 #: its client.
 DRAIN_MARGIN_S = 2.0
+
+
+class _Throttlers(Mapping[ServiceKey, Throttler]):
+    """The served services' throttlers, read through the services themselves: nothing to keep in step."""
+
+    def __init__(self, services: Mapping[ServiceKey, Service]) -> None:
+        self._services = services
+
+    def __getitem__(self, key: ServiceKey) -> Throttler:
+        return self._services[key].throttler
+
+    def __iter__(self) -> Iterator[ServiceKey]:
+        return iter(self._services)
+
+    def __len__(self) -> int:
+        return len(self._services)
 
 
 @dataclass(frozen=True)
@@ -73,14 +89,13 @@ class Activator:
     ) -> None:
         #: The services served now, by key; changed in place by `apply_settings`, so every part sees the same.
         self.services: dict[ServiceKey, Service] = {}
-        self._throttlers: dict[ServiceKey, Throttler] = {}
         self.router = Router()
         self.source = source
         self._watches: list[ServiceWatch] = []
         self._watch_tasks: list[asyncio.Task[None]] = []
         self._share = ALONE
         self.drain_delay_s = drain_delay_s
-        self.backends = Backends(source, self._throttlers)
+        self.backends = Backends(source, _Throttlers(self.services))
         self.poker = Poker(scaler_urls)
         self.proxy = ActivatorProxy(self.services, self.router, self.backends, self.poker, timeouts)
         self.draining = False
@@ -96,14 +111,12 @@ class Activator:
         self.router.update(wanted.values())
         for key in [key for key in self.services if key not in wanted]:
             del self.services[key]
-            del self._throttlers[key]
             self.backends.remove_service(key)
         for key, item in wanted.items():
             service = self.services.get(key)
             if service is None:
                 service = self.services[key] = Service.from_settings(item)
                 service.throttler.set_share(self._share)
-                self._throttlers[key] = service.throttler
                 self.backends.add_service(key)
             elif service.settings != item:
                 service.update(item)
@@ -165,8 +178,8 @@ class Activator:
         """This activator's place among its replicas (activator.peers) changed."""
         if share != self._share:
             self._share = share
-            for throttler in self._throttlers.values():
-                throttler.set_share(share)
+            for service in self.services.values():
+                service.throttler.set_share(share)
             log.info("activator replicas", index=share.index, count=share.count)
 
     @staticmethod

@@ -380,6 +380,12 @@ class KubernetesEndpointSource(_Broadcaster, ListWatch):
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    @classmethod
+    def of_service(cls, api_client: Any, key: ServiceKey) -> KubernetesEndpointSource:
+        """The EndpointSlices of one Service only: a small watch in its own namespace, for following a
+        component's replicas (the activators', the scalers') wherever the other watches look."""
+        return cls(api_client, key.namespace, service=key.name)
+
     # -- called on the loop's thread ----------------------------------------------------------------------
 
     def handle_list(self, list_object: Mapping[str, Any]) -> None:

@@ -125,8 +125,7 @@ async def _kubernetes_scaler(
         actuators.append(follower)
         sources = [ready_pods.source]
         if args.activator_service is not None:  # its own watch: the activator may live outside --kube-namespace
-            activators = KubernetesEndpointSource(api, args.activator_service.namespace,
-                                                  service=args.activator_service.name)
+            activators = KubernetesEndpointSource.of_service(api, args.activator_service)
             await activators.start()
             sources.append(activators)
         background += [asyncio.create_task(follower.follow(source), name="gateway-endpoints") for source in sources]
