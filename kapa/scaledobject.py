@@ -7,7 +7,12 @@ period), so everything downstream must pass its number through untouched:
 
 - the HPA's behavior has no stabilisation window and policies that allow any change in one 1 s period
   (the HPA default would hold scale-down for 300 s and limit scale-up to 100 % or 4 pods per 15 s);
-- cooldownPeriod is 0: when the scaler answers IsActive false it has already waited the grace period;
+- IsActive is Knative's "Active": false from the start of the grace period (one pod lingering, the
+  activator in the path), and cooldownPeriod is that grace period (max of scale-to-zero-grace-period and
+  scale-to-zero-pod-retention-period), so KEDA goes 1 -> 0 when Knative would. The grace is waited by KEDA
+  and not by the scaler because KEDA v2.21 can take a scaler it cannot reach for an idle one (a scalers
+  cache closed under a reader reads as "inactive, no error"): with cooldown 0 a loaded service went to 0
+  while its scaler restarted; now that takes a scaler silent for the whole grace period;
 - pollingInterval is short, because KEDA notices deactivation (N -> 0) only when it polls IsActive.
 
 A service of Knative's HPA class (`autoscaling.knative.dev/class: hpa.autoscaling.knative.dev`, metric cpu
@@ -20,6 +25,7 @@ the Kubernetes API.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -113,7 +119,8 @@ def scaled_object(
             "minReplicaCount": min(min_replicas, max_replicas),
             "maxReplicaCount": max_replicas,
             "pollingInterval": polling_interval_s,
-            "cooldownPeriod": 0,
+            "cooldownPeriod": math.ceil(
+                max(settings.scale_to_zero_grace_period_s, settings.scale_to_zero_pod_retention_period_s)),
             "triggers": [
                 {
                     "type": TRIGGER_TYPE,

@@ -79,6 +79,11 @@ class Decision:
     ready_pods: int
     at_s: float
     explanation: tuple[str, ...]
+    #: Knative's PodAutoscaler "Active": False from the moment the service is idle for a stable window (the
+    #: grace period's countdown, activator in the path, desired_pods still 1) and at zero. This, not
+    #: desired_pods > 0, is what KEDA's IsActive gets: KEDA then waits the grace period itself (the
+    #: ScaledObject's cooldownPeriod), so a scaler silent for less than that can never look idle to KEDA.
+    active: bool = True
     #: True for a service of the HPA class: the Kubernetes HPA sets its pod count (desired_pods is the ready
     #: count, informational); Kapa only routes it, to its pods whenever one is ready.
     delegated: bool = False
@@ -96,6 +101,7 @@ class Decision:
             "ready_pods": self.ready_pods,
             "at_s": self.at_s,
             "explanation": list(self.explanation),
+            "active": self.active,
             "delegated": self.delegated,
         }
 
@@ -254,7 +260,8 @@ def decide(
     excess = _excess_burst_capacity(config, ready_pods, panic)
     mode = MODE_PROXY if want == 0 or excess < 0 or ready_pods == 0 else MODE_SERVE
     decision = _decision(
-        desired, excess, panic_since is not None, False, mode, stable, panic, target, ready_pods, now, notes
+        desired, excess, panic_since is not None, False, mode, stable, panic, target, ready_pods, now, notes,
+        active=want > 0,
     )
     return decision, _state(
         initialised, panic_since, max_panic, active_since, inactive_since, last_poke, delay_window, decision
@@ -285,9 +292,11 @@ def _decision(
     ready_pods: int,
     now: float,
     notes: list[str],
+    active: bool,
 ) -> Decision:
     return _made(
         Decision,
+        active=active,
         desired_pods=desired,
         excess_burst_capacity=excess,
         panic_mode=panic_mode,
@@ -454,7 +463,8 @@ def _hold(
         for value in (observation.stable_value, observation.panic_value)
     )
     decision = _decision(
-        desired, excess, panic_since is not None, True, mode, stable, panic, config.target, ready_pods, now, notes
+        desired, excess, panic_since is not None, True, mode, stable, panic, config.target, ready_pods, now, notes,
+        active=desired > 0,
     )
     return decision, _state(
         initialised, panic_since, max_panic, active_since, inactive_since, last_poke, state.delay_window, decision

@@ -3,8 +3,10 @@
 How KEDA and the HPA arrive at exactly the decided pod count: GetMetricSpec gives each service one metric
 with target 1, and GetMetrics answers the desired pod count as its value. KEDA hands that to the HPA as an
 External metric of type AverageValue, and the HPA computes ceil(value / target) = desired replicas.
-KEDA itself moves 0 <-> 1 from IsActive (desired > 0); StreamIsActive pushes `true` the moment the
-activator pokes, so a service at zero does not wait for KEDA's polling interval.
+KEDA itself moves 0 <-> 1 from IsActive, which is Knative's "Active" (`Decision.active`: false from the start
+of the grace period, while one pod still lingers); KEDA then waits the ScaledObject's cooldownPeriod, the
+same grace period, before 1 -> 0. StreamIsActive pushes `true` the moment the activator pokes, so a service
+at zero does not wait for KEDA's polling interval.
 
 Every answer comes from the last tick's cached decision: KEDA calls GetMetrics and IsActive at each polling
 interval and each HPA sync for every ScaledObject, and none of those calls costs a Prometheus query.
@@ -13,11 +15,12 @@ The HPA behaviour the chart must set so nothing re-smooths the decision is in sc
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from kapa.log import get_logger
 from kapa.services import ServiceKey
@@ -72,18 +75,18 @@ class ExternalScalerService(pb_grpc.ExternalScalerServicer):
 
     async def IsActive(self, request: pb.ScaledObjectRef, context: grpc.aio.ServicerContext) -> pb.IsActiveResponse:
         _, decision = await self._decision(request, context)
-        return pb.IsActiveResponse(result=decision.desired_pods > 0)
+        return pb.IsActiveResponse(result=decision.active)
 
     async def StreamIsActive(
         self, request: pb.ScaledObjectRef, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.IsActiveResponse]:
         key, decision = await self._decision(request, context)
-        active = decision.desired_pods > 0
+        active = decision.active
         with self.scaler.subscribe([key]) as feed:
             yield pb.IsActiveResponse(result=active)
             async for changes in feed:
                 for change in changes:
-                    now_active = change.poked or change.decision.desired_pods > 0
+                    now_active = change.poked or change.decision.active
                     if change.poked or now_active != active:
                         active = now_active
                         yield pb.IsActiveResponse(result=active)
@@ -106,6 +109,62 @@ class ExternalScalerService(pb_grpc.ExternalScalerServicer):
 
 
 @dataclass(frozen=True)
+class _Malformed:
+    """What a request that does not parse becomes, so the call can be refused instead of crashing."""
+
+    error: str
+
+
+class RejectMalformedRequests(grpc.aio.ServerInterceptor):
+    """A request whose bytes are not the method's message gets INVALID_ARGUMENT and one warning naming the
+    method and the peer. Left to gRPC, the parse error escapes as UNKNOWN with a full traceback logged per
+    call, which a misconfigured or hostile client turns into a log flood."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        method, parse = details.method, handler.request_deserializer
+
+        def tolerant_parse(data: bytes) -> object:
+            try:
+                return parse(data)
+            except DecodeError as error:
+                return _Malformed(str(error))
+
+        async def refuse(request: _Malformed, context: grpc.aio.ServicerContext) -> None:
+            log.warning("malformed gRPC request refused", method=method, peer=context.peer(), error=request.error)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: {request.error}")
+
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def guarded_unary(request: object, context: grpc.aio.ServicerContext) -> object:
+                if isinstance(request, _Malformed):
+                    await refuse(request, context)
+                return await unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                guarded_unary, request_deserializer=tolerant_parse, response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            stream = handler.unary_stream
+
+            async def guarded_stream(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
+                if isinstance(request, _Malformed):
+                    await refuse(request, context)
+                async for response in stream(request, context):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(
+                guarded_stream, request_deserializer=tolerant_parse, response_serializer=handler.response_serializer)
+        return handler  # the external scaler has no client-streaming methods
+
+
+@dataclass(frozen=True)
 class TlsFiles:
     """PEM files for the gRPC port: server certificate and key, and for mTLS the CA that signs KEDA's cert."""
 
@@ -124,7 +183,7 @@ async def start_grpc_server(scaler: Scaler, host: str, port: int, tls: TlsFiles 
     """Start serving the external scaler on host:port (TLS, or mTLS with a client CA, when given)."""
     # gRPC turns SO_REUSEPORT on by default: a second scaler on the same port would bind silently and take
     # half the calls. Off, a taken port is an error at start-up.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=[RejectMalformedRequests()])
     pb_grpc.add_ExternalScalerServicer_to_server(ExternalScalerService(scaler), server)
     address = f"{host}:{port}"
     try:

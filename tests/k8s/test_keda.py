@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -31,6 +32,7 @@ import grpc
 import pytest
 
 from kapa.scaledobject import KEDA_API_VERSION, scaled_object
+from scaler.config import AutoscalerConfig
 from scaler.grpc_server import TARGET_SIZE, metric_name, service_key
 from scaler.proto import externalscaler_pb2 as pb
 from scaler.proto import externalscaler_pb2_grpc as pb_grpc
@@ -52,6 +54,8 @@ HPA_DEFAULT_TOLERANCE = Decimal("0.1")
 SETTLE_TIMEOUT_S = 60.0
 #: How long a settled count is watched to show it stays (every 0.5 s).
 HOLD_S = 10.0
+#: The services' scale-to-zero grace period, hence the ScaledObject's cooldownPeriod.
+GRACE_S = 10
 
 
 # --- the external scaler peer ----------------------------------------------------------------------------------
@@ -186,7 +190,9 @@ def target(cluster: Cluster, keda: Keda, peer: Peer) -> Iterator[Target]:
         wait_for(lambda: core.read_namespaced_service_account("default", NAMESPACE), 30, "default ServiceAccount")
         apps = client.AppsV1Api(cluster.api)
         created = apps.create_namespaced_deployment(NAMESPACE, sleeper())
-        manifest = scaled_object(cluster.api.sanitize_for_serialization(created), peer.address).manifest
+        config, errors = AutoscalerConfig.from_mapping({"scale-to-zero-grace-period": f"{GRACE_S}s"})
+        assert not errors
+        manifest = scaled_object(cluster.api.sanitize_for_serialization(created), peer.address, config).manifest
         custom = client.CustomObjectsApi(cluster.api)
         custom.create_namespaced_custom_object(KEDA_GROUP, KEDA_VERSION, NAMESPACE, "scaledobjects", manifest)
         scaling = Target(keda, peer, manifest, apps, custom, client.AutoscalingV2Api(cluster.api))
@@ -270,9 +276,22 @@ def test_hpa_follows_the_desired_count_and_stays(target: Target) -> None:
     hold(target, 4, HOLD_S, "(b) GetMetrics 4")
 
 
-def test_inactive_takes_it_back_to_zero(target: Target) -> None:
+def test_inactive_takes_it_back_to_zero_after_the_grace_period(target: Target) -> None:
+    """KEDA goes to zero only a cooldownPeriod (Knative's grace period) after its last "active": the margin
+    that keeps a loaded service up while KEDA cannot reach its scaler (kapa/scaledobject.py)."""
+    cooldown_s = target.manifest["spec"]["cooldownPeriod"]
+    assert cooldown_s == GRACE_S
     target.peer.scaler.set(active=False, desired_pods=0)
+    wait_for(lambda: target.replicas()[0] == 0, SETTLE_TIMEOUT_S, f"(c) zero\n{target.diagnose()}", interval_s=0.1)
+    zero_seen = datetime.now(timezone.utc)
     settle(target, 0, ceiling=4, what="(c) inactive, 0: 4 -> 0")
+    # KEDA's record of its last "active" poll (whole seconds, rounded down). Zero is seen at most one 0.1 s
+    # poll after KEDA wrote it, so a busy machine can only make this wait look longer, never shorter.
+    scaled = target.custom.get_namespaced_custom_object(KEDA_GROUP, KEDA_VERSION, NAMESPACE, "scaledobjects", APP)
+    last_active = datetime.fromisoformat(scaled["status"]["lastActiveTime"].replace("Z", "+00:00"))
+    waited_s = (zero_seen - last_active).total_seconds()
+    assert waited_s >= cooldown_s, f"(c) zero {waited_s:.1f} s after KEDA's lastActiveTime, cooldown {cooldown_s} s"
+    print(f"keda: (c) zero {waited_s:.1f} s after KEDA's lastActiveTime (cooldownPeriod {cooldown_s} s)")
     hold(target, 0, 2 * DEFAULT_HPA_SYNC_PERIOD_S, "(c) inactive")
 
 

@@ -40,7 +40,8 @@ def test_trigger_points_at_the_scaler_for_this_service() -> None:
     assert trigger["metricType"] == "AverageValue"
     assert trigger["metadata"] == {"scalerAddress": SCALER, "namespace": "shop", "service": "hello"}
     assert all(isinstance(v, str) for v in trigger["metadata"].values())  # KEDA metadata is map<string,string>
-    assert spec["cooldownPeriod"] == 0
+    # KEDA waits Knative's grace period after IsActive turns false (default 30 s), not the scaler.
+    assert spec["cooldownPeriod"] == 30
 
 
 @pytest.mark.parametrize(
@@ -70,6 +71,23 @@ def test_replica_bounds_follow_min_and_max_scale(
         assert result.warnings == ()
     else:
         assert any(warned in w and "shop/hello" in w for w in result.warnings), result.warnings
+
+
+@pytest.mark.parametrize(
+    ("annotations", "config", "cooldown_s"),
+    [
+        ({}, {"scale-to-zero-grace-period": "10s"}, 10),
+        ({contract.knative_annotation("scale-to-zero-pod-retention-period"): "90s"}, {}, 90),
+        ({contract.knative_annotation("scale-to-zero-pod-retention-period"): "5s"}, {}, 30),
+        ({}, {"scale-to-zero-grace-period": "7.5s"}, 8),
+    ],
+)
+def test_keda_waits_the_services_grace_period_before_zero(
+    annotations: dict[str, str], config: dict[str, str], cooldown_s: int
+) -> None:
+    global_config, errors = AutoscalerConfig.from_mapping(config)
+    assert errors == []
+    assert scaled_object(deployment(annotations), SCALER, global_config).manifest["spec"]["cooldownPeriod"] == cooldown_s
 
 
 def test_bounds_on_the_pod_template_win_as_the_scaler_reads_them() -> None:

@@ -287,11 +287,13 @@ def test_scale_to_zero_after_idle_and_grace(
     if zero_at is not None:
         assert all(d.desired_pods == 1 for d in decisions if d.at_s < zero_at)
         assert all(d.desired_pods == 0 for d in decisions if d.at_s >= zero_at)
-        # While the last pod lingers the activator is already in the path.
+        # While the last pod lingers the activator is already in the path, and the service is no longer
+        # Active (what KEDA's IsActive answers; KEDA waits the same grace as its cooldownPeriod).
         assert decisions[0].mode == MODE_PROXY
+        assert not any(d.active for d in decisions)
         assert f"grace period: {zero_at:.0f}s until zero" in decisions[0].explanation
     else:
-        assert all(d.desired_pods == 1 for d in decisions)
+        assert all(d.desired_pods == 1 and d.active for d in decisions)
 
 
 def test_recently_activated_service_keeps_a_pod_for_a_stable_window_then_grace() -> None:
@@ -299,7 +301,7 @@ def test_recently_activated_service_keeps_a_pod_for_a_stable_window_then_grace()
     first_zero, decisions = _first_zero(config, running(since=100.0), start=110.0)
     assert first_zero == 190.0  # idle from activation at 100: inactive at 160, zero 30 s later
     early = decisions[0]
-    assert early.desired_pods == 1 and early.mode == MODE_SERVE
+    assert early.desired_pods == 1 and early.mode == MODE_SERVE and early.active
     assert "idle: keeps 1 for 50s more of the stable window" in early.explanation
 
 
@@ -318,6 +320,7 @@ def test_traffic_during_grace_keeps_the_service() -> None:
     assert [d.desired_pods for d in decisions] == [1, 1, 1]
     # Inactive (activator in path) during the grace period, serving again once traffic shows.
     assert [d.mode for d in decisions] == [MODE_PROXY, MODE_SERVE, MODE_SERVE]
+    assert [d.active for d in decisions] == [False, True, True]
 
 
 # --- no data -------------------------------------------------------------------------------------------------------
@@ -330,7 +333,7 @@ def test_no_data_holds_the_last_decision_and_says_so() -> None:
         running(desired=5, ready=5),
         [(0.0, steady(5.0, 5)), (2.0, Observation(None, None, 5)), (4.0, Observation(None, 3.0, 5))],
     )
-    assert [(d.desired_pods, d.stale) for d in decisions] == [(5, False), (5, True), (5, True)]
+    assert [(d.desired_pods, d.stale, d.active) for d in decisions] == [(5, False, True), (5, True, True), (5, True, True)]
     assert "no data: holds the last decision of 5 pods" in decisions[1].explanation
 
 

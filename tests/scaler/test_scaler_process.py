@@ -232,3 +232,26 @@ async def test_services_file_is_followed_while_running(stack: Stack) -> None:
             assert time.monotonic() < deadline, f"team-b/newcomer never decided: {sorted(services)}"
             await asyncio.sleep(0.5)
     assert services["team-b/newcomer"]["desired_pods"] == 1  # no pods, no traffic: initial-scale 1
+
+
+@pytest.mark.parametrize("method", ["IsActive", "StreamIsActive", "GetMetricSpec", "GetMetrics"])
+async def test_corrupt_protobuf_is_refused_with_one_log_line(
+    stack: Stack, channel: grpc.aio.Channel, method: str
+) -> None:
+    """Bytes that are not the method's message: INVALID_ARGUMENT and one warning, no traceback; the port
+    keeps serving."""
+    path = f"/externalscaler.ExternalScaler/{method}"
+    raw = {"request_serializer": bytes, "response_deserializer": bytes}
+    call = (channel.unary_stream(path, **raw) if method == "StreamIsActive" else channel.unary_unary(path, **raw))
+    before = stack.log.read_text()
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        response = call(b"\xff\xff\xff\xff")
+        await (response.read() if method == "StreamIsActive" else response)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value
+    assert method in (raised.value.details() or "")
+    stub = pb_grpc.ExternalScalerStub(channel)
+    assert (await stub.IsActive(ref("hello"))).result is True
+    added = stack.log.read_text()[len(before):]
+    refused = [line for line in added.splitlines() if "malformed gRPC request refused" in line]
+    assert len(refused) == 1 and path in refused[0], added
+    assert "Traceback" not in added, added
