@@ -10,8 +10,10 @@ tick's time, so scaler replicas reading the same Prometheus see the same numbers
 nothing here is random: each service's decision state is a function of the observations (and pokes, which
 the activator sends to every replica) since the replica started.
 
-Restarts: a scaler that starts (or restarts, or is a new replica) in front of running services must not treat
-them as new. A service's first decision waits until its ready pods are known (a tick never guesses them as
+Restarts: a scaler that starts (or restarts, or is a new replica) first replays the last few minutes of ticks
+from Prometheus's history (`Scaler.catch_up`), so it decides as one that had been running all along would:
+in panic if the service is, counting down the same grace period. And it must not treat running services as
+new. A service's first decision waits until its ready pods are known (a tick never guesses them as
 zero), and a service that shows it existed before (ready pods, requests in Prometheus, a workload the catalog
 says is set to zero: observations.existed_before) does not get initial-scale again.
 """
@@ -64,6 +66,15 @@ class UnknownService(KeyError):
 
     def __str__(self) -> str:
         return f"no service {self.key} is enrolled with the scaler"
+
+
+#: How long after its time a tick queries Prometheus. A sample is stamped with its scrape's start, so a scrape
+#: begun just before the tick time lands just after it: replicas querying a few milliseconds apart would
+#: read different data. Waiting this long makes them read the same (scrapes of the scaling endpoint take
+#: milliseconds), at the cost of this much reaction time.
+QUERY_DELAY_S = 0.25
+#: The longest history a starting scaler replays (a scale-down-delay may be an hour): 300 batched queries.
+MAX_CATCH_UP_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,8 +244,7 @@ class Scaler:
 
     def _observation(self, service: _Service, poked: bool) -> Observation | None:
         """This tick's observation; None while a service never decided for has no known ready-pod count."""
-        key = service.key
-        ready = self.ready_pod_counter.ready_pods(key)
+        ready = self.ready_pod_counter.ready_pods(service.key)
         if ready is None:  # unknown: keep what the last decision saw
             if service.latest is not None:
                 ready = service.latest.ready_pods
@@ -242,8 +252,11 @@ class Scaler:
                 ready = 0  # a held request must not wait for the count: decide as for a service at zero
             else:
                 return None  # read as zero, running pods would get initial-scale (a restart scaling them down)
-        stable = observed_value(self._snapshot, service.stable_query, key, ready)
-        panic = observed_value(self._snapshot, service.panic_query, key, ready)
+        return self._observed(service, ready, poked)
+
+    def _observed(self, service: _Service, ready: int, poked: bool) -> Observation:
+        stable = observed_value(self._snapshot, service.stable_query, service.key, ready)
+        panic = observed_value(self._snapshot, service.panic_query, service.key, ready)
         return Observation(stable_value=stable, panic_value=panic, ready_pods=ready, poked=poked)
 
     def _ready_or_zero(self, service: _Service) -> int:
@@ -281,6 +294,49 @@ class Scaler:
         if poked or previous is None or _actionable(previous) != _actionable(decision):
             self._notify(DecisionChange(service.key, decision, poked))
         return decision
+
+    def catch_up_horizon_s(self) -> float:
+        """How far back a starting scaler replays: far enough that every service's state (panic and its
+        highest count, the idle countdown, the scale-down-delay's window) is decided by what lies inside,
+        capped at MAX_CATCH_UP_S."""
+        horizons = [
+            c.stable_window_s + max(c.scale_to_zero_grace_period_s, c.scale_to_zero_pod_retention_period_s)
+            + c.scale_down_delay_s
+            for c in (s.config for s in self._services.values()) if c.autoscaler_class != CLASS_HPA
+        ]
+        return min(MAX_CATCH_UP_S, max(horizons, default=0.0))
+
+    async def catch_up(self, until: float) -> int:
+        """Replay the ticks of the last catch_up_horizon_s() before `until` from Prometheus's history,
+        deciding as the loop would but applying and publishing nothing. Returns the ticks replayed.
+
+        Without it a scaler restarted mid-burst starts out of panic and follows the stable window down (a
+        loaded service scaled down), a restart in a grace period starts the countdown again, and a second
+        replica disagrees with the first until their states happen to meet. With it each starts in the
+        state one running all along would have, since the decision is a function of the observations and
+        every replica queries the same Prometheus at the same tick times. Past ready-pod counts come from
+        Prometheus (live queue-proxies), their only record. A tick Prometheus cannot answer ends the replay
+        with every service fresh again: a gap would make the state wrong, not merely old.
+        """
+        self.refresh_services()
+        horizon_s = self.catch_up_horizon_s()
+        first = math.ceil((until - horizon_s) / TICK_INTERVAL_S) * TICK_INTERVAL_S
+        ticks = [first + step * TICK_INTERVAL_S for step in range(round((until - first) / TICK_INTERVAL_S))]
+        for at in ticks if self._services else ():
+            self._snapshot = await self.metrics.observe(self.windows(), at)
+            if self._snapshot.stale:
+                for service in self._services.values():
+                    service.state = DecisionState.initial()
+                log.warning("no history to catch up from; deciding from scratch", at=at)
+                return 0
+            for service in self._services.values():
+                if service.config.autoscaler_class == CLASS_HPA:
+                    continue
+                observation = self._observed(service, self._snapshot.ready_pods.get(service.key, 0), poked=False)
+                state = service.state if service.state.started else self._first_state(service)
+                _, service.state = decide(service.config, observation, state, at)
+        log.info("caught up from Prometheus history", ticks=len(ticks), horizon_s=horizon_s)
+        return len(ticks)
 
     def windows(self) -> set[WindowQuery]:
         """The distinct (metric, window) pairs the services need: one Prometheus query each per tick."""
@@ -334,16 +390,23 @@ class Scaler:
     # --- running ---------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Tick forever on wall-clock multiples of TICK_INTERVAL_S (the first tick at once)."""
+        """Catch up, then tick forever on wall-clock multiples of TICK_INTERVAL_S (the first one at the last
+        multiple before now), each QUERY_DELAY_S after its time."""
         at = math.floor(self.clock() / TICK_INTERVAL_S) * TICK_INTERVAL_S
+        try:
+            await self.catch_up(at)
+        except Exception:
+            for service in self._services.values():
+                service.state = DecisionState.initial()
+            log.exception("catching up failed; deciding from scratch")
         while True:
+            # Evaluated at `at`, queried a moment later, once every scrape that started before `at` has landed.
+            await asyncio.sleep(max(0.0, at + QUERY_DELAY_S - self.clock()))
             try:
                 await self.tick(at)
             except Exception:
                 log.exception("tick failed")
-            now = self.clock()
-            at = (math.floor(now / TICK_INTERVAL_S) + 1) * TICK_INTERVAL_S
-            await asyncio.sleep(at - now)
+            at = (math.floor(self.clock() / TICK_INTERVAL_S) + 1) * TICK_INTERVAL_S
 
     def start(self) -> None:
         """Run the loop in the background of the current event loop."""
