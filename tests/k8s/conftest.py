@@ -103,10 +103,9 @@ def _node_ready(api: Any) -> bool:
 
 
 def skip_unless_runnable(reason: str | None) -> None:
-    """Skip with `reason` (what to build or install), or fail where the tests must run."""
+    """Skip with `reason` (what to build or install); in CI the suite turns that skip into a failure
+    (tests/conftest.py)."""
     if reason is not None:
-        if os.environ.get("KAPA_K8S_REQUIRED"):  # set by .ci/run, which builds the binaries first
-            pytest.fail(reason)
         pytest.skip(reason)
 
 
