@@ -39,6 +39,7 @@ from kapa.relay import (
     H2cTunnel,
     H2Stream,
     RelayServer,
+    request_host,
     stream_status,
 )
 from kapa.services import ServiceKey
@@ -54,7 +55,6 @@ log = get_logger(__name__)
 
 _PROXY_NAME = contract.PROXY_HEADER.encode()
 _PROXY_VALUE = contract.PROXY_HEADER_VALUE.encode()
-_HOST = b"\r\nhost:"
 _CONTENT_LENGTH = b"\r\ncontent-length:"
 _TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
 #: Seconds a client is told to wait before retrying when a service's queue is full.
@@ -78,15 +78,6 @@ class _Ticket:
         self.arrived_at = arrived_at
         #: PROXY_HEADER is in the head already (a request sent back to wait keeps it).
         self.marked = False
-
-
-def request_host(head_lower: bytes) -> bytes | None:
-    """The Host header's value from a lower-cased request head."""
-    start = head_lower.find(_HOST)
-    if start < 0:
-        return None
-    start += len(_HOST)
-    return head_lower[start : head_lower.index(b"\r\n", start)].strip()
 
 
 def request_has_body(head_lower: bytes) -> bool:
@@ -289,7 +280,9 @@ class ActivatorProxy:
                     self._poker.activate(key)
                 remaining_s = service.settings.timeout_s - (time.monotonic() - arrived_at)
                 try:
-                    pod = await throttler.acquire(max(0.0, remaining_s))
+                    # The client is watched while held: once it has reset its streams or hung up, its place
+                    # in the queue (and in the exported concurrency) goes at once, and nothing is forwarded.
+                    pod = await tunnel.hold(throttler.acquire(max(0.0, remaining_s)), MAX_HEAD_BYTES)
                 except (QueueFull, HoldTimeout) as error:
                     reason = contract.REASON_QUEUE_FULL if isinstance(error, QueueFull) else contract.REASON_TIMEOUT
                     service.stats.count_rejected(reason)
@@ -298,6 +291,10 @@ class ActivatorProxy:
                     return
                 finally:
                     self._end_activation_when_idle(service)
+                if pod is None:
+                    service.stats.count_response(499)  # nginx's "client closed request", as for HTTP/1
+                    tunnel.close()
+                    return
             address = (pod.endpoint.host, pod.endpoint.port)
             connected = await tunnel.forward_now(
                 address, add_setting=(contract.H2C_PROXY_SETTING, 1), connect_timeout_s=CONNECT_TIMEOUT_S

@@ -10,7 +10,7 @@ import asyncio
 import time
 
 from kapa import contract
-from kapa.relay import FAILURE_UPSTREAM, Exchange, H2cTunnel, H2Stream, stream_status
+from kapa.relay import FAILURE_BAD_REQUEST, FAILURE_UPSTREAM, Exchange, H2cTunnel, H2Stream, stream_status
 from queue_proxy.config import Config
 from queue_proxy.limiter import ADMITTED, QUEUED, ConcurrencyLimiter
 from queue_proxy.readiness import Readiness
@@ -25,6 +25,8 @@ _PROXIED_SETTING = contract.H2C_PROXY_SETTING.to_bytes(2, "big") + (1).to_bytes(
 
 # Exchange.tag: how the exchange was counted.
 _NOT_COUNTED = None  # answered by the proxy itself (a probe)
+#: Exchange.failure values counted as rejections when the relay ends an exchange (each is a reason).
+_REJECTING_FAILURES = frozenset((FAILURE_UPSTREAM, FAILURE_BAD_REQUEST))
 
 _QUEUE_FULL_BODY = (
     b"kapa queue-proxy: overloaded: %d requests at the app (CONTAINER_CONCURRENCY) and %d waiting, "
@@ -82,8 +84,9 @@ class QueueProxyHandler:
         self._watched.pop(exchange, None)
         if self.limiter is not None:
             self.limiter.release(exchange)
-        if exchange.failure == FAILURE_UPSTREAM:
-            self.stats.reject(contract.REASON_UPSTREAM_ERROR)
+        failure = exchange.failure
+        if failure is not None and failure in _REJECTING_FAILURES:
+            self.stats.reject(failure)
         self.stats.finished(time.monotonic(), exchange.started_at, proxied, exchange.status)  # type: ignore[arg-type]
 
     def request_undelivered(self, exchange: Exchange) -> None:
@@ -97,7 +100,8 @@ class QueueProxyHandler:
     def h2c_connection(self, tunnel: H2cTunnel) -> None:
         # A frame relay cannot hold one stream back without stalling the connection; what it can do is tell
         # the client to open at most CONTAINER_CONCURRENCY streams at once (SETTINGS_MAX_CONCURRENT_STREAMS),
-        # so the client queues the rest itself. Per connection (see README).
+        # so the client queues the rest itself, and refuse (RST_STREAM REFUSED_STREAM) any stream beyond, so
+        # a client that ignores the limit gets no more through. Per connection (see README).
         tunnel.forward(self.upstream, max_streams=self.config.container_concurrency)
 
     def stream_opened(self, stream: H2Stream) -> None:
@@ -150,7 +154,9 @@ class QueueProxyHandler:
 
     def _expire_streams(self, cutoff: float) -> None:
         """Cancel (RST_STREAM CANCEL both ways, recorded as 504) every h2c stream older than the timeout
-        whose response has not started; a stream that has answered may stream on (as for HTTP/1)."""
+        whose response has not started; a stream that has answered may stream on (as for HTTP/1), and
+        stops counting once the app has ended its response, whether or not the client has ended its side
+        (see kapa.relay.h2c)."""
         watched = self._watched_streams
         expired: list[H2Stream] = []
         for stream in watched:

@@ -6,14 +6,28 @@ changes: every header, `Forwarded`, `X-Forwarded-*`, `traceparent` included, pas
 case), the body goes on chunk by chunk as it arrives (re-framed when chunked). Responses: bytes pass to
 the client unchanged; the upstream side parses them only to learn where each ends.
 
-Requests on one connection are served in order (pipelining works, without overlap). A connection that
-opens with the HTTP/2 preface is handed to `kapa.relay.h2c`; a request with `Upgrade` becomes a byte pipe
-(`kapa.relay.tunnel`) when the upstream answers 101.
+Requests on one connection are served in order (pipelining works, without overlap); at most
+MAX_PIPELINED wait behind the one being served, and the bytes kept for requests that have no upstream yet
+are bounded by MAX_PENDING_BYTES: beyond either, the client is not read until they drain. A connection that
+opens with the HTTP/2 preface is handed to `kapa.relay.h2c`; a request with `Upgrade` (or CONNECT) becomes
+a byte pipe (`kapa.relay.tunnel`) when the upstream answers 101 (2xx to CONNECT). The client's bytes after
+such a request are kept until then: they are in the new protocol, and an upstream that declines the
+upgrade would parse them as requests nobody counted. After a declined upgrade the connection closes (those
+bytes are dropped): they may be the new protocol's, and taking them as HTTP/1 requests is how a proxy in
+front that believed the upgrade would be bypassed.
+
+A request whose client is not being read while it waits for an upstream (its body held, or the buffer
+bound reached) would not notice the client leave: the relay's periodic sweep polls those sockets and ends
+such a request when its client has reset or shut down the connection. A client that shuts down its sending
+side after a complete request still gets the answer (a half-close), unless the request has to wait for an
+upstream: at TCP level a half-close and a close look the same, and a request kept waiting for a client that
+closed is load that does not exist (HAProxy's `abortonclose` for queued requests).
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -33,20 +47,45 @@ log = get_logger(__name__)
 
 #: Largest request head accepted (request line and headers); more gets 431.
 MAX_HEAD_BYTES = 64 * 1024
-#: Request body held per exchange while it has no upstream yet (queued, connecting) before the client
-#: stops being read.
+#: Bytes of a client connection's requests the relay keeps while they have no upstream yet (bodies of
+#: requests queued or connecting, heads of pipelined requests, bytes after an upgrade request) before the
+#: client stops being read.
 MAX_PENDING_BYTES = 256 * 1024
+#: Requests read ahead on one connection, waiting behind the one being served (pipelining), before the
+#: client stops being read.
+MAX_PIPELINED = 64
 
 #: Values of `Exchange.failure`: why the relay ended an exchange itself.
 FAILURE_UPSTREAM = contract.REASON_UPSTREAM_ERROR
 FAILURE_CLIENT_GONE = "client_gone"
+#: The request turned out malformed after its head was taken (a bad chunk in its body).
+FAILURE_BAD_REQUEST = contract.REASON_BAD_REQUEST
 
 # Reasons the client connection is not being read (a bit mask, reading resumes when all are gone).
-_PAUSED_PENDING = 1
+_PAUSED_PENDING = 1  # the connection's pending bytes are over MAX_PENDING_BYTES
 _PAUSED_UPSTREAM = 2
 _PAUSED_HELD = 4  # Exchange.hold_body
+_PAUSED_PIPELINE = 8  # MAX_PIPELINED requests wait: the rest of the input is kept unparsed
+_PAUSED_REFUSED = 16  # input the relay refused: nothing after it is read, ever
+_PAUSED_EOF = 32  # the client shut down its sending side (see ServerProtocol.eof_received)
+#: The reasons that outlive an exchange and change what follows it (see ServerProtocol._after_exchange).
+_PAUSED_CONNECTION = _PAUSED_PIPELINE | _PAUSED_REFUSED | _PAUSED_EOF
+
+#: Every request head ends with it (httptools takes no bare LF), so a stretch of input holds at most as many
+#: complete heads as it has of these (one more when a head's end straddles two reads).
+_HEAD_END = b"\r\n\r\n"
+#: The shortest request head, `GET / HTTP/1.1` and an empty line.
+_MIN_HEAD_BYTES = 18
+#: A read no longer than this cannot hold more heads than an empty pipelining queue has room for (see
+#: ServerProtocol._cut).
+_SHORT_READ_BYTES = _MIN_HEAD_BYTES * (MAX_PIPELINED - 1)
+#: What poll(2) reports for a socket whose peer shut it down (POLLRDHUP: FIN) or reset it (POLLHUP, POLLERR).
+_CLIENT_LEFT = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+_HOST = b"\r\nhost:"
+_TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
+_DEFAULT_PORTS = {b"http": b":80", b"https": b":443"}
 #: Methods a request may be sent again with (RFC 9110 9.2.2).
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 _IDEMPOTENCY_KEY = b"\r\nidempotency-key:"
@@ -73,7 +112,7 @@ class Handler(Protocol):
 
     def malformed_request(self, status: int) -> None:
         """A request was refused before it became an exchange (400 malformed, 408 head not received in
-        time, 431 head too large)."""
+        time, 429 too many pipelined behind a body in one read, 431 head too large)."""
 
     def h2c_connection(self, tunnel: H2cTunnel) -> None:
         """A connection opened with the HTTP/2 preface: call `tunnel.forward(address)` or `tunnel.close()`."""
@@ -102,6 +141,63 @@ def local_response(
         status, status_phrase(status), extra_headers, len(body), b"keep-alive" if keep_alive else b"close",
         b"" if head_only else body,
     )
+
+
+def request_host(head_lower: bytes) -> bytes | None:
+    """The Host header's value from a lower-cased request head."""
+    start = head_lower.find(_HOST)
+    if start < 0:
+        return None
+    start += len(_HOST)
+    return head_lower[start : head_lower.index(b"\r\n", start)].strip()
+
+
+def target_is_host(url: bytes, head_lower: bytes) -> bool:
+    """Whether an absolute-form request target (`http://authority/path`) names the host of the Host header
+    (default ports aside). The app must take the target's authority (RFC 9112 3.2.2) while the proxies
+    route by Host: a request on which they differ would be routed for one host and served as another."""
+    scheme, _, rest = url.lower().partition(b"://")
+    end = len(rest)
+    for delimiter in (b"/", b"?", b"#"):
+        found = rest.find(delimiter)
+        if 0 <= found < end:
+            end = found
+    host = request_host(head_lower)
+    if host is None:
+        return False
+    default_port = _DEFAULT_PORTS.get(scheme, b"")
+    return rest[:end].removesuffix(default_port) == host.removesuffix(default_port)
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing at a request the relay refuses: nothing after it is read."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+
+
+def _partial_head_bytes(data: bytes, body_bytes: int) -> int:
+    """How many bytes of `data` belong to the request head it ends inside, which began in it: those after
+    its last CRLFCRLF (a head has none before its end), less the `body_bytes` parsed from it, which may lie
+    in between (a Content-Length body has no end mark). Never more than the truth, so never a false 431;
+    at worst a read's body short, made up as the next read counts whole."""
+    last_end = data.rfind(_HEAD_END)
+    after = len(data) - (last_end + len(_HEAD_END) if last_end >= 0 else 0)
+    return max(0, after - body_bytes)
+
+
+def _end_of_heads(data: bytes, heads: int) -> int:
+    """Where to cut `data` so that the part before holds at most `heads` complete request heads (plus one
+    whose end straddles the previous read): just after its `heads`-th CRLFCRLF, or its end."""
+    end = 0
+    for _ in range(heads):
+        found = data.find(_HEAD_END, end)
+        if found < 0:
+            return len(data)
+        end = found + len(_HEAD_END)
+    return end
 
 
 @dataclass(frozen=True)
@@ -133,7 +229,8 @@ class RelayServer:
     """Shared state of one listening relay: the handler, the upstream pool, the open client connections.
 
     Use `protocol` as the factory of `loop.create_server`; the first connection starts the sweep that
-    enforces `timeouts` (and closes upstream connections idle in the pool too long); `close_all` ends it.
+    enforces `timeouts`, ends requests waiting unread whose client has left, and closes upstream
+    connections idle in the pool too long; `close_all` ends it.
     """
 
     def __init__(
@@ -160,11 +257,19 @@ class RelayServer:
             self.sweep(time.monotonic())
 
     def sweep(self, now: float) -> None:
-        """Expire client connections past their header-read or idle timeout, and stale pooled upstream ones."""
+        """Expire client connections past their header-read or idle timeout, end the waiting requests of
+        clients that have left (see `end_abandoned`), and close stale pooled upstream connections."""
         timeouts = self.timeouts
+        unread: list[ServerProtocol] = []
         for connection in list(self.connections):
             if isinstance(connection, ServerProtocol):
                 connection.expire(now, timeouts)
+                if connection.waits_unread:
+                    unread.append(connection)
+            elif isinstance(connection, H2cRelay):
+                connection.expire(now, timeouts)  # idle h2c connections: see H2cRelay.expire
+        if unread:
+            end_abandoned(unread)
         self.pool.sweep(now)
 
     def connection_closed(self, connection: ServerProtocol | Pipe | H2cRelay) -> None:
@@ -185,6 +290,24 @@ class RelayServer:
         self.pool.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+
+
+def end_abandoned(connections: list[ServerProtocol]) -> None:
+    """End the request of each of `connections` (each `waits_unread`) whose client has reset the connection
+    or shut it down: one poll(2) over their sockets, without waiting.
+
+    The event loop does not poll a socket it is not reading, so without this a client that gives up on a
+    held request goes unnoticed until the request is forwarded: its concurrency is reported, it takes a
+    place in a bounded queue, and then an upstream serves it for nobody. A FIN counts as leaving too (see
+    the module docstring). Linux only (POLLRDHUP), as is the relay's deployment."""
+    poller = select.poll()
+    by_fd: dict[int, ServerProtocol] = {}
+    for connection in connections:
+        fd = connection.transport.get_extra_info("socket").fileno()
+        by_fd[fd] = connection
+        poller.register(fd, _CLIENT_LEFT)
+    for fd, _ in poller.poll(0):
+        by_fd[fd].transport.abort()  # connection_lost ends the request: FAILURE_CLIENT_GONE
 
 
 class Exchange:
@@ -214,7 +337,8 @@ class Exchange:
         self.head_lower = head_lower
         self.keep_alive = keep_alive
         self.upgrade = upgrade
-        self.chunked = b"\r\ntransfer-encoding:" in head_lower
+        #: The body is chunked (set at its first chunk): re-framed as it goes upstream.
+        self.chunked = False
         self.started_at = started_at
         self.status = 0
         self.response_started = False
@@ -256,8 +380,8 @@ class Exchange:
         """Read none of the request body until the exchange is forwarded (or ends).
 
         For a request that waits a long time for an upstream: it then costs its head, not the relay's
-        per-exchange body buffer. The client connection is not read meanwhile, so a client that gives up
-        is noticed only when the exchange is forwarded or answered.
+        body buffer. The client connection is not read meanwhile; the relay's sweep notices a client that
+        resets or closes it, and ends the exchange (FAILURE_CLIENT_GONE) within a sweep interval.
         """
         if not self.request_complete and self.upstream is None and not self.done:
             self.server.pause(_PAUSED_HELD)
@@ -302,9 +426,9 @@ class Exchange:
 
     def replayable(self) -> bool:
         """Whether sending the request again cannot do harm that sending it once would not: its method is
-        idempotent (RFC 9110 9.2.2) or it carries Idempotency-Key, and none of its body (or, after an
-        upgrade request, of the client's bytes) has gone upstream, so nothing consumed is lost. What
-        browsers and Go's transport require before retrying on a new connection."""
+        idempotent (RFC 9110 9.2.2) or it carries Idempotency-Key, and none of its body has gone upstream,
+        so nothing consumed is lost. What browsers and Go's transport require before retrying on a new
+        connection."""
         return not self.body_sent and not self.response_started and (
             self.method in _IDEMPOTENT or _IDEMPOTENCY_KEY in self.head_lower
         )
@@ -317,7 +441,19 @@ class Exchange:
         self.server.transport.close()
         self._finish(False)
 
+    @property
+    def waiting_for_upstream(self) -> bool:
+        """The handler has not sent the request anywhere yet (it is held or queued) nor answered it."""
+        return self.address is None and not self.response_started and not self.done
+
     # --- request side (called by ServerProtocol) ---------------------------------------------------------
+
+    def malformed(self, status: int, body: bytes) -> None:
+        """The request's body turned out malformed: one outcome, FAILURE_BAD_REQUEST with `status` if
+        nothing of the response has gone to the client yet (the connection closes after it), else the
+        response is cut. The upstream connection, which has part of the request, is closed either way."""
+        self.failure = FAILURE_BAD_REQUEST
+        self.respond(status, body, close=True)
 
     def send_body(self, body: bytes) -> None:
         if self.done:
@@ -331,11 +467,6 @@ class Exchange:
         self.request_complete = True
         if self.chunked and not self.done:
             self._send((b"0\r\n\r\n",))
-
-    def send_raw(self, data: bytes) -> None:
-        """Client bytes after an upgrade request, relayed as they are."""
-        if not self.done:
-            self._send((data,))
 
     def client_lost(self) -> None:
         if self.done:
@@ -355,9 +486,9 @@ class Exchange:
         if self.pending is None:
             self.pending = []
         self.pending.extend(parts)
-        self.pending_bytes += sum(map(len, parts))
-        if self.pending_bytes > MAX_PENDING_BYTES:
-            self.server.pause(_PAUSED_PENDING)
+        size = sum(map(len, parts))
+        self.pending_bytes += size
+        self.server.buffered(size)
 
     # --- upstream side ----------------------------------------------------------------------------------
 
@@ -381,14 +512,14 @@ class Exchange:
         pending = self.pending
         if pending:
             self.pending = None
-            self.pending_bytes = 0
             transport.writelines([self.head, *pending])
             self.body_sent = True
-            self.server.resume(_PAUSED_PENDING | _PAUSED_HELD)
+            self.server.unbuffered(self.pending_bytes)
+            self.pending_bytes = 0
         else:
             transport.write(self.head)
-            if self.server.paused:
-                self.server.resume(_PAUSED_HELD)
+        if self.server.paused:
+            self.server.resume(_PAUSED_HELD)
         if self.server.write_paused:
             conn.read_paused = True
             transport.pause_reading()
@@ -410,11 +541,13 @@ class Exchange:
 
     def response_complete(self, conn: UpstreamConnection) -> None:
         self._detach(conn)
-        if conn.keep_alive and self.request_complete and not self.upgrade:
+        # The upstream connection is clean even after a declined upgrade: the client's bytes after the
+        # upgrade request never went to it.
+        if conn.keep_alive and self.request_complete:
             self.server.relay.pool.put(conn)
         else:
             conn.transport.close()
-        # An upgrade the upstream declined leaves our request parser in upgrade mode: close.
+        # After a declined upgrade the client connection closes (see the module docstring).
         self._finish(conn.keep_alive and self.keep_alive and not self.upgrade)
 
     def upstream_write_paused(self, paused: bool) -> None:
@@ -452,7 +585,8 @@ class Exchange:
             self.respond(502, b"kapa: the app closed the connection before responding\n")
 
     def upgrade_accepted(self, conn: UpstreamConnection, after_head: bytes) -> None:
-        """The upstream answered 101: from now on both connections are a byte pipe (or an h2c relay)."""
+        """The upstream answered 101 (2xx to CONNECT): from now on both connections are a byte pipe (or an
+        h2c relay), which starts with the client's bytes kept since the request."""
         self._detach(conn)
         self.upgraded = True
         server = self.server
@@ -460,16 +594,16 @@ class Exchange:
             conn.transport.close()
             self._finish(False)
             return
-        server.hand_over()
+        after_request = server.hand_over()
         relay = server.relay
         if b"\r\nupgrade: h2c" in self.head_lower:
             h2c = H2cRelay(relay, server.transport, upgraded=self)
             relay.connections.add(h2c)
-            h2c.start(conn.transport, upstream_sent=after_head)
+            h2c.start(conn.transport, to_upstream=after_request, upstream_sent=after_head)
         else:
             pipe = Pipe(server.transport, conn.transport, lambda: self._pipe_closed(pipe))
             relay.connections.add(pipe)
-            pipe.start()
+            pipe.start(to_upstream=after_request)
 
     def _pipe_closed(self, pipe: Pipe) -> None:
         self.server.relay.connection_closed(pipe)
@@ -484,8 +618,10 @@ class Exchange:
         if self.done:
             return
         self.done = True
-        self.pending = None
         server = self.server
+        if self.pending is not None:
+            self.pending = None
+            server.unbuffered(self.pending_bytes)
         server.handler.request_finished(self)
         server.exchange_finished(self, keep_client)
 
@@ -496,7 +632,8 @@ class ServerProtocol(asyncio.Protocol):
     __slots__ = (
         "relay", "handler", "transport", "closed", "handed_over", "write_paused", "paused",
         "_parser", "_url", "_headers", "_parsing", "_active", "_waiting", "_fresh", "_prefix",
-        "_head_started", "_head_bytes", "_too_large", "_upgrading", "_heads", "_mark", "_marked_at",
+        "_head_started", "_head_bytes", "_body_bytes", "_upgrading", "_after_upgrade", "_unparsed",
+        "_pending_bytes", "_refusal", "_heads", "_mark", "_marked_at",
     )
 
     def __init__(self, relay: RelayServer) -> None:
@@ -517,9 +654,17 @@ class ServerProtocol(asyncio.Protocol):
         self._fresh = True  # nothing parsed yet: the connection may still turn out to be h2c
         self._prefix = b""
         self._head_started = False
-        self._head_bytes = 0
-        self._too_large = False
+        self._head_bytes = 0  # of the head under way, counted when a read ends inside it
+        self._body_bytes = 0  # request body bytes parsed on this connection
         self._upgrading: Exchange | None = None
+        #: Client bytes after an upgrade (or CONNECT) request, kept until the upstream accepts it.
+        self._after_upgrade = b""
+        #: Input kept unparsed while MAX_PIPELINED requests wait (see `_cut`).
+        self._unparsed = b""
+        #: Bytes kept for requests that have no upstream yet (see MAX_PENDING_BYTES).
+        self._pending_bytes = 0
+        #: (status, body) of refused input, answered once the requests before it are.
+        self._refusal: tuple[int, bytes] | None = None
         #: Request heads completed on this connection, and the sweep's record of the state it last saw
         #: (heads, waiting for a head?) and since when (see `expire`).
         self._heads = 0
@@ -529,6 +674,15 @@ class ServerProtocol(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         return self._active is None
+
+    @property
+    def waits_unread(self) -> bool:
+        """Its request waits for an upstream while the client is not read (its body held, the buffer bound
+        reached, or after a FIN): the event loop would not see the client leave (see `end_abandoned`)."""
+        active = self._active
+        return (
+            active is not None and self.paused != 0 and active.waiting_for_upstream and not self.transport.is_closing()
+        )
 
     def expire(self, now: float, timeouts: ClientTimeouts) -> None:
         """Called by the sweep: end the connection if it has waited too long for a head, or idled too long.
@@ -569,6 +723,7 @@ class ServerProtocol(asyncio.Protocol):
         self.closed = True
         self.relay.connections.discard(self)
         self._waiting = None  # pipelined requests not yet handed to the handler are simply dropped
+        self._unparsed = b""
         active = self._active
         if active is not None:
             active.client_lost()
@@ -578,27 +733,56 @@ class ServerProtocol(asyncio.Protocol):
             data = self._sniff(data)
             if not data:
                 return
-        upgrading = self._upgrading
-        if upgrading is not None:
-            upgrading.send_raw(data)
-            return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._upgrade_requested(data[upgrade.args[0]:])
-        except httptools.HttpParserCallbackError as error:
-            log.error("relay bug while handling a request", error=repr(error.__context__))
-            self._reject(500, b"kapa: internal error\n")
-            return
-        except httptools.HttpParserError as error:
-            self._reject(400, b"kapa: malformed HTTP request: %s\n" % str(error).encode())
-            return
-        if self._too_large:
-            self._reject(431, b"kapa: request head larger than %d bytes\n" % MAX_HEAD_BYTES)
-        elif self._head_started:
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._reject(431, b"kapa: request head larger than %d bytes\n" % MAX_HEAD_BYTES)
+        while data:
+            if self._upgrading is not None:
+                self._keep_after_upgrade(data)
+                return
+            rest = b""
+            if self._waiting or len(data) > _SHORT_READ_BYTES:
+                data, rest = self._cut(data)  # might hold more request heads than the queue has room for
+                if not data:
+                    return
+            carried = self._head_started  # a head under way since an earlier read
+            heads, body_bytes = self._heads, self._body_bytes
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserUpgrade as upgrade:
+                self._upgrade_requested(data[upgrade.args[0]:])
+            except httptools.HttpParserCallbackError as error:
+                refused = error.__context__
+                if isinstance(refused, _Refused):
+                    self._reject(refused.status, refused.body)
+                else:
+                    log.error("relay bug while handling a request", error=repr(refused))
+                    self._reject(500, b"kapa: internal error\n")
+                return
+            except httptools.HttpParserError as error:
+                self._reject(400, b"kapa: malformed HTTP request: %s\n" % str(error).encode())
+                return
+            else:
+                if self._head_started:  # the read ends inside a head: count that head's bytes, only those
+                    if carried and self._heads == heads:
+                        self._head_bytes += len(data)
+                    else:
+                        self._head_bytes = _partial_head_bytes(data, self._body_bytes - body_bytes)
+                    if self._head_bytes > MAX_HEAD_BYTES:
+                        self._reject(431, b"kapa: request head larger than %d bytes\n" % MAX_HEAD_BYTES)
+            if not rest or self.paused & _PAUSED_REFUSED or self.transport.is_closing():
+                return
+            data = rest
+
+    def eof_received(self) -> bool:
+        """The client shut down its sending side. What it sent whole is still answered, and then the
+        connection closes (a half-close); a client that stops inside a request, or whose request waits for
+        an upstream, is taken as gone (see the module docstring): False closes the connection."""
+        active = self._active
+        if (
+            active is None or active.waiting_for_upstream or self._parsing is not None or self._head_started
+            or self._prefix or self._upgrading is not None
+        ):
+            return False
+        self.pause(_PAUSED_EOF)  # for good: there is nothing more to read
+        return True
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -620,7 +804,6 @@ class ServerProtocol(asyncio.Protocol):
         self._url = b""
         self._headers.clear()
         self._head_started = True
-        self._head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -635,28 +818,47 @@ class ServerProtocol(asyncio.Protocol):
         method = parser.get_method()
         version = parser.get_http_version()
         version_bytes = _VERSIONS.get(version) or version.encode()
+        url = self._url
         if self._headers:
-            head = b"%s %s HTTP/%s\r\n%s\r\n\r\n" % (method, self._url, version_bytes, b"\r\n".join(self._headers))
+            head = b"%s %s HTTP/%s\r\n%s\r\n\r\n" % (method, url, version_bytes, b"\r\n".join(self._headers))
         else:
-            head = b"%s %s HTTP/%s\r\n\r\n" % (method, self._url, version_bytes)
+            head = b"%s %s HTTP/%s\r\n\r\n" % (method, url, version_bytes)
+        # A _Refused raised here stops the parser at this request: none after it is parsed.
         if len(head) > MAX_HEAD_BYTES:
-            self._too_large = True
-            self._parsing = None
-            return
+            raise _Refused(431, b"kapa: request head larger than %d bytes\n" % MAX_HEAD_BYTES)
+        head_lower = head.lower()
+        if head_lower.count(_HOST) > 1:
+            raise _Refused(400, b"kapa: more than one Host header (RFC 9112 3.2)\n")
+        # Absolute-form: anything but "/...", "*" (OPTIONS) and CONNECT's authority-form.
+        if url[0] != 0x2F and method != b"CONNECT" and url != b"*" and not target_is_host(url, head_lower):
+            raise _Refused(400, b"kapa: the request target names another host than the Host header\n")
+        if version != "1.1" and _TRANSFER_ENCODING in head_lower:
+            raise _Refused(400, b"kapa: Transfer-Encoding in an HTTP/%s request (RFC 9112 6.1)\n" % version_bytes)
         exchange = Exchange(
-            self, method, self._url, head, head.lower(), parser.should_keep_alive(), parser.should_upgrade(),
+            self, method, url, head, head_lower, parser.should_keep_alive(), parser.should_upgrade(),
             time.monotonic(),
         )
-        self._parsing = exchange
         if self._active is None:
-            self._active = exchange
+            self._parsing = self._active = exchange
             self.handler.request_received(exchange)
-        else:
-            if self._waiting is None:
-                self._waiting = deque()
-            self._waiting.append(exchange)
+            return
+        waiting = self._waiting
+        if waiting is None:
+            waiting = self._waiting = deque()
+        elif len(waiting) >= MAX_PIPELINED:
+            # Possible only behind the end of a body in the same read (see `_cut`): refused in its turn.
+            raise _Refused(429, b"kapa: more than %d pipelined requests waiting\n" % MAX_PIPELINED)
+        self._parsing = exchange
+        waiting.append(exchange)
+        self.buffered(len(head))
+
+    def on_chunk_header(self) -> None:
+        exchange = self._parsing
+        if exchange is not None:
+            exchange.chunked = True
 
     def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
         exchange = self._parsing
         if exchange is not None:
             exchange.send_body(body)
@@ -680,31 +882,62 @@ class ServerProtocol(asyncio.Protocol):
             if not self.paused and not self.closed:
                 self.transport.resume_reading()
 
+    def buffered(self, size: int) -> None:
+        """`size` more bytes are kept for requests that have no upstream yet."""
+        self._pending_bytes += size
+        if self._pending_bytes > MAX_PENDING_BYTES:
+            self.pause(_PAUSED_PENDING)
+
+    def unbuffered(self, size: int) -> None:
+        """`size` bytes counted by `buffered` are gone (sent upstream, or dropped)."""
+        self._pending_bytes -= size
+        if self._pending_bytes <= MAX_PENDING_BYTES:
+            self.resume(_PAUSED_PENDING)
+
     def exchange_finished(self, exchange: Exchange, keep: bool) -> None:
         if self.handed_over:
             return
         if self._active is exchange:
             self._active = None
         if self.paused:
-            self.resume(self.paused)
+            self.resume(_PAUSED_HELD | _PAUSED_UPSTREAM)  # the exchange's own reasons; the others stand
         if not keep or self.closed or self.relay.closing:
             self._waiting = None
+            self._unparsed = b""
             if not self.closed:
                 self.transport.close()  # after what was written
             return
         waiting = self._waiting
         if waiting:
             following = waiting.popleft()
+            self.unbuffered(len(following.head))
             self._active = following
             self.handler.request_received(following)
+        if self.paused & _PAUSED_CONNECTION:
+            self._after_exchange()
 
-    def hand_over(self) -> None:
-        """The transport now belongs to a pipe or h2c relay: stop parsing and tracking it here."""
+    def _after_exchange(self) -> None:
+        """An exchange ended on a connection not read for a reason of its own: parse the input kept back
+        if the pipelining queue has room now; once no request is left, answer refused input, or close
+        after the client's FIN (all it asked for is answered)."""
+        if self._unparsed:
+            self._read_unparsed()
+        elif self._active is None:
+            if self._refusal is not None:
+                self._send_refusal()
+            elif self.paused & _PAUSED_EOF:
+                self.transport.close()
+
+    def hand_over(self) -> bytes:
+        """The transport now belongs to a pipe or h2c relay: stop parsing and tracking it here. Returns the
+        client's bytes after the upgrade request, for the upstream."""
         self.handed_over = True
         self.relay.connections.discard(self)
         self._active = None
         self._upgrading = None
         self.paused = 0
+        after_upgrade, self._after_upgrade = self._after_upgrade, b""
+        return after_upgrade
 
     # --- internals --------------------------------------------------------------------------------
 
@@ -725,20 +958,70 @@ class ServerProtocol(asyncio.Protocol):
         self.handler.h2c_connection(tunnel)
         return b""
 
-    def _upgrade_requested(self, after_head: bytes) -> None:
+    def _cut(self, data: bytes) -> tuple[bytes, bytes]:
+        """Split `data` into what may be parsed now and what after it: no more request heads than the
+        pipelining queue has room for. With no room, nothing now: all of it is kept unparsed, and the
+        client not read, until the queue drains.
+
+        httptools cannot stop inside the bytes it is given, hence the cut before parsing. It is made where
+        a read begins between requests; a read that begins inside a body (an upload's: its bytes are not
+        worth a scan each) is parsed whole, and requests pipelined behind the end of that body in the same
+        read are refused beyond the queue's room (`on_headers_complete`)."""
+        waiting = self._waiting
+        room = MAX_PIPELINED - 1 - (len(waiting) if waiting else 0)  # 1 for a head straddling two reads
+        if len(data) <= _MIN_HEAD_BYTES * room:
+            return data, b""
+        if room <= 0:
+            self._unparsed = data
+            self.pause(_PAUSED_PIPELINE)
+            return b"", b""
+        if self._parsing is not None:
+            return data, b""
+        end = _end_of_heads(data, room)
+        return (data, b"") if end == len(data) else (data[:end], data[end:])
+
+    def _read_unparsed(self) -> None:
+        """The pipelining queue has room again: parse the input kept back, then read the client again."""
+        data, self._unparsed = self._unparsed, b""
+        self.resume(_PAUSED_PIPELINE)  # no byte arrives before this returns; it pauses again if need be
+        self.data_received(data)
+
+    def _upgrade_requested(self, after_request: bytes) -> None:
         exchange = self._waiting[-1] if self._waiting else self._active
         if exchange is None or exchange.done:
             return  # refused already (and the connection is closing)
         self._upgrading = exchange
-        if after_head:
-            exchange.send_raw(after_head)
+        if after_request:
+            self._keep_after_upgrade(after_request)
+
+    def _keep_after_upgrade(self, data: bytes) -> None:
+        """The client's bytes after an upgrade request go upstream only once the upstream accepts it."""
+        self._after_upgrade += data
+        self.buffered(len(data))
 
     def _reject(self, status: int, body: bytes) -> None:
-        """Refuse input the parser cannot take; the connection closes after the answer."""
-        self.handler.malformed_request(status)
-        active = self._active
-        if active is not None and not active.done:
-            active.abort()  # the error is inside a request already under way: the client sees a close
+        """Refuse input the parser cannot take: nothing after it is read, and the connection closes after
+        the answer. Inside the body of the request being served the answer is that exchange's one outcome
+        (`Exchange.malformed`); anywhere else it is answered in its turn, after the requests before it, and
+        reported by `malformed_request`."""
+        self.pause(_PAUSED_REFUSED)
+        self._unparsed = b""
+        parsing, self._parsing = self._parsing, None
+        if parsing is not None and not parsing.done:
+            if parsing is self._active:
+                parsing.malformed(status, body)
+                return
+            assert self._waiting is not None
+            self._waiting.remove(parsing)  # never handed to the handler: refused as a bad head would be
+        self._refusal = (status, body)
+        if self._active is None:
+            self._send_refusal()
+
+    def _send_refusal(self) -> None:
+        refusal, self._refusal = self._refusal, None
+        if refusal is None or self.closed:
             return
+        status, body = refusal
+        self.handler.malformed_request(status)
         self.transport.write(local_response(status, body, keep_alive=False))
         self.transport.close()

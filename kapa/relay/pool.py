@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 Address = tuple[str, int]
 
 
+class _TunnelAccepted(Exception):
+    """Raised from the response parser's callback at a 2xx answer to CONNECT, to stop it there: the bytes
+    after that head are the tunnel's (RFC 9110 9.3.6: such a response has no body, whatever it says)."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One TCP connection to an upstream; bound to at most one `Exchange` at a time."""
 
@@ -65,8 +70,12 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.write_response(data)
             exchange.upgrade_accepted(self, data[upgrade.args[0]:])
             return
-        except httptools.HttpParserError:
-            exchange.upstream_failed(self, "the app sent a malformed response")
+        except httptools.HttpParserError as error:
+            if isinstance(error.__context__, _TunnelAccepted):
+                exchange.write_response(data)  # the head, and whatever tunnel bytes came with it
+                exchange.upgrade_accepted(self, b"")
+            else:
+                exchange.upstream_failed(self, "the app sent a malformed response")
             return
         # Parse first, write second, finish third: finishing may start the client's next request, whose
         # response must not overtake this one's last bytes.
@@ -110,6 +119,8 @@ class UpstreamConnection(asyncio.Protocol):
             if status >= 200 and exchange.method == b"HEAD":
                 self._head_request = True
                 self._complete = True
+            elif exchange.upgrade and 200 <= status < 300 and exchange.method == b"CONNECT":
+                raise _TunnelAccepted
 
     def on_message_complete(self) -> None:
         # An interim 1xx response (100 Continue) is followed by the real one.

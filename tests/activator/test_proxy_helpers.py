@@ -4,20 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from activator.proxy import request_has_body, request_host
-
-
-@pytest.mark.parametrize(
-    ("head", "host"),
-    [
-        (b"get / http/1.1\r\nhost: hello.default\r\naccept: */*\r\n\r\n", b"hello.default"),
-        (b"get / http/1.1\r\naccept: */*\r\nhost:   hello.default:8013  \r\n\r\n", b"hello.default:8013"),
-        (b"get / http/1.1\r\naccept: */*\r\n\r\n", None),
-        (b"get / http/1.1\r\nx-host: nope\r\n\r\n", None),
-    ],
-)
-def test_request_host(head: bytes, host: bytes | None) -> None:
-    assert request_host(head) == host
+from activator.proxy import request_has_body
 
 
 @pytest.mark.parametrize(

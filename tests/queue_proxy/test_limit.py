@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -78,7 +79,8 @@ async def test_timeout_gives_504_waiting_and_at_the_app(app_port: int, tmp_path:
 
 async def test_client_disconnects_do_not_leak_slots(app_port: int, tmp_path: Path) -> None:
     with queue_proxy(tmp_path, app_port, CONTAINER_CONCURRENCY="1") as proxy:
-        # One at the app and four waiting, then every client vanishes.
+        # One at the app and four waiting, then every client vanishes (a reset: a FIN alone would be a
+        # half-close, and the one at the app would still get its answer; see test_held_clients).
         sockets = []
         for _ in range(5):
             sock = socket.create_connection(("127.0.0.1", proxy.port))
@@ -87,6 +89,7 @@ async def test_client_disconnects_do_not_leak_slots(app_port: int, tmp_path: Pat
         await asyncio.sleep(0.2)
         assert await asyncio.to_thread(proxy.metric, contract.QUEUE_DEPTH) == 4
         for sock in sockets:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()
         await asyncio.sleep(0.2)
         assert await asyncio.to_thread(proxy.metric, contract.REQUESTS_IN_FLIGHT) == 0
