@@ -210,7 +210,8 @@ class ClientTimeouts:
     a connection that sent nothing at all is just closed, as is a keep-alive connection idle for
     `idle_s` between requests. Checked by one sweep over the connections (every `sweep_interval_s`), so
     a timeout fires up to one interval late and costs the request path nothing.
-    Not covered: upgraded connections (WebSocket, h2c), which live as long as both ends want.
+    An h2c connection with no stream at the app for `idle_s` gets GOAWAY and is closed the same way.
+    Not covered: WebSocket and other upgraded connections, which live as long as both ends want.
     """
 
     header_read_s: float = float(contract.DEFAULT_HEADER_READ_TIMEOUT_SECONDS)
