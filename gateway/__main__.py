@@ -34,24 +34,28 @@ log = get_logger("gateway")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kapa gateway", description=__doc__.splitlines()[0])
-    parser.add_argument("--services", type=Path, help="services file (see kapa.services.parse_services)")
+    parser.add_argument("--services", type=Path,
+                        help="services file: the YAML `kapa up` and `kapa scaler` read (README: services file)")
     parser.add_argument(
         "--activator", action="append", metavar="HOST:PORT",
         help=f"activator address, repeatable (default 127.0.0.1:{contract.ACTIVATOR_PORT})",
     )
-    parser.add_argument("--xds-host", default="0.0.0.0", help="address the xDS server binds")
-    parser.add_argument("--xds-port", type=int, default=contract.XDS_PORT)
-    parser.add_argument("--admin-host", default="127.0.0.1", help="address the admin HTTP API binds")
-    parser.add_argument("--admin-port", type=int, default=contract.GATEWAY_ADMIN_PORT)
-    parser.add_argument("--listen-host", default="0.0.0.0", help="address Envoy's HTTP listener binds")
-    parser.add_argument("--listen-port", type=int, default=contract.ENVOY_LISTENER_PORT)
+    parser.add_argument("--xds-host", default="0.0.0.0", help="address the xDS server binds (default: %(default)s)")
+    parser.add_argument("--xds-port", type=int, default=contract.XDS_PORT, help="port Envoy's ADS stream connects to (default: %(default)s)")
+    parser.add_argument("--admin-host", default="127.0.0.1", help="address the admin HTTP API binds (default: %(default)s)")
+    parser.add_argument("--admin-port", type=int, default=contract.GATEWAY_ADMIN_PORT,
+                        help="port of the admin HTTP API (routes, modes, readiness) (default: %(default)s)")
+    parser.add_argument("--listen-host", default="0.0.0.0", help="address Envoy's HTTP listener binds (default: %(default)s)")
+    parser.add_argument("--listen-port", type=int, default=contract.ENVOY_LISTENER_PORT,
+                        help="port of Envoy's HTTP listener, where clients send requests (default: %(default)s)")
     parser.add_argument("--run-envoy", action="store_true", help="also run Envoy, configured by this server")
-    parser.add_argument("--envoy-admin-port", type=int, default=contract.ENVOY_ADMIN_PORT)
-    parser.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads")
+    parser.add_argument("--envoy-admin-port", type=int, default=contract.ENVOY_ADMIN_PORT,
+                        help="port of Envoy's own admin interface (with --run-envoy or --write-bootstrap) (default: %(default)s)")
+    parser.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads (default: %(default)s)")
     parser.add_argument(
-        "--envoy-xds-host", default="127.0.0.1", help="address (IP or DNS name) at which Envoy reaches this server"
+        "--envoy-xds-host", default="127.0.0.1", help="address (IP or DNS name) at which Envoy reaches this server (default: %(default)s)"
     )
-    parser.add_argument("--node-id", default=BootstrapConfig.node_id, help="Envoy's node id in the bootstrap")
+    parser.add_argument("--node-id", default=BootstrapConfig.node_id, help="Envoy's node id in the bootstrap (default: %(default)s)")
     parser.add_argument(
         "--xds-delta", action="store_true",
         help="have Envoy use incremental (delta) xDS: only changed resources are sent (the server speaks both)",

@@ -35,6 +35,7 @@ def _usage() -> str:
     width = max(len(name) for name in SUBCOMMANDS)
     lines = ["usage: kapa COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {help_text}" for name, (_, help_text) in SUBCOMMANDS.items()]
+    lines += ["", "Run `kapa COMMAND --help` for a command's options."]
     return "\n".join(lines)
 
 

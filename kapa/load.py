@@ -159,7 +159,7 @@ class LoadResult:
         lines = [
             "Summary:",
             f"  requests:    {self.requests} ({self.responses} responses, {self.errors} errors,"
-            f" {self.unfinished} unfinished)",
+            f" {self.unfinished} unfinished: in flight when the duration ended, cancelled, not failures)",
             f"  elapsed:     {self.elapsed_s:.3f} s",
             f"  responses/s: {self.responses_per_s:.1f}",
             "",

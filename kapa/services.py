@@ -6,6 +6,7 @@ types, whichever source (a YAML file, Kubernetes) they come from.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -102,6 +103,19 @@ class ServicesFileError(ValueError):
     """A services file that cannot be used; the message names the file and the entry."""
 
 
+_FILE_KEYS = ("services",)
+_ENTRY_KEYS = ("name", "namespace", "annotations", "hosts", "pathPrefix", "local")
+
+
+def _refuse_unknown_keys(mapping: Mapping[object, object], known: tuple[str, ...], where: str) -> None:
+    """A misspelt key (`anotations:`) would otherwise be silently ignored and its settings never applied."""
+    for key in mapping:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; expected one of {', '.join(known)}"
+            raise ServicesFileError(f"{where}: unknown key {key!r}{hint}")
+
+
 def parse_services(document: object, source: str = "<services>") -> list[ServiceEntry]:
     """Parse the services file format shared by `kapa scaler`, `kapa activator`, `kapa gateway` and `kapa up`:
 
@@ -118,12 +132,14 @@ def parse_services(document: object, source: str = "<services>") -> list[Service
     """
     if not isinstance(document, dict) or not isinstance(document.get("services"), list):
         raise ServicesFileError(f"{source}: expected a mapping with a 'services' list")
+    _refuse_unknown_keys(document, _FILE_KEYS, source)
     entries: list[ServiceEntry] = []
     seen: set[ServiceKey] = set()
     for index, item in enumerate(document["services"]):
         where = f"{source}: services[{index}]"
         if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
             raise ServicesFileError(f"{where}: each service needs a 'name'")
+        _refuse_unknown_keys(item, _ENTRY_KEYS, where)
         key = ServiceKey(str(item.get("namespace", "default")), item["name"])
         if key in seen:
             raise ServicesFileError(f"{where}: service {key} is listed twice")

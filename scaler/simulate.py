@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import heapq
 import json
 import math
@@ -32,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kapa.contract import METRIC_RPS
+from kapa import contract
 from kapa.log import configure, get_logger
 from kapa.services import ServiceKey, ServiceSpec
 from scaler.config import AutoscalerConfig, ConfigError, ServiceConfig, parse_duration_s, service_config
@@ -228,7 +229,7 @@ def simulate(
         raise ValueError("start-up delay must not be negative")
     replay = _Replay(config, startup_delay_s, tick_s)
     if isinstance(trace, ConcurrencyTrace):
-        if config.metric == METRIC_RPS:
+        if config.metric == contract.METRIC_RPS:
             raise TraceError("the rps metric needs an arrival trace (time_s,duration_s), not observed concurrency")
         summary = _replay_concurrency(replay, trace)
     else:
@@ -278,7 +279,7 @@ def _replay_arrivals(replay: _Replay, trace: ArrivalTrace) -> dict[str, object]:
     delays: list[float] = []
     cold_start_waits = 0
     in_system = 0
-    observe_rps = replay.config.metric == METRIC_RPS
+    observe_rps = replay.config.metric == contract.METRIC_RPS
     arrivals_this_second = 0
     bucket_start, bucket_integral = 0.0, 0.0
     next_request = 0
@@ -409,7 +410,7 @@ def plot(path: str | Path, result: SimulationResult, title: str, metric: str) ->
         alpha=0.7,
         label="panic window average",
     )
-    load_axes.set_ylabel("requests per second" if metric == METRIC_RPS else "concurrent requests")
+    load_axes.set_ylabel("requests per second" if metric == contract.METRIC_RPS else "concurrent requests")
     load_axes.legend(loc="upper right", fontsize="small")
     load_axes.set_title(title, fontsize="medium")
     pods_axes.step(
@@ -478,7 +479,15 @@ def main(argv: list[str]) -> int:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             parser.error(f"--annotation expects KEY=VALUE, got {item!r}")
-        annotations[name.strip()] = value.strip()
+        name = name.strip()
+        known = [contract.knative_annotation(k) for k in contract.KNATIVE_ANNOTATION_KEYS] + [
+            contract.ANNOTATION_CONTAINER_CONCURRENCY, contract.ANNOTATION_TIMEOUT_SECONDS]
+        if name not in known:  # the scaler ignores other annotations: the flag would silently do nothing
+            prefixed = contract.KNATIVE_ANNOTATION_PREFIX + name
+            close = [prefixed] if prefixed in known else difflib.get_close_matches(name, known, n=1)
+            parser.error(f"--annotation {name!r} is no autoscaling annotation"
+                         + (f"; did you mean {close[0]!r}?" if close else ""))
+        annotations[name] = value.strip()
 
     errors: list[ConfigError] = []
     global_config = AutoscalerConfig.default()

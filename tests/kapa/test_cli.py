@@ -14,6 +14,7 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     for name in cli.SUBCOMMANDS:
         assert name in out
+    assert "kapa COMMAND --help" in out
 
 
 def test_unknown_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -40,6 +40,9 @@ def test_full_entry_and_defaults() -> None:
         ({"services": [{"name": "a"}, {"name": "a"}]}, "services[1]: service default/a is listed twice"),
         ({"services": [{"name": "a", "hosts": "h"}]}, "'hosts' a list"),
         ({"services": [{"name": "a", "pathPrefix": "x"}]}, "'pathPrefix' must start with '/'"),
+        ({"services": [{"name": "a", "anotations": {}}]}, "services[0]: unknown key 'anotations'; did you mean 'annotations'?"),
+        ({"services": [{"name": "a", "replicas": 3}]}, "unknown key 'replicas'; expected one of name, namespace"),
+        ({"services": [], "service": []}, "unknown key 'service'; did you mean 'services'?"),
     ],
 )
 def test_shape_errors_name_the_entry(document: object, message: str) -> None:

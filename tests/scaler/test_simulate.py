@@ -213,6 +213,24 @@ def test_cli_usage_errors(tmp_path: Path, argv: list[str]) -> None:
     assert exit_info.value.code == 2
 
 
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("target", "did you mean 'autoscaling.knative.dev/target'?"),
+        ("autoscaling.knative.dev/targt", "did you mean 'autoscaling.knative.dev/target'?"),
+        ("foo", "is no autoscaling annotation"),
+    ],
+)
+def test_an_annotation_the_scaler_would_ignore_is_refused_with_the_nearest_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, hint: str
+) -> None:
+    trace = write(tmp_path / "c.csv", "time_s,concurrency\n0,5\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--trace", str(trace), "--annotation", f"{name}=10"])
+    assert exit_info.value.code == 2
+    assert hint in capsys.readouterr().err
+
+
 def test_cli_bad_trace_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trace = write(tmp_path / "bad.csv", "when,what\n")
     assert main(["--trace", str(trace)]) == 2
