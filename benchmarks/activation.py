@@ -37,7 +37,7 @@ import uvloop
 import yaml
 from aiohttp import web
 
-from benchmarks.harness import WrkResult, cpu_seconds, free_port, run_wrk, started, wait_until_answering
+from benchmarks.harness import WrkResult, cpu_seconds, free_port, rss_mb, run_wrk, started, wait_until_answering
 from benchmarks.proxy import Placement
 from kapa import contract
 from kapa.load import parse_duration
@@ -155,14 +155,6 @@ async def _cold_starts(port: int, admin_port: int, count: int, pushed_when_ready
     return samples
 
 
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
 async def _held_gauge(client: aiohttp.ClientSession, admin_port: int) -> float:
     async with client.get(f"http://127.0.0.1:{admin_port}{contract.METRICS_PATH}") as response:
         for line in (await response.text()).splitlines():
@@ -176,7 +168,7 @@ async def _held_memory(pid: int, port: int, admin_port: int, count: int) -> tupl
     request = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
     async with aiohttp.ClientSession() as client:
         await _put_endpoints(client, admin_port, [])
-        before = _rss_mb(pid)
+        before = rss_mb(pid)
         writers = []
         try:
             for start in range(0, count, 500):
@@ -190,7 +182,7 @@ async def _held_memory(pid: int, port: int, admin_port: int, count: int) -> tupl
                 if asyncio.get_running_loop().time() > deadline:
                     raise RuntimeError("the activator did not hold every request")
                 await asyncio.sleep(0.2)
-            held = _rss_mb(pid)
+            held = rss_mb(pid)
         finally:
             for writer in writers:
                 writer.close()
