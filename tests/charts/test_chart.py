@@ -29,8 +29,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "minimal": ("--set", "webhook.enabled=false,dashboard.enabled=false,prometheus.scrapeConfigSnippet=false,"
                 "activator.autoscaling.enabled=false"),
 }
-#: Custom resources kubernetes-validate has no schema for; their shape is asserted field by field below.
-CUSTOM_KINDS = {"PodMonitor"}
+#: Custom resources kubernetes-validate has no schema for; their shape is asserted field by field below (and
+#: the PrometheusRule's in test_alerts).
+CUSTOM_KINDS = {"PodMonitor", "PrometheusRule"}
 
 
 def containers(manifests: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
@@ -268,6 +269,12 @@ VALUES_REJECTED = [
     (("--set", "autoscaler.metric=cpu"), "/autoscaler/metric", "value must be one of"),
     (("--set", "webhook.failurePolicy=Sometimes"), "/webhook/failurePolicy", "value must be one of"),
     (("--set", "envoy.service.port=0"), "/envoy/service/port", "minimum"),
+    (("--set", "prometheus.alerts.replicasNotFollowingFor=10 minutes"), "/prometheus/alerts/replicasNotFollowingFor",
+     "does not match pattern"),
+    (("--set", "prometheus.alerts.coldStartWaitP99Seconds=0"), "/prometheus/alerts/coldStartWaitP99Seconds",
+     "minimum"),
+    (("--set", "prometheus.alerts.runbookBaseUrl=https://wiki/run books"), "/prometheus/alerts/runbookBaseUrl",
+     "does not match pattern"),
     (("--set", "prometheus.url=prometheus:9090"), "/prometheus/url", "does not match pattern"),
     (("--set", "activator.resources.requests=null"), "/activator/resources", "missing property 'requests'"),
     (("--set", "watchNamespaces={Shop}"), "/watchNamespaces/0", "does not match pattern"),
@@ -320,9 +327,8 @@ def test_pod_monitors_appear_only_with_the_operator_api_and_scrape_on_the_contra
     assert queue_proxies["namespaceSelector"] == {"matchNames": ["shop"]}
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool comes with the Debian package prometheus")
 @pytest.mark.parametrize("variant", ["default", "operator+namespaces"])
-def test_raw_scrape_configs_are_a_valid_prometheus_config(helm: str, tmp_path: Path, variant: str) -> None:
+def test_raw_scrape_configs_are_a_valid_prometheus_config(helm: str, promtool: str, tmp_path: Path, variant: str) -> None:
     snippet = one(render(helm, *VARIANTS[variant]), "ConfigMap", "kapa-scrape-config")["data"]["scrape_configs.yaml"]
     jobs = yaml.safe_load(snippet)
     assert {j["job_name"]: (j["metrics_path"], j["scrape_interval"]) for j in jobs} == {
@@ -346,7 +352,7 @@ def test_raw_scrape_configs_are_a_valid_prometheus_config(helm: str, tmp_path: P
         job["static_configs"] = [{"targets": []}]
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump({"scrape_configs": jobs}))
-    check = subprocess.run(["promtool", "check", "config", "--syntax-only", config], capture_output=True, text=True, timeout=30)
+    check = subprocess.run([promtool, "check", "config", "--syntax-only", config], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
 
 
