@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -181,37 +180,42 @@ def test_scales_to_zero_then_from_zero_through_envoy_and_activator(release: Clus
     assert at_zero is not None and (at_zero["mode"], at_zero["target"]) == ("proxy", "activator"), at_zero
     assert at_zero["hosts"] == [f"{SAMPLE}.{APPS}", f"{SAMPLE}.{APPS}.svc", f"{SAMPLE}.{APPS}.svc.cluster.local"]
     url = envoy_url(release)
+    pokes, held_before = scaler_pokes(release), sum(activator_requests(release, SAMPLE))
     started = time.monotonic()
     status, body = get(f"{url}?sleep={SLEEP_MS}", f"{SAMPLE}.{APPS}", 90)
     cold_start = time.monotonic() - started
     assert status == 200, f"{status} {body[:300]!r}\n{release.diagnose(APPS)}"
     assert f"slept {SLEEP_MS} ms".encode() in body
     assert replicas(release) >= 1
+    # The path, not just the answer: an activator held and forwarded it, and poked the scaler to wake it.
+    assert sum(activator_requests(release, SAMPLE)) > held_before, "the request did not go through an activator"
+    assert scaler_pokes(release) > pokes, "woken without the activator's poke (a metrics scrape, much later)"
     print(f"cold start through Envoy and the activator: {cold_start:.1f} s")
 
 
 def test_scales_to_five_under_load_then_back_to_zero(release: Cluster) -> None:
-    url = envoy_url(release)
-    load = subprocess.Popen(
-        [sys.executable, "-m", "kapa", "load", "-c", str(LOAD_CONCURRENCY), "-z", "60s", "--sleep", str(SLEEP_MS),
-         "-H", f"Host: {SAMPLE}.{APPS}", url],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen: list[int] = []
-    try:
-        deadline = time.monotonic() + 75
-        while time.monotonic() < deadline and load.poll() is None:
-            seen.append(replicas(release))
-            if seen[-1] >= LOAD_CONCURRENCY // TARGET and sum(pod_ready(p) for p in sample_pods(release)) >= 5:
-                break
-            time.sleep(1)
-    finally:
-        load.terminate()
-        output, _ = load.communicate(timeout=30)
+    """Every count the API server recorded (a watch, not polls): never above five, five held while the load
+    lasts once reached, no failed request, then zero."""
+    history = ReplicaHistory(release, SAMPLE)
     expected = LOAD_CONCURRENCY // TARGET
-    print(f"replicas seen under load: {seen}\n{output[-800:]}")
-    assert max(seen) == expected, f"replicas seen {seen}, expected a peak of {expected}\n{release.diagnose(APPS)}"
-    # Idle again: back to zero once the stable window has no traffic and the grace period has passed.
-    wait_for(lambda: replicas(release) == 0, 150, f"{SAMPLE} back to 0\n{release.diagnose(NAMESPACE)}")
+    try:
+        started = time.monotonic()
+        load = start_load(envoy_url(release), f"{SAMPLE}.{APPS}", LOAD_CONCURRENCY, "40s", SLEEP_MS)
+        reached = wait_for(lambda: sum(pod_ready(p) for p in sample_pods(release)) >= expected and time.monotonic(),
+                           75, f"{expected} ready pods\n{release.diagnose(APPS)}")
+        result = load_result(load)
+        ended = time.monotonic()
+        under_load = history.since(started)
+        assert max(under_load) == expected, f"never above {expected}: {under_load}\n{release.diagnose(APPS)}"
+        held = [count for at, count in history.values if reached <= at <= ended]
+        assert set(held) <= {expected}, f"held at {expected} while the load lasted: {under_load}"
+        assert result["errors"] == 0 and set(result["status_counts"]) == {"200"}, result
+        # Idle again: back to zero once the stable window has no traffic and the grace period has passed.
+        wait_for(lambda: replicas(release) == 0, 150, f"{SAMPLE} back to 0\n{release.diagnose(NAMESPACE)}")
+        print(f"direct: load step -> {expected} ready: {reached - started:.1f} s; counts written: "
+              f"{history.since(started)}")
+    finally:
+        history.stop()
 
 
 def enrolled_by_the_deployment_alone(documents: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
