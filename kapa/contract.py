@@ -58,7 +58,6 @@ COMPONENT_ACTIVATOR: Final = "activator"
 #: Values of LABEL_REASON.
 REASON_QUEUE_FULL: Final = "queue_full"
 REASON_TIMEOUT: Final = "timeout"
-REASON_DRAINING: Final = "draining"
 REASON_BAD_REQUEST: Final = "bad_request"
 REASON_UPSTREAM_ERROR: Final = "upstream_error"
 #: Values of LABEL_CODE_CLASS, in order (index = status // 100 - 1).

@@ -1,7 +1,8 @@
 """Which services the scaler decides for: a protocol, a services file, and a fixed in-memory list.
 
 The loop asks `services()` every tick, so a catalog only has to keep its answer current: the file catalog
-re-reads its file when it changes, a Kubernetes catalog can keep a watch's view (later).
+re-reads its file when it changes, the Kubernetes one (kapa.deployments.DeploymentCatalog) keeps a watch's
+view of the enrolled Deployments.
 """
 
 from __future__ import annotations

@@ -3,12 +3,13 @@
 `Scaler` is a library: `kapa scaler` runs it behind HTTP and gRPC, and the local mode (`kapa up`) embeds it
 with its own ready-pod counter and an actuator that starts and stops replica processes. Everything the
 decision needs arrives through small protocols (catalog, metrics source, ready-pod counter, actuators), so
-Kubernetes parts plug in later without touching the loop.
+the Kubernetes ones (scaler.kubernetes) plug in without touching the loop.
 
-Determinism: ticks fall on wall-clock multiples of TICK_INTERVAL_S and Prometheus is queried at exactly the
-tick's time, so scaler replicas reading the same Prometheus see the same numbers at the same instants, and
-nothing here is random: each service's decision state is a function of the observations (and pokes, which
-the activator sends to every replica) since the replica started.
+Determinism: ticks fall on wall-clock multiples of TICK_INTERVAL_S and Prometheus is evaluated at exactly the
+tick's time (queried QUERY_DELAY_S later, once every sample stamped before it has landed), so scaler replicas
+reading the same Prometheus see the same numbers at the same instants, and nothing here is random: each
+service's decision state is a function of the observations (and pokes, which the activator sends to every
+replica) over the catch-up horizon.
 
 Restarts: a scaler that starts (or restarts, or is a new replica) first replays the last few minutes of ticks
 from Prometheus's history (`Scaler.catch_up`), so it decides as one that had been running all along would:

@@ -3,7 +3,8 @@
 A metrics source answers, for every (metric, window) the services need, one value per service; a ready-pod
 counter says how many pods each service has. The loop turns both into the `Observation` the pure decision
 takes. Prometheus is the default for both (scaler.prometheus_source); the local mode plugs in an exact
-ready-pod counter of its own, and Kubernetes EndpointSlices can later.
+ready-pod counter of its own, and on Kubernetes the ready endpoints of EndpointSlices count
+(scaler.kubernetes.EndpointSliceReadyPods).
 """
 
 from __future__ import annotations
