@@ -316,8 +316,11 @@ class Scaler:
         replica disagrees with the first until their states happen to meet. With it each starts in the
         state one running all along would have, since the decision is a function of the observations and
         every replica queries the same Prometheus at the same tick times. Past ready-pod counts come from
-        Prometheus (live queue-proxies), their only record. A tick Prometheus cannot answer ends the replay
-        with every service fresh again: a gap would make the state wrong, not merely old.
+        Prometheus (live queue-proxies), their only record. A service's replay starts at the first tick that
+        shows it (a series or a pod): before that Prometheus simply did not know it, which is no evidence
+        of zero traffic (on a fresh start it would make a new service idle from its first tick). A tick
+        Prometheus cannot answer ends the replay with every service fresh again: a gap would make the state
+        wrong, not merely old.
         """
         self.refresh_services()
         horizon_s = self.catch_up_horizon_s()
@@ -331,9 +334,12 @@ class Scaler:
                 log.warning("no history to catch up from; deciding from scratch", at=at)
                 return 0
             for service in self._services.values():
-                if service.config.autoscaler_class == CLASS_HPA:
-                    continue
-                observation = self._observed(service, self._snapshot.ready_pods.get(service.key, 0), poked=False)
+                ready = self._snapshot.ready_pods.get(service.key, 0)
+                if service.config.autoscaler_class == CLASS_HPA or not (service.state.started or ready or any(
+                    service.key in self._snapshot.values.get(q, {}) for q in (service.stable_query, service.panic_query)
+                )):
+                    continue  # before Prometheus knew the service (a fresh start): nothing to replay, not zero
+                observation = self._observed(service, ready, poked=False)
                 state = service.state if service.state.started else self._first_state(service)
                 _, service.state = decide(service.config, observation, state, at)
         log.info("caught up from Prometheus history", ticks=len(ticks), horizon_s=horizon_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import logging
 import time
 from collections.abc import Mapping
@@ -286,3 +287,43 @@ async def test_failing_actuator_is_logged_once_and_others_still_apply(
     messages = [record.getMessage() for record in caplog.records]
     assert messages.count("actuator failed; retrying every tick") == 1
     assert messages.count("actuator works again") == 1
+
+
+class _StartingCatalog(StaticCatalog):
+    """The local mode's catalog as `kapa up` starts: each workload's replica setting is 0 until its first
+    replica is up (ReplicaRecord)."""
+
+    def replicas(self, key: ServiceKey) -> int | None:
+        return 0
+
+
+class _PlusFresh:
+    """Prometheus's ready-pod counts, plus one ready pod of a service Prometheus has not scraped yet (a
+    replica the local mode just started)."""
+
+    def __init__(self, source: PrometheusMetrics, fresh: ServiceKey) -> None:
+        self.source, self.fresh = source, fresh
+
+    def ready_pods(self, key: ServiceKey) -> int | None:
+        return 1 if key == self.fresh else self.source.ready_pods(key)
+
+
+async def test_catching_up_replays_a_service_only_from_when_prometheus_knows_it(
+    prometheus: PrometheusServer, exporter: ExporterControl
+) -> None:
+    """Before its first series, Prometheus's silence about a service is no evidence of idleness: replayed as
+    zero, a service just started would begin its grace period (or go to zero) at its first live tick."""
+    exporter.set([{"namespace": "default", "service": "hello", "pod": "catch-a", "concurrency": 3.0}])
+    fresh = ServiceKey("default", "fresh")
+    source = PrometheusMetrics(prometheus.url)
+    scaler = Scaler(CONFIG, _StartingCatalog([ServiceSpec(HELLO, FAST), ServiceSpec(fresh, FAST)]), source,
+                    ready_pods=_PlusFresh(source, fresh))
+    wait_for_full_windows(prometheus, {"catch-a"})
+    try:
+        now = math.floor(time.time() / TICK_INTERVAL_S) * TICK_INTERVAL_S
+        assert await scaler.catch_up(now) > 0
+        decisions = await scaler.tick(now)
+    finally:
+        await source.close()
+    assert decisions[HELLO].desired_pods >= 3 and decisions[HELLO].active  # 3 in flight, target 1
+    assert decisions[fresh].desired_pods == 1 and decisions[fresh].active, decisions[fresh].explanation
