@@ -1,8 +1,8 @@
 """The local backend: the scaler's desired replica counts become running app + queue-proxy process pairs.
 
-It is the scaler's Actuator (apply the decisions) and its exact ReadyPodCounter (a replica counts as ready
-from the moment its queue-proxy says so until it starts draining). The order of a replica's life is what
-keeps requests from being lost:
+It carries out the scaler's decisions (an Actuator) and tells the activator, the gateway and the scaler which
+replicas are ready (a replica counts as ready from the moment its queue-proxy says so until it starts
+draining). The order of a replica's life is what keeps requests from being lost:
 
 - start: app and queue-proxy, each on its own ports; when the queue-proxy's admin READY_PATH answers 200,
   the replica becomes a Prometheus scrape target and an endpoint of the activator (and gateway).
@@ -115,7 +115,8 @@ class _Service:
     consecutive_start_failures: int = 0
     retry_at: float = 0.0
     serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: One per endpoint sink (by its index).
+    publish_locks: dict[int, asyncio.Lock] = field(default_factory=dict)
     retry_task: asyncio.Task[None] | None = None
 
 
@@ -140,7 +141,7 @@ def _non_negative_int(entry: ServiceEntry, annotation: str, default: int) -> int
 
 
 class LocalBackend:
-    """Runs each service's replicas as local processes; the scaler's Actuator and ReadyPodCounter."""
+    """Runs each service's replicas as local processes; the scaler's Actuator, and the source of its ready pods."""
 
     def __init__(
         self,
@@ -180,12 +181,9 @@ class LocalBackend:
         for key, decision in decisions.items():
             self.set_desired(key, decision.desired_pods)
 
-    def ready_pods(self, key: ServiceKey) -> int | None:
-        """ReadyPodCounter: replicas whose queue-proxy is ready and that are not draining."""
-        service = self._services.get(key)
-        if service is None:
-            return None
-        return sum(replica.state is ReplicaState.READY for replica in service.replicas)
+    async def republish(self) -> None:
+        """Send every service's ready replicas to every sink again (one of them restarted and knows nothing)."""
+        await asyncio.gather(*(self._publish_endpoints(service) for service in self._services.values()))
 
     # --- control -------------------------------------------------------------------------------------
 
@@ -362,11 +360,16 @@ class LocalBackend:
     # --- telling the others ------------------------------------------------------------------------------
 
     async def _publish_endpoints(self, service: _Service) -> None:
-        # Serialised per service and read inside the lock, so the last call always sends the current set.
-        async with service.publish_lock:
+        """Send the service's ready replicas to every sink, each on its own: one that is restarting (its calls
+        retry until it is back) holds up no other."""
+        sinks = enumerate(self._endpoint_sinks)
+        await asyncio.gather(*(self._publish_to(index, sink, service) for index, sink in sinks))
+
+    async def _publish_to(self, index: int, sink: EndpointSink, service: _Service) -> None:
+        # Serialised per service and sink and read inside the lock, so the last call always sends the current set.
+        async with service.publish_locks.setdefault(index, asyncio.Lock()):
             ready = sorted(r.endpoint for r in service.replicas if r.state is ReplicaState.READY)
-            for sink in self._endpoint_sinks:
-                await sink.set_endpoints(service.entry.spec.key, ready)
+            await sink.set_endpoints(service.entry.spec.key, ready)
 
     def _publish_targets(self) -> None:
         if self._target_sink is None:

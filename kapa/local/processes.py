@@ -1,7 +1,8 @@
 """Child processes of `kapa up`, each in its own process group, so stopping one stops everything it started.
 
 Every child is started through one `Supervisor`, which remembers it until it has exited: whatever else goes
-wrong, `stop_all()` leaves no process behind (a test checks it).
+wrong, `stop_all()` leaves no process behind (a test checks it). A `Keeper` starts a part of `kapa up`
+again whenever it exits, as a kubelet restarts a container (restartPolicy Always, CrashLoopBackOff).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +101,56 @@ class Supervisor:
         """Stop every child still known, all at once (after any spawn in progress has finished)."""
         await asyncio.gather(*self._spawning, return_exceptions=True)
         await asyncio.gather(*(self.stop(child, grace_s) for child in list(self._children)))
+
+
+@dataclass(frozen=True)
+class RestartBackoff:
+    """The kubelet's CrashLoopBackOff at a laptop's scale: the first restart comes after `first_s`, each quick
+    exit doubles the delay up to `max_s`, and a run of at least `healthy_run_s` starts the doubling over (the
+    kubelet: 10 s, 5 min and 10 min; a local part starts in about a second, so its outage is what counts)."""
+
+    first_s: float = 0.5
+    max_s: float = 30.0
+    healthy_run_s: float = 10.0
+
+    def next_delay(self, previous_s: float | None, ran_s: float) -> float:
+        """The delay before the next start, after a run of `ran_s` that followed a delay of `previous_s`."""
+        if previous_s is None or ran_s >= self.healthy_run_s:
+            return self.first_s
+        return min(self.max_s, 2 * previous_s)
+
+
+class Keeper:
+    """Keeps one part of `kapa up` running: when `exited()` returns, waits the backoff and calls `start()`
+    again, for as long as `run()` is not cancelled. A start that fails (the part exits before it is ready,
+    or never gets ready) counts as a quick exit, so a part that cannot start is retried ever more slowly,
+    never given up on: kapa up, like a kubelet, keeps its parts running without anyone watching."""
+
+    def __init__(self, name: str, start: Callable[[], Awaitable[None]], exited: Callable[[], Awaitable[object]],
+                 backoff: RestartBackoff = RestartBackoff()) -> None:
+        self.name = name
+        self._start = start
+        self._exited = exited
+        self._backoff = backoff
+        #: Successful starts after an exit.
+        self.restarts = 0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay_s: float | None = None
+        while True:
+            running_since = loop.time()
+            outcome = await self._exited()
+            delay_s = self._backoff.next_delay(delay_s, loop.time() - running_since)
+            log.error("part exited; starting it again", part=self.name, exit=outcome, delay_s=delay_s)
+            await asyncio.sleep(delay_s)
+            try:
+                await self._start()
+            except (RuntimeError, TimeoutError, OSError) as error:
+                log.error("part did not start; will retry", part=self.name, error=str(error))
+                continue
+            self.restarts += 1
+            log.info("part running again", part=self.name, restarts=self.restarts)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

@@ -1,9 +1,11 @@
-"""Telling the activator (and, with --envoy, the gateway) where a service's ready replicas are, over HTTP.
+"""Telling the activator (and, with --envoy, the gateway) where a service's ready replicas are, and the
+scaler how many there are, over HTTP.
 
 The activator's local endpoint source takes the full set per service (PUT ACTIVATOR_ENDPOINTS_PATH with a JSON
 list of "host:port"); the gateway takes `{"endpoints": [...]}` and, separately, `{"mode": ...}` as the
-scaler decides it. Every call carries a full value, so a retried or repeated call is harmless and the last
-one always wins.
+scaler decides it; the scaler process takes the count (READY_PODS_PATH). Every call carries a full value, so
+a retried or repeated call is harmless and the last one always wins, and a part that restarted is brought up
+to date by sending everything again.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from collections.abc import Mapping, Sequence
 import aiohttp
 
 from kapa import contract
+from kapa.local.scaler_process import READY_PODS_PATH
 from kapa.log import get_logger
 from kapa.services import Endpoint, ServiceKey
 from scaler.decision import Decision
 
 log = get_logger(__name__)
 
-#: How long a registration keeps retrying while the activator is unreachable (it may be restarting).
+#: How long a registration keeps retrying while its peer is unreachable (it may be restarting; once it is back,
+#: kapa up sends it everything again anyway).
 REGISTER_RETRY_S = 10.0
 RETRY_INTERVAL_S = 0.1
 
@@ -71,6 +75,19 @@ class ActivatorEndpoints(_Putter):
         await self.put(key, self.admin_url + path, [str(endpoint) for endpoint in endpoints])
 
 
+class ScalerReadyPods(_Putter):
+    """An EndpointSink that tells the scaler process each service's count of ready replicas: the replicas the
+    activator and Envoy may send requests to are exactly the ones the scaler counts."""
+
+    def __init__(self, scaler_url: str) -> None:
+        super().__init__()
+        self.scaler_url = scaler_url.rstrip("/")
+
+    async def set_endpoints(self, key: ServiceKey, endpoints: Sequence[Endpoint]) -> None:
+        path = READY_PODS_PATH.format(namespace=key.namespace, name=key.name)
+        await self.put(key, self.scaler_url + path, len(endpoints))
+
+
 class GatewayRoutes(_Putter):
     """Keeps the gateway's routes in step: an EndpointSink for the replicas and an Actuator for the mode
     (serve straight to the replicas, or proxy through the activator), sent only when it changes."""
@@ -85,6 +102,10 @@ class GatewayRoutes(_Putter):
 
     async def set_endpoints(self, key: ServiceKey, endpoints: Sequence[Endpoint]) -> None:
         await self.put(key, self._url(key), {"endpoints": [str(endpoint) for endpoint in endpoints]})
+
+    def forget_modes(self) -> None:
+        """A restarted gateway starts with every service routed to the activator: send each mode again."""
+        self._modes.clear()
 
     async def apply(self, decisions: Mapping[ServiceKey, Decision]) -> None:
         for key, decision in decisions.items():

@@ -2,8 +2,9 @@
 
     kapa up [--services FILE] [--config FILE] [--port PORT] [--envoy] [--no-view]
 
-Starts a real Prometheus, the activator, the scaler (in this process) and each service's replicas as local
-processes on loopback, then shows what the scaler sees and decides, live. Ctrl-C stops everything.
+Starts a real Prometheus, the scaler, the activator and each service's replicas as local processes on
+loopback, then shows what the scaler sees and decides, live; a part that exits is started again (and the
+view says so). Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from kapa.local.app_spec import AppSpec, AppSpecError, app_spec
 from kapa.local.backend import LOCAL_DRAIN_SECONDS
 from kapa.local.stack import LocalStack, StackOptions
 from kapa.local.telemetry import Telemetry, TelemetryReader
-from kapa.local.view import ReplicaHistory, ServiceStatus, change_line, render
+from kapa.local.view import ReplicaHistory, ServiceStatus, change_line, render, restart_lines
 from kapa.log import configure
 from kapa.prometheus_server import PrometheusNotInstalled
 from kapa.services import ServiceEntry, ServiceKey, ServicesFileError, load_services, parse_services
@@ -126,14 +127,11 @@ async def _run(entries: list[ServiceEntry], apps: dict[ServiceKey, AppSpec], opt
         if not live_view:
             for line in header:
                 print(line, flush=True)
-        broken = await _show(stack, stop, header, Console() if live_view else None)
+        await _show(stack, stop, header, Console() if live_view else None)
     finally:
-        print("kapa up: stopping: replicas, activator, scaler, Prometheus", flush=True)
+        print("kapa up: stopping: scaler, replicas, activator, Prometheus", flush=True)
         await stack.stop()
         print("kapa up: stopped", flush=True)
-    if broken:
-        print(f"kapa up: {broken}", file=sys.stderr)
-        return 1
     return 0
 
 
@@ -151,34 +149,36 @@ def _banner(stack: LocalStack) -> list[str]:
     return lines
 
 
-async def _show(stack: LocalStack, stop: asyncio.Event, header: list[str], console: Console | None) -> str | None:
-    """Refresh the view (or print changes) every REFRESH_S until stopped; returns what broke, if anything did."""
+async def _show(stack: LocalStack, stop: asyncio.Event, header: list[str], console: Console | None) -> None:
+    """Refresh the view (or print changes, and each restart of a part) every REFRESH_S until stopped."""
     telemetry_source = TelemetryReader(stack.prometheus.url, stack.activator_metrics_url)
     history = ReplicaHistory()
     previous: dict[ServiceKey, ServiceStatus] = {}
+    restarts_seen: dict[str, int] = {}
     live = Live(console=console, refresh_per_second=4, transient=False) if console else None
     try:
         if live:
             live.start()
         while not stop.is_set():
-            broken = stack.broken()
-            if broken:
-                return broken
             telemetry = await telemetry_source.read()
             statuses = [_status(stack, key, telemetry, history) for key in stack.backend.keys]
+            restarts = stack.restarts()
             if live:
-                live.update(render(statuses, header))
+                live.update(render(statuses, [*header, *restart_lines(restarts)]))
             else:
                 for status in statuses:
                     line = change_line(previous.get(status.key), status)
                     if line:
                         print(line, flush=True)
                     previous[status.key] = status
+                for part, count in restarts.items():
+                    if count != restarts_seen.get(part, 0):
+                        print(f"part={part} restarts={count}", flush=True)
+                restarts_seen = dict(restarts)
             try:
                 await asyncio.wait_for(stop.wait(), REFRESH_S)
             except TimeoutError:
                 pass
-        return None
     finally:
         if live:
             live.stop()

@@ -8,7 +8,7 @@ can be tested with made-up statuses.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rich import box
@@ -116,6 +116,12 @@ def render(statuses: Sequence[ServiceStatus], header: Sequence[str]) -> Group:
         history.add_row(f"{status.key} ready replicas, last {len(status.history)}s (top {top}):",
                         Text(sparkline(status.history, top), style="cyan"))
     return Group(*(Text(line) for line in header), table, history)
+
+
+def restart_lines(restarts: Mapping[str, int]) -> list[str]:
+    """A header line naming the parts kapa up had to start again (none while nothing has exited)."""
+    restarted = [f"{part} {count}x" for part, count in restarts.items() if count]
+    return [f"Restarted:  {', '.join(restarted)} (their logs say why)"] if restarted else []
 
 
 def change_line(previous: ServiceStatus | None, current: ServiceStatus) -> str | None:

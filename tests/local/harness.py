@@ -1,8 +1,9 @@
 """Runs `kapa up --no-view` as a real child process and follows what it prints, for the end-to-end tests.
 
-The tests see what a user sees: the banner (where to send traffic, Prometheus, explain) and one line per
-change of a service's replicas, panic mode or staleness, which become a timeline the scenarios check.
-Every stop also checks that no process `kapa up` started survives it.
+The tests see what a user sees: the banner (where to send traffic, Prometheus, explain), one line per
+change of a service's replicas, panic mode or staleness, which become a timeline the scenarios check, and
+one line per restart of a part kapa up keeps running. Every stop also checks that no process `kapa up`
+started survives it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from kapa.load import LoadConfig, LoadResult, run_load
 HOST = "hello.default"
 _ENTRY = re.compile(r"Send traffic to (http://127\.0\.0\.1:\d+)")
 _PROMETHEUS = re.compile(r"^Prometheus: (\S+)")
+_EXPLAIN = re.compile(r"^Explain: +(\S+)")
 _FIELD = re.compile(r"(\w+)=(\S+)")
+_RESTART = re.compile(r"^part=(\S+) restarts=(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,10 @@ class KapaUp:
     samples: list[Sample] = field(default_factory=list)
     entry_url: str = ""
     prometheus_url: str = ""
+    #: The scaler's explain URL of the first service.
+    explain_url: str = ""
+    #: (when read, part, its restarts so far), one per `part=... restarts=...` line.
+    restarts: list[tuple[float, str, int]] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
     _reader: asyncio.Task[None] | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -110,8 +117,12 @@ class KapaUp:
                 self.entry_url = match.group(1)
             elif match := _PROMETHEUS.search(line):
                 self.prometheus_url = match.group(1)
+            elif (match := _EXPLAIN.search(line)) and not self.explain_url:
+                self.explain_url = match.group(1)
             elif sample := parse_change(line, time.monotonic()):
                 self.samples.append(sample)
+            elif match := _RESTART.match(line):
+                self.restarts.append((time.monotonic(), match.group(1), int(match.group(2))))
             self._changed.set()
 
     def transcript(self, lines: int = 30) -> str:
@@ -184,6 +195,18 @@ class KapaUp:
 
     def descendants(self) -> set[int]:
         return descendants(self.process.pid)
+
+    def processes(self, needle: str) -> list[int]:
+        """Pids of the processes below kapa up whose command line contains `needle`."""
+        pids = []
+        for pid in self.descendants():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if needle in cmdline:
+                pids.append(pid)
+        return sorted(pids)
 
     async def stop(self, check: bool = True, timeout_s: float = 30.0, sig: signal.Signals = signal.SIGTERM) -> int:
         """SIGTERM (or Ctrl-C's SIGINT); then (with check) nothing kapa up started may be left running."""

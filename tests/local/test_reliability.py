@@ -29,25 +29,13 @@ ANNOTATIONS = {
 }
 
 
-def _processes(up: KapaUp, needle: str) -> list[int]:
-    pids = []
-    for pid in up.descendants():
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if needle in cmdline:
-            pids.append(pid)
-    return sorted(pids)
-
-
 async def test_a_killed_app_costs_only_its_requests_and_is_replaced(tmp_path: Path) -> None:
     up = await KapaUp.start(tmp_path, hello_services({**ANNOTATIONS, knative_annotation("min-scale"): "2"}), CONFIG)
     try:
         await up.wait_fresh(2)
         load = asyncio.create_task(up.load(concurrency=20, duration_s=15))
         await asyncio.sleep(4)
-        apps = _processes(up, "sample-app")
+        apps = up.processes("sample-app")
         assert len(apps) == 2, apps
         os.kill(apps[0], signal.SIGKILL)
         await up.wait_for(lambda: bool(up.latest and up.latest.failures == 1), 5, "the failure to show")
@@ -67,7 +55,7 @@ async def test_a_killed_app_costs_only_its_requests_and_is_replaced(tmp_path: Pa
 
 async def test_prometheus_outage_holds_replicas_and_says_stale_then_resumes(tmp_path: Path) -> None:
     up = await KapaUp.start(tmp_path, hello_services(ANNOTATIONS), CONFIG)
-    (prometheus,) = _processes(up, "prometheus --config.file")
+    (prometheus,) = up.processes("prometheus --config.file")
     try:
         await up.wait_fresh(1)
         await up.load(concurrency=30, duration_s=12)
@@ -88,7 +76,7 @@ async def test_prometheus_outage_holds_replicas_and_says_stale_then_resumes(tmp_
         killed = len(up.samples)
         await up.wait_for(lambda: any(s.stale for s in up.samples[killed:]), 10, "stale after the kill")
         await up.wait_for(lambda: bool(up.latest and not up.latest.stale), 30, "fresh data from a new Prometheus")
-        (restarted,) = _processes(up, "prometheus --config.file")
+        (restarted,) = up.processes("prometheus --config.file")
         assert restarted != prometheus
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from kapa.local.view import ReplicaHistory, ServiceStatus, change_line, render, sparkline
+from kapa.local.view import ReplicaHistory, ServiceStatus, change_line, render, restart_lines, sparkline
 from kapa.services import ServiceKey
 
 HELLO = ServiceKey("default", "hello")
@@ -44,3 +44,9 @@ def test_change_line_only_on_changes_that_matter() -> None:
     assert change_line(before, ServiceStatus(HELLO, desired=1, ready=1, stable=4.0, rps=20.0)) is None
     line = change_line(before, ServiceStatus(HELLO, desired=3, ready=1, starting=2, stable=25.0))
     assert line is not None and "service=default/hello desired=3 ready=1 starting=2" in line
+
+
+def test_restart_lines_name_only_the_parts_started_again() -> None:
+    assert restart_lines({}) == [] and restart_lines({"prometheus": 0, "scaler": 0}) == []
+    (line,) = restart_lines({"prometheus": 0, "scaler": 2, "activator": 1})
+    assert "scaler 2x" in line and "activator 1x" in line and "prometheus" not in line
