@@ -114,7 +114,8 @@ def _float_at_least(low: float, *, exclusive: bool = False, high: float | None =
         if too_low or (high is not None and value > high):
             bound = f"above {_format(low)}" if exclusive else f"at least {_format(low)}"
             if high is not None:
-                bound = f"in {_format(low)}..{_format(high)}"
+                # "in 0..600" would name the excluded low end as allowed.
+                bound = f"{bound} and at most {_format(high)}" if exclusive else f"in {_format(low)}..{_format(high)}"
             raise ValueError(f"{text.strip()} out of range: must be {bound}")
         return value
 

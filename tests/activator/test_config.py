@@ -14,7 +14,7 @@ from activator.config import settings_from_entries
 
 def settings(annotations: dict[str, str]):  # type: ignore[no-untyped-def]
     document = {"services": [{"name": "hello", "annotations": annotations, "hosts": ["hello.localhost"],
-                              "pathPrefix": "/hello", "local": {"command": ["x"]}, "extra": "tolerated"}]}
+                              "pathPrefix": "/hello", "local": {"command": ["x"]}}]}
     (result,) = settings_from_entries(parse_services(document))
     return result
 

@@ -63,3 +63,45 @@ def test_best_of_two_prefers_the_less_loaded_and_spreads() -> None:
 )
 def test_policy_follows_container_concurrency(concurrency: int, kind: type) -> None:
     assert isinstance(policy_for(concurrency), kind)
+
+
+class _ScriptedRandom(random.Random):
+    """Draws given in advance, and the bound each draw was asked for."""
+
+    def __init__(self, *draws: int) -> None:
+        super().__init__(0)
+        self.draws = list(draws)
+        self.bounds: list[int] = []
+
+    def randrange(self, stop: int) -> int:  # type: ignore[override]
+        self.bounds.append(stop)
+        return self.draws.pop(0)
+
+
+@pytest.mark.parametrize(
+    ("in_flight", "draws", "expected"),
+    [
+        # The second draw is over the other count - 1 pods: a draw at or past the first is shifted up by one.
+        pytest.param((0, 5, 3), (1, 1), 2, id="second-skips-the-first-and-the-lighter-wins"),
+        pytest.param((0, 5, 3), (1, 0), 0, id="second-before-the-first"),
+        pytest.param((4, 1, 9), (0, 0), 1, id="draws-0-0-compare-pods-0-and-1"),
+        pytest.param((2, 2), (1, 0), 1, id="a-tie-goes-to-the-first-draw"),
+    ],
+)
+def test_best_of_two_compares_two_distinct_pods(in_flight: tuple[int, ...], draws: tuple[int, int], expected: int) -> None:
+    rng = _ScriptedRandom(*draws)
+    trackers = pods(*in_flight, capacity=None)
+    assert trackers.index(BestOfTwo(rng)(trackers)) == expected  # type: ignore[arg-type]
+    assert rng.bounds == [len(in_flight), len(in_flight) - 1]
+
+
+def test_best_of_two_with_one_pod_draws_nothing() -> None:
+    rng = _ScriptedRandom()
+    only = pods(7, capacity=None)
+    assert BestOfTwo(rng)(only) is only[0] and rng.bounds == []
+
+
+def test_policy_for_no_limit_draws_from_the_given_generator() -> None:
+    rng = _ScriptedRandom(1, 1)
+    trackers = pods(0, 5, 3, capacity=None)
+    assert policy_for(0, rng)(trackers) is trackers[2] and rng.bounds == [3, 2]

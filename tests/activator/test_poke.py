@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiohttp import web
 
 from kapa.services import ServiceKey
@@ -61,19 +62,45 @@ async def test_one_poke_per_scaler_per_activation() -> None:
         await second.stop()
 
 
-async def test_unreachable_scaler_is_retried_until_it_answers() -> None:
+@pytest.fixture
+def retry_delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The delays the poker waits between attempts, in order; its waits then take no time. Other sleeps (the
+    test's, aiohttp's) are left alone: only the poke tasks (named "poke ...") are told apart."""
+    delays: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float, result: object = None) -> object:
+        task = asyncio.current_task()
+        if task is not None and task.get_name().startswith("poke "):
+            delays.append(delay)
+            delay = 0
+        return await real_sleep(delay, result)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    return delays
+
+
+async def test_unreachable_scaler_is_retried_with_exponential_backoff_until_it_answers(
+    retry_delays: list[float],
+) -> None:
     port = free_port()
     poker = Poker([f"http://127.0.0.1:{port}"])
     scaler = Scaler(port)
     try:
         poker.activate(HELLO)
-        await asyncio.sleep(0.3)  # a few failed attempts with backoff
+        for _ in range(500):  # nothing listens: each attempt fails at once
+            if len(retry_delays) >= 9:
+                break
+            await asyncio.sleep(0.01)
+        # Doubling from 50 ms, capped at 2 s.
+        assert retry_delays[:9] == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0])
         await scaler.start()
         for _ in range(100):
             if scaler.pokes:
                 break
             await asyncio.sleep(0.05)
-        assert scaler.pokes == ["default/hello"]
+        assert scaler.pokes == ["default/hello"] and poker.sent[HELLO] == 1
+        assert set(retry_delays[6:]) == {2.0}  # the attempts until the scaler came up stayed at the cap
     finally:
         await poker.close()
         await scaler.stop()

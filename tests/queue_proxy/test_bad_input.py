@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kapa import contract
-from tests.queue_proxy.conftest import Proxy, queue_proxy
+from tests.queue_proxy.conftest import Proxy, get_json, queue_proxy
 from tests.support import free_port
 
 
@@ -28,26 +28,48 @@ def _exchange(port: int, data: bytes, timeout_s: float = 5) -> bytes:
     return received
 
 
+def _app_total(proxy: Proxy) -> int:
+    """Requests the app has received since it started (it counts them as they arrive)."""
+    return get_json(f"http://127.0.0.1:{proxy.app_port}/stats")["total"]  # type: ignore[index]
+
+
+def _refusals(proxy: Proxy) -> tuple[float, float]:
+    """(bad-request rejections, 4xx responses) in the proxy's metrics."""
+    return (
+        proxy.metric(contract.REJECTED_REQUESTS, reason=contract.REASON_BAD_REQUEST),
+        proxy.metric(contract.REQUESTS, code_class="4xx"),
+    )
+
+
 @pytest.mark.parametrize(
-    "request_bytes",
+    ("request_bytes", "never_forwarded"),
     [
-        b"GARBAGE\r\n\r\n",
-        b"GET / HTTP/9.9\r\nHost: a\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: a\r\nBad Header Name: x\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n",
-        b"POST /digest HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n",
+        (b"GARBAGE\r\n\r\n", True),
+        (b"GET / HTTP/9.9\r\nHost: a\r\n\r\n", True),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nBad Header Name: x\r\n\r\n", True),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n", True),
+        # The chunk-size error is inside a body: the head may have gone to the app already (whether it has
+        # depends on a pooled connection being at hand), and the answer is still the proxy's 400.
+        (b"POST /digest HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n", False),
     ],
     ids=["request-line", "version", "header-name", "content-length", "chunk-size"],
 )
-def test_malformed_requests_get_400_and_others_are_unaffected(proxy: Proxy, request_bytes: bytes) -> None:
+def test_malformed_requests_get_400_and_others_are_unaffected(
+    proxy: Proxy, request_bytes: bytes, never_forwarded: bool
+) -> None:
+    total, (rejected, client_errors) = _app_total(proxy), _refusals(proxy)
     slow: list[bytes] = []
     other = threading.Thread(target=lambda: slow.append(urllib.request.urlopen(f"{proxy.url}/sleep?ms=300").read()))
     other.start()
     time.sleep(0.05)
     answer = _exchange(proxy.port, request_bytes)
     other.join()
-    # The chunk-size error is inside a body already relayed to the app: still a 400, as nothing of the
-    # response has gone out (see test_http1_edges for how it is counted).
+    # What reached the app: the concurrent request, and nothing of the malformed one (a bad head is never
+    # forwarded). Checked first: a relay that forwarded it would also relay the app's own 400.
+    if never_forwarded:
+        assert _app_total(proxy) == total + 1
+    # Counted once as a bad request and once as a 4xx response (see test_http1_edges for the body case).
+    assert _refusals(proxy) == (rejected + 1, client_errors + 1)
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     assert b"malformed HTTP request" in answer
     assert slow == [b"slept\n"]
@@ -56,12 +78,14 @@ def test_malformed_requests_get_400_and_others_are_unaffected(proxy: Proxy, requ
 
 def test_oversized_head_gets_431(proxy: Proxy) -> None:
     before = proxy.metric(contract.REJECTED_REQUESTS, reason=contract.REASON_BAD_REQUEST)
+    total = _app_total(proxy)
     many = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-Filler-%d: %s\r\n" % (i, b"y" * 1000) for i in range(80)) + b"\r\n"
     assert _exchange(proxy.port, many).startswith(b"HTTP/1.1 431 ")
     # One header line far larger than the limit, never finished: refused without waiting for its end.
     huge = b"GET / HTTP/1.1\r\nHost: a\r\nX-Huge: " + b"z" * (200 * 1024)
     assert _exchange(proxy.port, huge).startswith(b"HTTP/1.1 431 ")
     assert proxy.metric(contract.REJECTED_REQUESTS, reason=contract.REASON_BAD_REQUEST) == before + 2
+    assert _app_total(proxy) == total  # neither head was forwarded
     assert urllib.request.urlopen(f"{proxy.url}/sleep?ms=0").read() == b"slept\n"
 
 

@@ -13,7 +13,7 @@ import aiohttp
 import grpc
 
 from kapa import contract
-from tests.queue_proxy.conftest import queue_proxy
+from tests.queue_proxy.conftest import Proxy, get_json, queue_proxy
 from tests.queue_proxy.grpc_app import Greeter, grpc_server, identity
 
 
@@ -25,7 +25,26 @@ def _ready_status(admin_port: int) -> int:
         return error.code
 
 
+def _reset_app(app_port: int) -> None:
+    request = urllib.request.Request(f"http://127.0.0.1:{app_port}/reset", data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+
+
+def _counted(proxy: Proxy) -> dict[str, float]:
+    """What the proxy's metrics say about the requests it relayed (read once the load is over)."""
+    return {
+        "requests": proxy.metric(contract.REQUESTS),
+        "2xx": proxy.metric(contract.REQUESTS, code_class="2xx"),
+        "in_flight": proxy.metric(contract.REQUESTS_IN_FLIGHT),
+        "rejected": proxy.metric(contract.REJECTED_REQUESTS),
+    }
+
+
 async def test_sigterm_mid_load_fails_no_request(app_port: int, tmp_path: Path) -> None:
+    """Every request of the load is answered 200, reached the app exactly once (the app counts what it
+    served), and is counted once in the proxy's metrics, including those that arrived during the drain."""
+    await asyncio.to_thread(_reset_app, app_port)
     with queue_proxy(tmp_path, app_port, KAPA_DRAIN_SECONDS="1") as proxy:
         outcomes: list[int | str] = []
         load_until = time.monotonic() + 2.5
@@ -49,12 +68,17 @@ async def test_sigterm_mid_load_fails_no_request(app_port: int, tmp_path: Path) 
             load_ended = time.monotonic()
             # New connections were still accepted during the drain (the load kept arriving).
             assert proxy.process.poll() is None
+            # The quiet period has begun: nothing arrives any more, and the metrics are still served.
+            counted = await asyncio.to_thread(_counted, proxy)
         exit_code = await asyncio.to_thread(proxy.process.wait, 10)
         exited_after = time.monotonic() - load_ended
         assert exit_code == 0
         assert 0.8 <= exited_after < 2.5  # the quiet period of 1 s after the last request
         failures = [o for o in outcomes if o != 200]
         assert len(outcomes) > 500 and failures == []
+    served: dict[str, int] = await asyncio.to_thread(get_json, f"http://127.0.0.1:{app_port}/stats")  # type: ignore[assignment]
+    assert (served["current"], served["total"]) == (0, len(outcomes))
+    assert counted == {"requests": len(outcomes), "2xx": len(outcomes), "in_flight": 0, "rejected": 0}
 
 
 async def test_wait_for_drain_holds_a_prestop_hook_until_quiet(app_port: int, tmp_path: Path) -> None:

@@ -16,13 +16,15 @@ from tests.queue_proxy.grpc_app import grpc_server, identity
 
 
 class _Service:
-    """Counts the calls at the app at once; `Slow` answers after 150 ms, `Never` waits until released,
-    `Stream` sends one message at once and another when released."""
+    """Counts the calls at the app at once; `Slow` answers after 150 ms, `Never` waits until released (and
+    notes when the proxy cancels it instead), `Stream` sends one message at once and another when released."""
 
     def __init__(self) -> None:
         self.current = 0
         self.most = 0
         self.release = asyncio.Event()
+        #: Set when a `Never` call was cancelled at the app: its stream was reset from the proxy's side.
+        self.never_cancelled = asyncio.Event()
 
     async def slow(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         self.current += 1
@@ -34,7 +36,11 @@ class _Service:
             self.current -= 1
 
     async def never(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        await self.release.wait()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.never_cancelled.set()
+            raise
         return b"late"
 
     async def stream(self, request: bytes, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
@@ -102,6 +108,8 @@ async def test_a_stream_without_a_response_by_the_timeout_is_cancelled_as_a_504(
             waited = asyncio.get_running_loop().time() - started
             assert raised.value.code() == grpc.StatusCode.CANCELLED
             assert 0.5 <= waited < 2.0
+            # The other end: the app's call was cancelled too (RST_STREAM reached it), not left to run on.
+            await asyncio.wait_for(service.never_cancelled.wait(), 5)
 
             # The connection and the answered stream carry on.
             assert await slow(b"after", timeout=5) == b"after"

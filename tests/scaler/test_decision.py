@@ -51,34 +51,37 @@ def steady(value: float, ready: int, poked: bool = False) -> Observation:
 @pytest.mark.parametrize(
     ("annotations", "concurrency", "ready", "expected"),
     [
-        pytest.param({"container-concurrency": "10"}, 100.0, 15, 15, id="cc10-at-70pct-100-concurrent-gives-15"),
+        pytest.param({"container-concurrency": "10"}, 100.0, 12, 15, id="cc10-at-70pct-100-concurrent-gives-15"),
         pytest.param(
-            {"target": "10", "target-utilization-percentage": "100"}, 50.0, 5, 5, id="target10-at-100pct-50-gives-5"
+            {"target": "10", "target-utilization-percentage": "100"}, 50.0, 7, 5, id="target10-at-100pct-50-gives-5"
         ),
-        pytest.param({"target": "10"}, 50.0, 8, 8, id="target10-at-default-70pct-50-gives-8"),
-        pytest.param({}, 140.0, 2, 2, id="default-target-100-at-70pct"),
+        pytest.param({"target": "10"}, 50.0, 5, 8, id="target10-at-default-70pct-50-gives-8"),
+        pytest.param({}, 140.0, 3, 2, id="default-target-100-at-70pct"),
         pytest.param(
-            {"target": "50", "container-concurrency": "10"}, 21.0, 3, 3, id="target-capped-at-containerConcurrency"
+            {"target": "50", "container-concurrency": "10"}, 21.0, 2, 3, id="target-capped-at-containerConcurrency"
         ),
-        pytest.param({"metric": "rps"}, 300.0, 3, 3, id="rps-default-200-at-70pct"),
+        pytest.param({"metric": "rps"}, 300.0, 4, 3, id="rps-default-200-at-70pct"),
         pytest.param(
             {"metric": "rps", "target": "50", "target-utilization-percentage": "100"},
             120.0,
-            3,
+            5,
             3,
             id="rps-target-annotation",
         ),
         pytest.param(
-            {"target": "7", "target-utilization-percentage": "100"}, 21.0, 3, 3, id="exact-multiple-no-extra-pod"
+            {"target": "7", "target-utilization-percentage": "100"}, 21.0, 2, 3, id="exact-multiple-no-extra-pod"
         ),
         pytest.param(
-            {"target": "7", "target-utilization-percentage": "100"}, 21.0001, 4, 4, id="just-above-multiple-adds-pod"
+            {"target": "7", "target-utilization-percentage": "100"}, 21.0001, 3, 4, id="just-above-multiple-adds-pod"
         ),
     ],
 )
 def test_desired_pods_is_ceil_of_total_over_target(
     annotations: dict[str, str], concurrency: float, ready: int, expected: int
 ) -> None:
+    """Ready differs from the expected count in every row (above and below it, inside the rate bounds and
+    under the panic threshold), so a decision that echoes the ready pods fails each row."""
+    assert ready != expected and ready // 2 <= expected < 2 * ready
     config = make_config(annotations)
     decision, _ = decide(config, steady(concurrency, ready), running(desired=ready, ready=ready), 0.0)
     assert decision.desired_pods == expected
