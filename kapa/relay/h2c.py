@@ -421,7 +421,7 @@ class H2cRelay:
             self._client_frames = _FrameStream(self._client_frame, skip=len(PREFACE), add_setting=add_setting)
         self._pipe = Pipe(
             self.client, upstream, self._pipe_closed,
-            filter_client=self._from_client, filter_upstream=self._server_frames.feed,
+            filter_client=self._from_client, filter_upstream=self._server_frames.feed, half_close=False,
         )
         self._pipe.start(to_upstream, to_client)
 

@@ -830,6 +830,8 @@ class ServerProtocol(asyncio.Protocol):
         head_lower = head.lower()
         if head_lower.count(_HOST) > 1:
             raise _Refused(400, b"kapa: more than one Host header (RFC 9112 3.2)\n")
+        if not url:  # `CONNECT ` (the parser takes an empty target only there)
+            raise _Refused(400, b"kapa: no request target\n")
         # Absolute-form: anything but "/...", "*" (OPTIONS) and CONNECT's authority-form.
         if url[0] != 0x2F and method != b"CONNECT" and url != b"*" and not target_is_host(url, head_lower):
             raise _Refused(400, b"kapa: the request target names another host than the Host header\n")

@@ -39,7 +39,7 @@ class PipeEnd(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.eof = True
         peer = self.peer
-        if peer.eof or not peer.transport.can_write_eof():
+        if peer.eof or not self.pipe.half_close or not peer.transport.can_write_eof():
             self.pipe.close()
             return False
         peer.transport.write_eof()
@@ -59,7 +59,10 @@ class PipeEnd(asyncio.Protocol):
 class Pipe:
     """Relays bytes both ways between `client` and `upstream` until either closes.
 
-    `on_closed` runs once, after both transports are closed.
+    `on_closed` runs once, after both transports are closed. With `half_close` (a WebSocket or a CONNECT
+    tunnel, byte streams) an end's EOF is passed on and the other direction lives on; without it (HTTP/2,
+    where a connection one peer has closed carries nothing more, and the streams it had are over) an EOF
+    from either end closes both.
     """
 
     def __init__(
@@ -69,7 +72,9 @@ class Pipe:
         on_closed: Callable[[], None],
         filter_client: Filter | None = None,
         filter_upstream: Filter | None = None,
+        half_close: bool = True,
     ) -> None:
+        self.half_close = half_close
         self.client_end = PipeEnd(self, client, filter_client)
         self.upstream_end = PipeEnd(self, upstream, filter_upstream)
         self.client_end.peer = self.upstream_end
