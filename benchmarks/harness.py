@@ -6,6 +6,9 @@ of the process under test (from /proc, in clock ticks) rather than trusting wall
 
 from __future__ import annotations
 
+import asyncio
+import json
+import math
 import os
 import re
 import shutil
@@ -13,12 +16,16 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from kapa import contract
+from scaler.decision import TICK_INTERVAL_S
+from scaler.loop import QUERY_DELAY_S
 from tests.support import free_port, running
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -149,3 +156,20 @@ def run_wrk(
     if completed.returncode != 0:
         raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stderr.strip()}")
     return parse_wrk(completed.stdout)
+
+
+def scaling_targets_up(prometheus_url: str) -> int:
+    """How many targets of Kapa's 1 s scaling job the Prometheus (or Thanos Query) at `prometheus_url` has up."""
+    promql = f'count(up{{job="{contract.SCRAPE_JOB_SCALING}"}} == 1)'
+    query = urllib.parse.urlencode({"query": promql})
+    with urllib.request.urlopen(f"{prometheus_url}/api/v1/query?{query}", timeout=10) as response:
+        result = json.load(response)["data"]["result"]
+    return int(float(result[0]["value"][1])) if result else 0
+
+
+async def scaler_ticks(until: float) -> AsyncIterator[float]:
+    """The tick times the scaler's own loop would use before `until` (wall-clock multiples of TICK_INTERVAL_S),
+    each yielded QUERY_DELAY_S after it as Scaler.run queries, so a benchmark ticks a Scaler as it ticks itself."""
+    while (at := (math.floor(time.time() / TICK_INTERVAL_S) + 1) * TICK_INTERVAL_S) < until:
+        await asyncio.sleep(max(0.0, at + QUERY_DELAY_S - time.time()))
+        yield at

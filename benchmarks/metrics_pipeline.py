@@ -24,26 +24,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.exporter_farm import NAMESPACE, service_name
-from benchmarks.harness import cpu_seconds, rss_mb
+from benchmarks.harness import cpu_seconds, rss_mb, scaler_ticks, scaling_targets_up
 from kapa import contract
 from kapa.prometheus_server import PrometheusServer, ScrapeTarget
 from kapa.services import ServiceKey, ServiceSpec
 from scaler.catalog import StaticCatalog
 from scaler.config import AutoscalerConfig, parse_duration_s
-from scaler.decision import TICK_INTERVAL_S
 from scaler.loop import QUERY_DELAY_S, Scaler
 from scaler.prometheus_source import PrometheusMetrics
 
@@ -73,12 +70,6 @@ def _get(url: str) -> str:
         return response.read().decode()
 
 
-def _query(prometheus: PrometheusServer, promql: str) -> float:
-    body = json.loads(_get(f"{prometheus.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})))
-    result = body["data"]["result"]
-    return float(result[0]["value"][1]) if result else 0.0
-
-
 def _scrape_interval_p99(prometheus: PrometheusServer) -> float | None:
     """Prometheus's own summary of how far apart its 1 s scrapes really were."""
     pattern = re.compile(r'prometheus_target_interval_length_seconds\{interval="1s",quantile="0.99"\} (\S+)')
@@ -90,10 +81,9 @@ async def _wait_targets_up(prometheus: PrometheusServer, pods: int) -> int:
     """How many scaling targets are up once all are, or TARGETS_UP_TIMEOUT_S has passed: fewer means this
     Prometheus cannot scrape that many pods within the 1 s timeout (a figure, not a failure)."""
     deadline = time.monotonic() + TARGETS_UP_TIMEOUT_S
-    promql = f'count(up{{job="{contract.SCRAPE_JOB_SCALING}"}} == 1)'
-    while (up := await asyncio.to_thread(_query, prometheus, promql)) < pods and time.monotonic() < deadline:
+    while (up := await asyncio.to_thread(scaling_targets_up, prometheus.url)) < pods and time.monotonic() < deadline:
         await asyncio.sleep(1)
-    return int(up)
+    return up
 
 
 async def _tick_until(scaler: Scaler, metrics: PrometheusMetrics, until: float,
@@ -109,8 +99,7 @@ async def _tick_until(scaler: Scaler, metrics: PrometheusMetrics, until: float,
             queries.append((time.perf_counter() - started) * 1000)
 
     metrics.observe = timed_observe  # type: ignore[method-assign]
-    while (at := (math.floor(time.time() / TICK_INTERVAL_S) + 1) * TICK_INTERVAL_S) < until:
-        await asyncio.sleep(max(0.0, at + QUERY_DELAY_S - time.time()))
+    async for at in scaler_ticks(until):
         started = time.perf_counter()
         await scaler.tick(at)
         ticks.append((time.perf_counter() - started) * 1000)

@@ -20,29 +20,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
 import yaml
 
 from benchmarks.exporter_farm import NAMESPACE, service_name
-from benchmarks.harness import free_port, started, wait_until_answering
+from benchmarks.harness import free_port, scaler_ticks, scaling_targets_up, started, wait_until_answering
 from kapa import contract
 from kapa.prometheus_server import DEFAULT_BINARY, ScrapeTarget, scrape_configs, write_targets
 from kapa.services import ServiceKey, ServiceSpec
 from scaler.catalog import StaticCatalog
 from scaler.config import AutoscalerConfig, parse_duration_s
-from scaler.decision import TICK_INTERVAL_S, Decision
-from scaler.loop import QUERY_DELAY_S, Scaler
+from scaler.decision import Decision
+from scaler.loop import Scaler
 from scaler.prometheus_source import PrometheusMetrics
 
 THANOS = Path(os.environ.get("KAPA_CACHE", Path.home() / ".cache" / "kapa")) / "thanos-v0.42.4" / "bin" / "thanos"
@@ -101,19 +98,11 @@ def thanos_query(workdir: Path, shard_urls: list[str], stack: ExitStack) -> str:
     return url
 
 
-def _up(url: str) -> float:
-    promql = f'count(up{{job="{contract.SCRAPE_JOB_SCALING}"}} == 1)'
-    with urllib.request.urlopen(f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": promql}), timeout=10) as r:
-        result = json.load(r)["data"]["result"]
-    return float(result[0]["value"][1]) if result else 0.0
-
-
 async def _compare(single: Scaler, sharded: Scaler, services: int, until: float, step: float,
                    farm: subprocess.Popen[str], latencies: dict[str, list[float]]) -> list[tuple[Decision, Decision]]:
     pairs: list[tuple[Decision, Decision]] = []
     stepped = False
-    while (at := (math.floor(time.time() / TICK_INTERVAL_S) + 1) * TICK_INTERVAL_S) < until:
-        await asyncio.sleep(max(0.0, at + QUERY_DELAY_S - time.time()))
+    async for at in scaler_ticks(until):
         if not stepped and at >= step:
             assert farm.stdin is not None and farm.stdout is not None
             for service in range(0, services, 4):
@@ -121,14 +110,14 @@ async def _compare(single: Scaler, sharded: Scaler, services: int, until: float,
                 farm.stdin.flush()
                 farm.stdout.readline()
             stepped = True
-        timings = []
+        decisions = []
         for scaler in (single, sharded):
             begun = time.perf_counter()
-            timings.append(await scaler.tick(at))
+            decisions.append(await scaler.tick(at))
             latencies["single" if scaler is single else "thanos"].append((time.perf_counter() - begun) * 1000)
-        for key, decision in timings[0].items():
-            if key in timings[1]:
-                pairs.append((decision, timings[1][key]))
+        for key, decision in decisions[0].items():
+            if key in decisions[1]:
+                pairs.append((decision, decisions[1][key]))
     return pairs
 
 
@@ -151,11 +140,11 @@ async def run(pods: int, services: int, measure_s: float, workdir: Path) -> None
         shard_urls = [start_prometheus(workdir / f"shard-{i}", targets_file, i, stack) for i in range(SHARDS)]
         query_url = thanos_query(workdir, shard_urls, stack)
         deadline = time.monotonic() + 90
-        while min(_up(single_url), sum(_up(url) for url in shard_urls)) < pods:
+        while min(scaling_targets_up(single_url), sum(scaling_targets_up(url) for url in shard_urls)) < pods:
             if time.monotonic() > deadline:
                 raise TimeoutError("targets not all up within 90 s")
             await asyncio.sleep(1)
-        shard_sizes = [int(_up(url)) for url in shard_urls]
+        shard_sizes = [int(scaling_targets_up(url)) for url in shard_urls]
         await asyncio.sleep(65)  # a full stable window of samples in every server
         catalog = StaticCatalog([ServiceSpec(ServiceKey(NAMESPACE, service_name(i)), ANNOTATIONS)
                                  for i in range(services)])
