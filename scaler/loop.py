@@ -329,8 +329,7 @@ class Scaler:
         for at in ticks if self._services else ():
             self._snapshot = await self.metrics.observe(self.windows(), at)
             if self._snapshot.stale:
-                for service in self._services.values():
-                    service.state = DecisionState.initial()
+                self._forget_replayed_states()
                 log.warning("no history to catch up from; deciding from scratch", at=at)
                 return 0
             for service in self._services.values():
@@ -344,6 +343,11 @@ class Scaler:
                 _, service.state = decide(service.config, observation, state, at)
         log.info("caught up from Prometheus history", ticks=len(ticks), horizon_s=horizon_s)
         return len(ticks)
+
+    def _forget_replayed_states(self) -> None:
+        """Every service's first live decision starts fresh, as without a catch-up."""
+        for service in self._services.values():
+            service.state = DecisionState.initial()
 
     def windows(self) -> set[WindowQuery]:
         """The distinct (metric, window) pairs the services need: one Prometheus query each per tick."""
@@ -403,8 +407,7 @@ class Scaler:
         try:
             await self.catch_up(at)
         except Exception:
-            for service in self._services.values():
-                service.state = DecisionState.initial()
+            self._forget_replayed_states()
             log.exception("catching up failed; deciding from scratch")
         while True:
             # Evaluated at `at`, queried a moment later, once every scrape that started before `at` has landed.
