@@ -196,26 +196,7 @@ def test_scales_to_zero_then_from_zero_through_envoy_and_activator(release: Clus
 def test_scales_to_five_under_load_then_back_to_zero(release: Cluster) -> None:
     """Every count the API server recorded (a watch, not polls): never above five, five held while the load
     lasts once reached, no failed request, then zero."""
-    history = ReplicaHistory(release, SAMPLE)
-    expected = LOAD_CONCURRENCY // TARGET
-    try:
-        started = time.monotonic()
-        load = start_load(envoy_url(release), f"{SAMPLE}.{APPS}", LOAD_CONCURRENCY, "40s", SLEEP_MS)
-        reached = wait_for(lambda: sum(pod_ready(p) for p in sample_pods(release)) >= expected and time.monotonic(),
-                           75, f"{expected} ready pods\n{release.diagnose(APPS)}")
-        result = load_result(load)
-        ended = time.monotonic()
-        under_load = history.since(started)
-        assert max(under_load) == expected, f"never above {expected}: {under_load}\n{release.diagnose(APPS)}"
-        held = [count for at, count in history.values if reached <= at <= ended]
-        assert set(held) <= {expected}, f"held at {expected} while the load lasted: {under_load}"
-        assert result["errors"] == 0 and set(result["status_counts"]) == {"200"}, result
-        # Idle again: back to zero once the stable window has no traffic and the grace period has passed.
-        wait_for(lambda: replicas(release) == 0, 150, f"{SAMPLE} back to 0\n{release.diagnose(NAMESPACE)}")
-        print(f"direct: load step -> {expected} ready: {reached - started:.1f} s; counts written: "
-              f"{history.since(started)}")
-    finally:
-        history.stop()
+    load_step_to_five_and_back_to_zero(release, "direct", ready_within_s=75)
 
 
 def enrolled_by_the_deployment_alone(documents: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -393,6 +374,31 @@ class ReplicaHistory:
         self._watch.stop()
 
 
+def load_step_to_five_and_back_to_zero(release: Cluster, actuator: str, ready_within_s: float) -> None:
+    """A load wanting five pods for 40 s, judged on every count the API server recorded: five ready within
+    `ready_within_s`, never above five, five held while the load lasts, no failed request, then zero."""
+    history = ReplicaHistory(release, SAMPLE)
+    expected = LOAD_CONCURRENCY // TARGET
+    try:
+        started = time.monotonic()
+        load = start_load(envoy_url(release), f"{SAMPLE}.{APPS}", LOAD_CONCURRENCY, "40s", SLEEP_MS)
+        reached = wait_for(lambda: sum(pod_ready(p) for p in sample_pods(release)) >= expected and time.monotonic(),
+                           ready_within_s, f"{expected} ready pods\n{release.diagnose(APPS)}")
+        result = load_result(load)
+        ended = time.monotonic()
+        under_load = history.since(started)
+        assert max(under_load) == expected, f"never above {expected}: {under_load}\n{release.diagnose(APPS)}"
+        held = [count for at, count in history.values if reached <= at <= ended]
+        assert set(held) <= {expected}, f"held at {expected} while the load lasted: {under_load}"
+        assert result["errors"] == 0 and set(result["status_counts"]) == {"200"}, result
+        # Idle again: back to zero once the stable window has no traffic and the grace period has passed.
+        wait_for(lambda: replicas(release) == 0, 150, f"{SAMPLE} back to 0\n{release.diagnose(NAMESPACE)}")
+        print(f"{actuator}: load step -> {expected} ready: {reached - started:.1f} s; load end -> 0: "
+              f"{time.monotonic() - ended:.1f} s; counts written: {history.since(started)}")
+    finally:
+        history.stop()
+
+
 def scaler_pokes(cluster: Cluster) -> float:
     scaler = component_pod(cluster, "scaler")
     return sample_sum(scrape(scaler.status.pod_ip, contract.SCALER_HTTP_PORT), contract.SCALER_POKES)
@@ -440,25 +446,7 @@ def test_keda_wakes_the_service_on_its_first_request_through_the_activators_poke
 
 
 def test_keda_follows_the_scaler_up_under_load_and_back_to_zero(release: Cluster) -> None:
-    history = ReplicaHistory(release, SAMPLE)
-    expected = LOAD_CONCURRENCY // TARGET
-    try:
-        started = time.monotonic()
-        load = start_load(envoy_url(release), f"{SAMPLE}.{APPS}", LOAD_CONCURRENCY, "40s", SLEEP_MS)
-        reached = wait_for(lambda: sum(pod_ready(p) for p in sample_pods(release)) >= expected and time.monotonic(),
-                           60, f"{expected} ready pods\n{release.diagnose(APPS)}")
-        result = load_result(load)
-        ended = time.monotonic()
-        under_load = history.since(started)
-        assert max(under_load) == expected, f"never above {expected}: {under_load}"
-        held = [count for at, count in history.values if reached <= at <= ended]
-        assert set(held) <= {expected}, f"held at {expected} while the load lasted: {under_load}"
-        assert result["errors"] == 0 and set(result["status_counts"]) == {"200"}, result
-        wait_for(lambda: replicas(release) == 0, 150, f"{SAMPLE} back to 0\n{release.diagnose(NAMESPACE)}")
-        print(f"keda: load step -> {expected} ready: {reached - started:.1f} s; load end -> 0: "
-              f"{time.monotonic() - ended:.1f} s; counts written: {history.since(started)}")
-    finally:
-        history.stop()
+    load_step_to_five_and_back_to_zero(release, "keda", ready_within_s=60)
 
 
 def test_keda_honours_max_scale(release: Cluster) -> None:
