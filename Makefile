@@ -1,5 +1,5 @@
 # The two commands README.md starts with. Each installs what is missing first.
-.PHONY: setup k8s-tools up test bench mutation
+.PHONY: setup k8s-tools up test bench mutation chart lint-imports
 
 setup:
 	@bash scripts/setup.sh
@@ -24,3 +24,8 @@ bench: setup
 # minutes (tests/test_mutation_sample.py). Mutants no test kills are listed in docs/mutation.md, with why.
 mutation: setup
 	.venv/bin/python -m tests.mutation
+
+# The chart's generated files (Envoy bootstrap, scrape jobs, alert rules, dashboard) from Kapa's code; a
+# developer command over this checkout (tests/charts fails when they are stale).
+chart: setup
+	.venv/bin/python -m kapa.tools.chartgen --repo .

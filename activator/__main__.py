@@ -9,18 +9,14 @@ from collections.abc import Callable, Mapping
 
 import uvloop
 
-from kapa import contract, kubeclient
-from kapa.deployments import DeploymentCatalog
-from kapa.endpoints import (
-    DEFAULT_PORT_NAME,
-    EndpointSource,
-    EndpointSourceError,
-    KubernetesEndpointSource,
-    LocalEndpointSource,
-)
-from kapa.log import configure, get_logger
+from kapa.core import contract
+from kapa.kube.client import api_client
+from kapa.kube.deployments import DeploymentCatalog
+from kapa.core.endpoints import EndpointSource, LocalEndpointSource
+from kapa.kube.endpoints import DEFAULT_PORT_NAME, EndpointSourceError, KubernetesEndpointSource
+from kapa.core.log import configure, get_logger
 from kapa.relay import ClientTimeouts
-from kapa.services import (
+from kapa.core.services import (
     DEFAULT_CLUSTER_DOMAIN, Endpoint, ServiceEntry, ServiceKey, ServicesFileError, load_services,
 )
 
@@ -91,7 +87,7 @@ def _api_client() -> object:
     from kubernetes.config import ConfigException  # imported here: only the Kubernetes mode pays for it
 
     try:
-        return kubeclient.api_client()
+        return api_client()
     except (ConfigException, OSError) as error:
         raise EndpointSourceError(f"no Kubernetes configuration (not in a cluster, no usable kubeconfig): {error}") from None
 

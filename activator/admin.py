@@ -14,9 +14,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from kapa import contract
-from kapa.endpoints import EndpointSource, LocalEndpointSource
-from kapa.services import Endpoint, ServiceKey
+from kapa.core import contract
+from kapa.core.endpoints import EndpointSource, LocalEndpointSource
+from kapa.core.services import Endpoint, ServiceKey
 
 
 class BadEndpoints(ValueError):

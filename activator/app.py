@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client.registry import CollectorRegistry
 
-from kapa.endpoints import EndpointSource
-from kapa.log import get_logger
+from kapa.core.endpoints import EndpointSource
+from kapa.core.log import get_logger
 from kapa.relay import ClientTimeouts
-from kapa.services import Endpoint, ServiceKey
+from kapa.core.services import Endpoint, ServiceKey
 
 from activator.admin import admin_app
 from activator.backends import Backends

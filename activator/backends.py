@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 
-from kapa.endpoints import EndpointSource, EndpointsUpdate
-from kapa.log import get_logger
-from kapa.services import Endpoint, ServiceKey
+from kapa.core.endpoints import EndpointSource, EndpointsUpdate
+from kapa.core.log import get_logger
+from kapa.core.services import Endpoint, ServiceKey
 
 from activator.probe import probe
 from activator.throttler import Throttler

@@ -1,8 +1,8 @@
 """What the activator needs to know about each service, parsed once into typed values.
 
-The services file is the one `kapa scaler` and `kapa up` read (kapa.services.load_services); from it the
+The services file is the one `kapa scaler` and `kapa up` read (kapa.core.services.load_services); from it the
 activator takes each service's hosts and path prefix, and, through the scaler's own annotation parsing
-(scaler.config.service_config, so both parts read an annotation the same way), the two settings that
+(kapa.core.settings.service_config, so both parts read an annotation the same way), the two settings that
 govern holding requests: containerConcurrency (kapa.dev/container-concurrency) and the request timeout
 (kapa.dev/timeout-seconds). A malformed annotation costs only its key: a log line naming it and the
 service, and the default.
@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kapa import contract
-from kapa.log import get_logger
-from kapa.services import ServiceEntry, ServiceKey
-from scaler.config import AutoscalerConfig, service_config
+from kapa.core import contract
+from kapa.core.log import get_logger
+from kapa.core.services import ServiceEntry, ServiceKey
+from kapa.core.settings import AutoscalerConfig, service_config
 
 log = get_logger(__name__)
 

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from kapa.services import Endpoint
+from kapa.core.services import Endpoint
 
 
 @dataclass(eq=False)

@@ -1,7 +1,7 @@
 """The activator's per-service metrics: plain integers on the request path, Prometheus families at scrape.
 
 Counting costs an integer add per request; the families are built only when Prometheus asks (a custom
-collector), as the queue-proxy does. Names and labels come from kapa.contract, with LABEL_COMPONENT set to
+collector), as the queue-proxy does. Names and labels come from kapa.core.contract, with LABEL_COMPONENT set to
 "activator" so the scaler can tell these series from the queue-proxies'. CONCURRENCY_SECONDS here is the
 time integral of requests held *and* in flight in the activator: the scaler adds it to the queue-proxies'
 and subtracts their proxied integral, so a request is counted once wherever it is.
@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from kapa import contract
-from kapa.histogram import bucket_index, cumulative_buckets, empty_buckets
-from kapa.services import ServiceKey
+from kapa.core import contract
+from kapa.core.histogram import bucket_index, cumulative_buckets, empty_buckets
+from kapa.core.services import ServiceKey
 
 if TYPE_CHECKING:
     from activator.service import Service

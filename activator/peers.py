@@ -19,7 +19,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kapa.services import Endpoint
+from kapa.core.services import Endpoint
 
 
 @dataclass(frozen=True)

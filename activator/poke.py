@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 import aiohttp
 
-from kapa import contract
-from kapa.log import get_logger
-from kapa.services import ServiceKey
+from kapa.core import contract
+from kapa.core.log import get_logger
+from kapa.core.services import ServiceKey
 
 log = get_logger(__name__)
 

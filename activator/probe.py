@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from kapa import contract
-from kapa.services import Endpoint
+from kapa.core import contract
+from kapa.core.services import Endpoint
 
 #: Knative's aggressive probing timeout.
 PROBE_TIMEOUT_S = 0.1

@@ -29,8 +29,8 @@ import asyncio
 import time
 from collections.abc import Mapping
 
-from kapa import contract
-from kapa.log import get_logger
+from kapa.core import contract
+from kapa.core.log import get_logger
 from kapa.relay import (
     FAILURE_UPSTREAM,
     MAX_HEAD_BYTES,
@@ -42,7 +42,7 @@ from kapa.relay import (
     request_host,
     stream_status,
 )
-from kapa.services import ServiceKey
+from kapa.core.services import ServiceKey
 
 from activator.backends import Backends
 from activator.lb_policy import PodTracker

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from kapa.services import ServiceKey
+from kapa.core.services import ServiceKey
 
 from activator.config import ServiceSettings
 

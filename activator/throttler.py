@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
-from kapa.services import Endpoint
+from kapa.core.services import Endpoint
 
 from activator.config import ServiceSettings
 from activator.lb_policy import PodTracker, Policy, policy_for

@@ -39,9 +39,9 @@ from aiohttp import web
 
 from benchmarks.harness import WrkResult, cpu_seconds, free_port, rss_mb, run_wrk, started, wait_until_answering
 from benchmarks.proxy import Placement
-from kapa import contract
-from kapa.load import parse_duration
-from kapa.services import Endpoint, ServiceKey
+from kapa.core import contract
+from kapa.tools.load import parse_duration
+from kapa.core.services import Endpoint, ServiceKey
 
 SERVICE = ServiceKey("bench", "hello")
 GOAL_MS = 20.0

@@ -15,9 +15,9 @@ import random
 import statistics
 import time
 
-from kapa.contract import ANNOTATION_CONTAINER_CONCURRENCY, knative_annotation
-from kapa.services import ServiceKey, ServiceSpec
-from scaler.config import AutoscalerConfig, ServiceConfig, service_config
+from kapa.core.contract import ANNOTATION_CONTAINER_CONCURRENCY, knative_annotation
+from kapa.core.services import ServiceKey, ServiceSpec
+from kapa.core.settings import AutoscalerConfig, ServiceConfig, service_config
 from scaler.decision import TICK_INTERVAL_S, DecisionState, Observation, decide
 
 GOAL_MS = 200.0

@@ -30,10 +30,10 @@ import uvloop
 from aiohttp import web
 
 from benchmarks.harness import cpu_seconds, free_port, started, wait_until_answering
-from kapa import contract
-from kapa.services import ServiceKey, ServiceSpec
+from kapa.core import contract
+from kapa.core.services import ServiceKey, ServiceSpec
 from scaler.catalog import StaticCatalog
-from scaler.config import AutoscalerConfig
+from kapa.core.settings import AutoscalerConfig
 from scaler.grpc_server import metric_name, start_grpc_server
 from scaler.http_api import make_app
 from scaler.loop import Scaler

@@ -23,10 +23,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kapa import contract
+from kapa.core import contract
 from scaler.decision import TICK_INTERVAL_S
 from scaler.loop import QUERY_DELAY_S
-from tests.support import free_port, running
+from tests.support import free_port as free_port, running  # free_port: re-exported for the benchmarks
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 

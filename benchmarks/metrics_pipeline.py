@@ -4,7 +4,7 @@
 
 For each N: an exporter farm (benchmarks.exporter_farm: the queue-proxy's own exposition, one loopback port
 per simulated pod, pods spread over the services) is scraped by the Prometheus the local mode runs (the
-scaling job at 1 s, the rest at 15 s: kapa.prometheus_server). Once every target is up, the scaler's loop
+scaling job at 1 s, the rest at 15 s: kapa.local.prometheus). Once every target is up, the scaler's loop
 (the real `Scaler` with `PrometheusMetrics`, over all the services, no actuator) ticks on its usual 2 s
 boundaries for the measured period, and halfway through one service's pods go from 1 to 20 requests in
 flight each. Printed per N:
@@ -36,11 +36,11 @@ from pathlib import Path
 
 from benchmarks.exporter_farm import NAMESPACE, service_name
 from benchmarks.harness import cpu_seconds, rss_mb, scaler_ticks, scaling_targets_up
-from kapa import contract
-from kapa.prometheus_server import PrometheusServer, ScrapeTarget
-from kapa.services import ServiceKey, ServiceSpec
+from kapa.core import contract
+from kapa.local.prometheus import PrometheusServer, ScrapeTarget
+from kapa.core.services import ServiceKey, ServiceSpec
 from scaler.catalog import StaticCatalog
-from scaler.config import AutoscalerConfig, parse_duration_s
+from kapa.core.settings import AutoscalerConfig, parse_duration_s
 from scaler.loop import QUERY_DELAY_S, Scaler
 from scaler.prometheus_source import PrometheusMetrics
 

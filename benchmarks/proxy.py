@@ -47,15 +47,14 @@ from benchmarks.harness import (
     started,
     wait_until_answering,
 )
-from kapa import contract
-from kapa.load import LoadConfig, LoadResult, parse_duration, run_load
+from kapa.core import contract
+from kapa.tools.load import LoadConfig, LoadResult, parse_duration, run_load
 
 #: Issue 2's targets for the full-featured queue-proxy.
 TARGET_REQUESTS_PER_CPU_S = 25_000
 TARGET_P99_ADDED_MS = 0.5
 
 DIRECT, QUEUE_PROXY, ENVOY = "direct", "queue-proxy", "envoy"
-PROXIES = (QUEUE_PROXY, ENVOY)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ Prometheus scraping everything, tick by tick.
     python -m benchmarks.sharded_prometheus [--pods 400] [--services 100] [--measure 40s]
 
 An exporter farm (benchmarks.exporter_farm: the queue-proxy's own exposition, one loopback port per pod)
-is scraped by three Prometheus servers with Kapa's own scrape jobs (kapa.prometheus_server.scrape_configs):
+is scraped by three Prometheus servers with Kapa's own scrape jobs (kapa.local.prometheus.scrape_configs):
 one scraping every pod, and two shards that each keep the pods whose address hashes to them (`hashmod`
 relabelling, modulus 2, the way an operator splits one Prometheus) and carry an external label `shard`.
 A Thanos sidecar beside each shard serves it over the Store API and one Thanos Query fans the scaler's
@@ -33,11 +33,11 @@ import yaml
 
 from benchmarks.exporter_farm import NAMESPACE, service_name
 from benchmarks.harness import free_port, scaler_ticks, scaling_targets_up, started, wait_until_answering
-from kapa import contract
-from kapa.prometheus_server import DEFAULT_BINARY, ScrapeTarget, scrape_configs, write_targets
-from kapa.services import ServiceKey, ServiceSpec
+from kapa.core import contract
+from kapa.local.prometheus import DEFAULT_BINARY, ScrapeTarget, scrape_configs, write_targets
+from kapa.core.services import ServiceKey, ServiceSpec
 from scaler.catalog import StaticCatalog
-from scaler.config import AutoscalerConfig, parse_duration_s
+from kapa.core.settings import AutoscalerConfig, parse_duration_s
 from scaler.decision import Decision
 from scaler.loop import Scaler
 from scaler.prometheus_source import PrometheusMetrics

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from kapa import contract
-from kapa import log as kapa_log
-from kapa.log import get_logger
-from kapa.services import ServicesFileError, load_services
+from kapa.core import contract
+from kapa.core import log as kapa_log
+from kapa.core.log import get_logger
+from kapa.core.services import ServicesFileError, load_services
 
 from gateway.admin_http import admin_app
 from gateway.bootstrap import BootstrapConfig, bootstrap_json

@@ -17,9 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
-from kapa import contract
-from kapa.log import get_logger
-from kapa.services import Endpoint, ServiceKey
+from kapa.core import contract
+from kapa.core.log import get_logger
+from kapa.core.services import Endpoint, ServiceKey
 
 from gateway.control import Gateway
 from gateway.routing import ClaimConflict, RoutingError, ServiceRoute, check_endpoint, parse_endpoint, parse_mode

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from kapa.log import get_logger
+from kapa.core.log import get_logger
 
 from gateway.cache import RequestKind, RequestOutcome, Response, SnapshotCache, StreamBook
 from gateway.delta import DeltaResponse, DeltaStreamBook

@@ -20,7 +20,7 @@ from envoy.extensions.resource_monitors.downstream_connections.v3 import downstr
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2, json_format
 
-from kapa import contract
+from kapa.core import contract
 
 XDS_CLUSTER: Final = "kapa_xds"
 DEFAULT_NODE_ID: Final = "kapa-gateway"

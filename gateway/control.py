@@ -19,9 +19,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from kapa import contract
-from kapa.log import get_logger
-from kapa.services import Endpoint, ServiceEntry, ServiceKey
+from kapa.core import contract
+from kapa.core.log import get_logger
+from kapa.core.services import Endpoint, ServiceEntry, ServiceKey
 
 from gateway.ads import TypeStatus, XdsServer
 from gateway.cache import SnapshotCache
@@ -39,7 +39,7 @@ class Decision(Protocol):
 
 
 class EndpointsChange(Protocol):
-    """The part of kapa.endpoints.EndpointsUpdate the gateway reads."""
+    """The part of kapa.kube.endpoints.EndpointsUpdate the gateway reads."""
 
     @property
     def key(self) -> ServiceKey: ...

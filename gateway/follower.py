@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from kapa.endpoints import EndpointSource, EndpointsUpdate
-from kapa.log import get_logger
-from kapa.services import Endpoint, ServiceEntry, ServiceKey
+from kapa.core.endpoints import EndpointSource, EndpointsUpdate
+from kapa.core.log import get_logger
+from kapa.core.services import Endpoint, ServiceEntry, ServiceKey
 
 from gateway.control import Decision, Gateway
 from gateway.routing import RoutingError

@@ -20,7 +20,7 @@ from types import TracebackType
 
 import aiohttp
 
-from kapa.log import get_logger
+from kapa.core.log import get_logger
 
 from gateway.bootstrap import BootstrapConfig, bootstrap_json
 

@@ -48,8 +48,8 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
-from kapa import contract
-from kapa.services import Endpoint, ServiceKey
+from kapa.core import contract
+from kapa.core.services import Endpoint, ServiceKey
 
 from gateway.routing import RoutingState, ServiceRoute
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Final, Literal, get_args
 
-from kapa import contract
-from kapa.log import get_logger
-from kapa.services import Endpoint, ServiceEntry, ServiceKey, ServiceSpec, parse_host
+from kapa.core import contract
+from kapa.core.log import get_logger
+from kapa.core.settings import sidecar_settings
+from kapa.core.services import Endpoint, ServiceEntry, ServiceKey, ServiceSpec, parse_host
 
 log = get_logger(__name__)
 
@@ -77,25 +78,15 @@ def parse_endpoint(text: str) -> Endpoint:
 
 
 def timeout_from_annotations(spec: ServiceSpec) -> float:
-    """The service's request timeout (Knative's timeoutSeconds), from its annotation or the default.
-
-    A malformed value costs only this key: it is logged with the service and the default is used.
-    """
-    raw = spec.annotations.get(contract.ANNOTATION_TIMEOUT_SECONDS)
-    if raw is None:
-        return float(contract.DEFAULT_REVISION_TIMEOUT_SECONDS)
-    try:
-        value = float(raw)
-        if value <= 0:
-            raise ValueError
-    except ValueError:
-        log.warning(
-            "invalid annotation, using the default",
-            service=str(spec.key), key=contract.ANNOTATION_TIMEOUT_SECONDS, value=raw,
-            default=contract.DEFAULT_REVISION_TIMEOUT_SECONDS,
-        )
-        return float(contract.DEFAULT_REVISION_TIMEOUT_SECONDS)
-    return value
+    """The service's request timeout (Knative's timeoutSeconds), read as every part reads it
+    (kapa.core.settings.sidecar_settings). A malformed value costs only this key: it is logged with the
+    service and the default is used."""
+    settings, errors = sidecar_settings(spec)
+    for error in errors:
+        if error.key == contract.ANNOTATION_TIMEOUT_SECONDS:
+            log.warning("invalid annotation, using the default", service=error.service, key=error.key,
+                        error=error.message)  # fmt: skip
+    return settings.timeout_s
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,16 @@ from collections.abc import Callable, Sequence
 #: and returns the process exit code.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "up": ("kapa.local.up:main", "run the whole autoscaling loop locally (Prometheus, scaler, activator, replicas)"),
-    "load": ("kapa.load:main", "drive HTTP load like hey and print a latency summary"),
+    "load": ("kapa.tools.load:main", "drive HTTP load like hey and print a latency summary"),
     "queue-proxy": ("queue_proxy.__main__:main", "run the queue-proxy sidecar in front of an app"),
     "scaler": ("scaler.__main__:main", "run the scaler (KPA decision, KEDA external scaler gRPC)"),
     "activator": ("activator.__main__:main", "run the activator (holds requests for services at zero)"),
     "gateway": ("gateway.__main__:main", "run the xDS control plane that programs the Envoy gateway"),
     "explain": ("scaler.explain:main", "show the scaler's last decisions for NAMESPACE/SERVICE"),
     "simulate": ("scaler.simulate:main", "replay a trace through the decision on a virtual clock"),
-    "sample-app": ("kapa.sample_app:main", "run the sample app (sleep, prime, bloat)"),
-    "inject": ("kapa.inject:main", "add the queue-proxy sidecar to enrolled Deployments in a YAML manifest"),
+    "sample-app": ("kapa.tools.sample_app:main", "run the sample app (sleep, prime, bloat)"),
+    "inject": ("kapa.kube.inject:main", "add the queue-proxy sidecar to enrolled Deployments in a YAML manifest"),
+    "detach": ("kapa.kube.detach:main", "hand enrolled workloads back to plain Kubernetes (helm uninstall runs it)"),
 }
 
 

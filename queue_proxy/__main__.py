@@ -8,7 +8,7 @@ import sys
 
 import uvloop
 
-from kapa import log
+from kapa.core import log
 from queue_proxy.config import Config, ConfigError
 
 

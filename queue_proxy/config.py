@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kapa import contract
+from kapa.core import contract
 
 #: Readiness probing: every 50 ms until the app first answers (Knative's aggressive probing), then at the
 #: probe's periodSeconds (default 1 s) to notice the app going away.

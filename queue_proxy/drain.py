@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from kapa.log import get_logger
+from kapa.core.log import get_logger
 from queue_proxy.readiness import Readiness
 from queue_proxy.stats import RequestStats
 

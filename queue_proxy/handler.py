@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from kapa import contract
+from kapa.core import contract
 from kapa.relay import FAILURE_BAD_REQUEST, FAILURE_UPSTREAM, Exchange, H2cTunnel, H2Stream, stream_status
 from queue_proxy.config import Config
 from queue_proxy.limiter import ADMITTED, QUEUED, ConcurrencyLimiter

@@ -15,8 +15,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from kapa import contract
-from kapa.histogram import cumulative_buckets
+from kapa.core import contract
+from kapa.core.histogram import cumulative_buckets
 from kapa.relay import Route
 from queue_proxy.stats import RequestStats, Snapshot
 

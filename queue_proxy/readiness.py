@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from kapa.log import get_logger
+from kapa.core.log import get_logger
 from queue_proxy.config import FIRST_READY_PROBE_INTERVAL_S, FIRST_READY_PROBE_TIMEOUT_S, ProbeConfig
 
 log = get_logger(__name__)

@@ -11,8 +11,8 @@ import gc
 import signal
 import time
 
-from kapa import contract
-from kapa.log import get_logger
+from kapa.core import contract
+from kapa.core.log import get_logger
 from kapa.relay import ClientTimeouts, RelayServer, Route, serve_routes
 from queue_proxy.config import Config
 from queue_proxy.drain import Drain

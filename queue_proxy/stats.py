@@ -15,8 +15,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from kapa.contract import CODE_CLASSES
-from kapa.histogram import bucket_index, empty_buckets
+from kapa.core.contract import CODE_CLASSES
+from kapa.core.histogram import bucket_index, empty_buckets
 
 
 @dataclass(frozen=True)

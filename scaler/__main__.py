@@ -19,16 +19,17 @@ from pathlib import Path
 import uvloop
 from aiohttp import web
 
-from kapa import contract
-from kapa.log import configure, get_logger
-from kapa.services import DEFAULT_CLUSTER_DOMAIN, ServiceKey, ServicesFileError
+from kapa.core import contract
+from kapa.core.log import configure, get_logger
+from kapa.core.services import DEFAULT_CLUSTER_DOMAIN, ServiceKey, ServicesFileError
 from gateway.admin_http import GATEWAY_KEY, get_routes
 from gateway.control import Gateway, GatewayConfig
 from gateway.follower import GatewayFollower
 from gateway.resources import ListenerConfig
 from gateway.routing import parse_endpoint
 from scaler.catalog import FileCatalog
-from scaler.config import AutoscalerConfig
+from scaler.config_file import load_config_file
+from kapa.core.settings import AutoscalerConfig
 from scaler.grpc_server import TlsFiles, start_grpc_server
 from scaler.http_api import make_app
 from scaler.loop import Actuator, Scaler
@@ -94,10 +95,10 @@ async def _kubernetes_scaler(
 ) -> tuple[Scaler, Gateway | None]:
     """The scaler over the enrolled Deployments, its actuators and, with --xds-port, the gateway; its
     watches' follower tasks go to `background`."""
-    from kapa.deployments import DeploymentCatalog
-    from kapa.endpoints import KubernetesEndpointSource
-    from kapa.kubeclient import api_client
-    from kapa.scaledobject import KEDA_API_VERSION, horizontal_pod_autoscaler, scaled_object
+    from kapa.kube.deployments import DeploymentCatalog
+    from kapa.kube.endpoints import KubernetesEndpointSource
+    from kapa.kube.client import api_client
+    from kapa.kube.scaledobject import KEDA_API_VERSION, horizontal_pod_autoscaler, scaled_object
     from scaler.kubernetes import AnnotationReporter, EndpointSliceReadyPods, ObjectActuator, ScaleActuator
 
     api = api_client(args.kubeconfig)
@@ -142,7 +143,7 @@ async def _kubernetes_scaler(
 
 async def serve(args: argparse.Namespace) -> int:
     if args.config is not None:
-        config, errors = AutoscalerConfig.load_file(args.config)
+        config, errors = load_config_file(args.config)
         for error in errors:
             log.warning("invalid config-autoscaler setting; using the default", key=error.key, error=error.message)
     else:

@@ -1,7 +1,7 @@
 """Which services the scaler decides for: a protocol, a services file, and a fixed in-memory list.
 
 The loop asks `services()` every tick, so a catalog only has to keep its answer current: the file catalog
-re-reads its file when it changes, the Kubernetes one (kapa.deployments.DeploymentCatalog) keeps a watch's
+re-reads its file when it changes, the Kubernetes one (kapa.kube.deployments.DeploymentCatalog) keeps a watch's
 view of the enrolled Deployments.
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from kapa.log import get_logger
-from kapa.services import ServiceKey, ServicesFileError, ServiceSpec, load_services
+from kapa.core.log import get_logger
+from kapa.core.services import ServiceKey, ServicesFileError, ServiceSpec, load_services
 
 log = get_logger(__name__)
 
@@ -47,7 +47,7 @@ class StaticCatalog:
 
 
 class FileCatalog:
-    """Services from a services file (kapa.services format), re-read whenever its mtime or size changes.
+    """Services from a services file (kapa.core.services format), re-read whenever its mtime or size changes.
 
     A file that becomes unreadable or malformed is logged (once per change) and the last good list is kept:
     a typo while editing must not make every service vanish and scale to zero.

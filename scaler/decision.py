@@ -34,8 +34,8 @@ import math
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
-from kapa.contract import CLASS_HPA, METRIC_CPU, MODE_PROXY, MODE_SERVE
-from scaler.config import ServiceConfig
+from kapa.core.contract import CLASS_HPA, METRIC_CPU, MODE_PROXY, MODE_SERVE
+from kapa.core.settings import ServiceConfig
 
 #: How often the scaler decides for every service (Knative's decider tick).
 TICK_INTERVAL_S: Final = 2.0
@@ -65,7 +65,7 @@ class Decision:
 
     `desired_pods` is what the Deployment should have after every bound, delay and grace period.
     `mode` is MODE_PROXY when the activator must stay in the request path (the scaler wants zero pods, the
-    excess burst capacity is negative, or no pod is ready), else MODE_SERVE (kapa.contract).
+    excess burst capacity is negative, or no pod is ready), else MODE_SERVE (kapa.core.contract).
     """
 
     desired_pods: int

@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from kapa import contract
-from kapa.services import ServiceKey
+from kapa.core import contract
+from kapa.core.services import ServiceKey
 from scaler.decision import Decision
 
 _LABELS = (contract.LABEL_NAMESPACE, contract.LABEL_SERVICE)

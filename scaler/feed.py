@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from kapa.services import ServiceKey
+from kapa.core.services import ServiceKey
 from scaler.decision import Decision
 
 

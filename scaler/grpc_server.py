@@ -22,8 +22,8 @@ from pathlib import Path
 import grpc
 from google.protobuf.message import DecodeError
 
-from kapa.log import get_logger
-from kapa.services import ServiceKey
+from kapa.core.log import get_logger
+from kapa.core.services import ServiceKey
 from scaler.decision import Decision
 from scaler.loop import Scaler
 from scaler.proto import externalscaler_pb2 as pb

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from kapa import contract
-from kapa.services import ServiceKey
+from kapa.core import contract
+from kapa.core.services import ServiceKey
 from scaler.loop import DecisionRecord, Scaler, UnknownService
 
 SCALER_KEY: web.AppKey[Scaler] = web.AppKey("scaler", Scaler)

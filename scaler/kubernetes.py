@@ -1,15 +1,15 @@
-"""The scaler's Kubernetes edges: how many pods of each enrolled Deployment (kapa.deployments' catalog) are
+"""The scaler's Kubernetes edges: how many pods of each enrolled Deployment (kapa.kube.deployments' catalog) are
 ready, setting their scale (`actuator: direct`), and telling their owners about bad annotations.
 
 - `AnnotationReporter`, the catalog's listener: when an enrolled Deployment's annotations change, each
   rejected value becomes a Warning Event on the Deployment naming the key and the problem (and a log
   line), once per change.
-- `EndpointSliceReadyPods` counts ready endpoints per Service from EndpointSlices (kapa.endpoints' watch):
+- `EndpointSliceReadyPods` counts ready endpoints per Service from EndpointSlices (kapa.kube.endpoints' watch):
   the same readiness Kubernetes routes by. Unknown (None) until the first list has arrived.
 - `ScaleActuator` patches `deployments/scale` to each decision's desired_pods when it differs from the
   Deployment's replicas as last seen by the catalog (so an unchanged decision costs no API call); 0 is a
   valid count with `actuator: direct`, KEDA's with `actuator: keda`.
-- `ObjectActuator` keeps an object per enrolled Deployment: a KEDA ScaledObject (kapa.scaledobject) with
+- `ObjectActuator` keeps an object per enrolled Deployment: a KEDA ScaledObject (kapa.kube.scaledobject) with
   `actuator: keda`, pointing KEDA's external-push trigger at the scaler's gRPC address (or, for Knative's
   HPA class, KEDA's cpu/memory trigger); with `actuator: direct` an HPA for each Deployment of the HPA class.
 
@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
 from typing import Any
 
-from kapa import contract
-from kapa.deployments import DeploymentCatalog
-from kapa.endpoints import KubernetesEndpointSource
-from kapa.log import get_logger
-from kapa.webhook import event_name
-from kapa.services import ServiceKey, ServiceSpec
-from scaler.config import AutoscalerConfig, ConfigError, service_config
+from kapa.kube.deployments import DeploymentCatalog
+from kapa.kube.endpoints import KubernetesEndpointSource
+from kapa.core.log import get_logger
+from kapa.kube.events import EventRecorder
+from kapa.core.services import ServiceKey, ServiceSpec
+from kapa.core.settings import AutoscalerConfig, service_config
 from scaler.decision import Decision
 
 log = get_logger(__name__)
@@ -40,64 +38,28 @@ EVENT_SOURCE = "kapa-scaler"
 WRITE_ATTEMPTS = 5
 
 
-def bad_annotation_event(deployment: Mapping[str, Any], error: ConfigError) -> dict[str, Any]:
-    """A core/v1 Warning Event on the Deployment naming the annotation and its problem.
-
-    Named as the webhook names its Event about the same problem (`kapa.webhook.event_name`), so the API
-    server keeps one Event whichever of the two reports it first; the second creation is a conflict."""
-    metadata = deployment["metadata"]
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    involved = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "namespace": metadata["namespace"],
-        "name": metadata["name"], "uid": metadata.get("uid"),
-    }
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"name": event_name(error, involved), "namespace": metadata["namespace"]},
-        "involvedObject": involved,
-        "type": "Warning",
-        "reason": contract.EVENT_REASON_INVALID_ANNOTATION,
-        "message": f"annotation {error.key}: {error.message}",
-        "source": {"component": EVENT_SOURCE},
-        "firstTimestamp": stamp,
-        "lastTimestamp": stamp,
-        "count": 1,
-    }
-
-
 class AnnotationReporter:
     """The catalog's SpecListener: each rejected annotation of a new or changed enrolled Deployment becomes a
-    log line and a Warning Event on the Deployment naming the key and the problem, once per change."""
+    log line and a Warning Event on the Deployment naming the key and the problem (kapa.kube.events)."""
 
     def __init__(self, api: Any, config: AutoscalerConfig) -> None:
-        self._api = api
+        self._events = EventRecorder(api, EVENT_SOURCE)
         self._config = config
 
     def __call__(self, deployment: Mapping[str, Any], spec: ServiceSpec) -> None:
         _, errors = service_config(self._config, spec)
         for error in errors:
             log.warning("invalid autoscaling annotation; using the default", service=error.service, key=error.key,
-                        error=error.message)
-            asyncio.get_running_loop().create_task(self._create_event(bad_annotation_event(deployment, error)))
-
-    async def _create_event(self, event: dict[str, Any]) -> None:
-        from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
-
-        core = client.CoreV1Api(self._api)
-        namespace = event["metadata"]["namespace"]
-        try:
-            await asyncio.to_thread(core.create_namespaced_event, namespace, event)
-        except ApiException as error:
-            if error.status != 409:  # 409: recorded already (by the webhook, or before a scaler restart)
-                log.warning("cannot create event", namespace=namespace, error=repr(error))
-        except Exception as error:  # noqa: BLE001 - an event is a courtesy; the log line already went out
-            log.warning("cannot create event", namespace=namespace, error=repr(error))
+                        error=error.message)  # fmt: skip
+        if errors:
+            metadata = deployment["metadata"]
+            involved = {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": metadata["namespace"],
+                        "name": metadata["name"], "uid": metadata.get("uid")}  # fmt: skip
+            self._events.record({k: str(v) for k, v in involved.items() if v}, errors)
 
 
 class _ListedEndpointSource(KubernetesEndpointSource):
-    """kapa.endpoints' EndpointSlice watch, remembering whether its first list has arrived."""
+    """kapa.kube.endpoints' EndpointSlice watch, remembering whether its first list has arrived."""
 
     listed = False
 
@@ -231,7 +193,7 @@ class ObjectActuator:
     def _delete(self, key: ServiceKey) -> None:
         from kubernetes.client.rest import ApiException
 
-        from kapa.scaledobject import MANAGED_BY_LABELS
+        from kapa.kube.scaledobject import MANAGED_BY_LABELS
 
         where = (self._group, self._version, key.namespace, self._plural)
         try:

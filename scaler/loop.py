@@ -17,6 +17,12 @@ in panic if the service is, counting down the same grace period. And it must not
 new. A service's first decision waits until its ready pods are known (a tick never guesses them as
 zero), and a service that shows it existed before (ready pods, requests in Prometheus, a workload the catalog
 says is set to zero: observations.existed_before) does not get initial-scale again.
+
+Scaling policy: each decision is `scaler.policy.decide_with_policy`, Knative's rules, adjusted for a service
+annotated `kapa.dev/scaling-policy: predictive` by what its load history predicts. The metrics source
+supplies that history (observations.LoadHistorySource; one batched query per tick, for the services with
+that policy only), so the policy too is a function of what Prometheus holds, and the catch-up replays
+Knative's state alone: the policy keeps none.
 """
 
 from __future__ import annotations
@@ -29,15 +35,16 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from kapa.contract import CLASS_HPA
-from kapa.log import get_logger
-from kapa.services import ServiceKey, ServiceSpec
+from kapa.core.contract import CLASS_HPA, SCALING_POLICY_PREDICTIVE
+from kapa.core.log import get_logger
+from kapa.core.services import ServiceKey, ServiceSpec
 from scaler.catalog import ReplicaRecord, ServiceCatalog
-from scaler.config import AutoscalerConfig, ServiceConfig, service_config
+from kapa.core.settings import AutoscalerConfig, ServiceConfig, service_config
 from scaler.decision import TICK_INTERVAL_S, Decision, DecisionState, Observation, decide, delegated_decision
 from scaler.exported_metrics import ScalerTelemetry
 from scaler.feed import DecisionChange, DecisionFeed
 from scaler.observations import (
+    LoadHistorySource,
     MetricsSnapshot,
     MetricsSource,
     ReadyPodCounter,
@@ -45,6 +52,7 @@ from scaler.observations import (
     existed_before,
     observed_value,
 )
+from scaler.policy import LoadHistory, decide_with_policy
 
 log = get_logger(__name__)
 
@@ -125,6 +133,7 @@ class Scaler:
         self.catalog = catalog
         self.metrics = metrics
         self.ready_pod_counter = ready_pods
+        self._history_source = metrics if isinstance(metrics, LoadHistorySource) else None
         self.actuators = tuple(actuators)
         self._replica_record = catalog if isinstance(catalog, ReplicaRecord) else None
         self.clock = clock
@@ -132,6 +141,9 @@ class Scaler:
         self.telemetry = ScalerTelemetry(self._latest_decisions, lambda: self._snapshot.stale)
         self._services: dict[ServiceKey, _Service] = {}
         self._windows: set[WindowQuery] = set()
+        #: The services whose policy learns from their load history, and the histories of the last tick.
+        self._learning: tuple[ServiceKey, ...] = ()
+        self._histories: Mapping[ServiceKey, LoadHistory] = {}
         self._snapshot = MetricsSnapshot.unavailable(0.0)
         self._feeds_by_key: dict[ServiceKey, set[DecisionFeed]] = {}
         self._feeds_all: set[DecisionFeed] = set()
@@ -231,8 +243,8 @@ class Scaler:
                     key=error.key,
                     error=error.message,
                 )
-            stable_query = WindowQuery.for_window(config.metric, config.stable_window_s)
-            panic_query = WindowQuery.for_window(config.metric, config.panic_window_s)
+            stable_query = WindowQuery.for_window(config.metric, config.stable_window_s, config.aggregation)
+            panic_query = WindowQuery.for_window(config.metric, config.panic_window_s, config.aggregation)
             if current is None:
                 history: deque[DecisionRecord] = deque(maxlen=self.history_length)
                 self._services[key] = _Service(key, spec, config, stable_query, panic_query, history)
@@ -242,6 +254,8 @@ class Scaler:
         if changed:  # the HPA class's services are not observed: the HPA reads their pods' resource use
             self._windows = {query for s in self._services.values() if s.config.autoscaler_class != CLASS_HPA
                              for query in (s.stable_query, s.panic_query)}
+            self._learning = tuple(key for key, s in self._services.items()
+                                   if s.config.scaling_policy == SCALING_POLICY_PREDICTIVE)
 
     def _observation(self, service: _Service, poked: bool) -> Observation | None:
         """This tick's observation; None while a service never decided for has no known ready-pod count."""
@@ -282,7 +296,8 @@ class Scaler:
                 if observation is None:
                     return None
                 state = service.state if service.state.started else self._first_state(service)
-                decision, state = decide(service.config, observation, state, now)
+                history = self._histories.get(service.key)
+                decision, state = decide_with_policy(service.config, observation, history, state, now)
         except Exception:
             if not service.failed:
                 service.failed = True
@@ -359,7 +374,9 @@ class Scaler:
         started = time.perf_counter()
         self.refresh_services()
         if self._services:
-            self._snapshot = await self.metrics.observe(self.windows(), at)
+            self._snapshot, self._histories = await asyncio.gather(
+                self.metrics.observe(self.windows(), at), self._load_histories(at)
+            )
         decisions: dict[ServiceKey, Decision] = {}
         for key, service in self._services.items():
             decision = self._decide(service, at, poked=False)
@@ -369,6 +386,13 @@ class Scaler:
         self.last_tick_at = at
         await self._apply(decisions)
         return decisions
+
+    async def _load_histories(self, at: float) -> Mapping[ServiceKey, LoadHistory]:
+        """The load histories of the services with the predictive policy (none when the metrics source
+        keeps none: the policy then says so and leaves Knative's decision alone)."""
+        if not self._learning or self._history_source is None:
+            return {}
+        return await self._history_source.load_histories(self._learning, at)
 
     async def poke(self, key: ServiceKey) -> Decision | None:
         """The activator's demand signal: decide for this service at once (poked) and apply, without waiting

@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from kapa import contract
-from kapa.services import ServiceKey
+from kapa.core import contract
+from kapa.core.services import ServiceKey
+from kapa.core.settings import AGGREGATION_LINEAR
+from scaler.policy import LoadHistory
 
 #: rate() needs two samples inside its range, and with scrapes every SCALING_SCRAPE_INTERVAL_S a range much
 #: shorter than three intervals often holds only one. Shorter windows (a 6 s stable window at 10 % gives a
@@ -25,15 +27,17 @@ MIN_QUERY_WINDOW_S = 3.0 * contract.SCALING_SCRAPE_INTERVAL_S
 
 @dataclass(frozen=True, order=True)
 class WindowQuery:
-    """One metric averaged over one window: services sharing both are answered by one query."""
+    """One metric averaged over one window, linearly or with Knative's weighted-exponential average
+    (`metric-aggregation-algorithm`): services sharing all three are answered by one query."""
 
     metric: str
     window_s: float
+    aggregation: str = AGGREGATION_LINEAR
 
     @classmethod
-    def for_window(cls, metric: str, window_s: float) -> WindowQuery:
+    def for_window(cls, metric: str, window_s: float, aggregation: str = AGGREGATION_LINEAR) -> WindowQuery:
         """The query for a configured window, widened to MIN_QUERY_WINDOW_S if shorter."""
-        return cls(metric, max(window_s, MIN_QUERY_WINDOW_S))
+        return cls(metric, max(window_s, MIN_QUERY_WINDOW_S), aggregation)
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,14 @@ class MetricsSource(Protocol):
     """Answers all of a tick's window queries at once; never raises for an unreachable backend (stale)."""
 
     async def observe(self, queries: Collection[WindowQuery], at: float) -> MetricsSnapshot: ...
+
+
+@runtime_checkable
+class LoadHistorySource(Protocol):
+    """Each service's recent load, which the predictive policy learns from (a metrics source may offer it:
+    PrometheusMetrics does). Never raises for an unreachable backend: the answer is then empty."""
+
+    async def load_histories(self, keys: Collection[ServiceKey], at: float) -> Mapping[ServiceKey, LoadHistory]: ...
 
 
 class ReadyPodCounter(Protocol):

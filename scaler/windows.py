@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import accumulate
 
-from scaler.config import AGGREGATION_WEIGHTED_EXPONENTIAL
+from kapa.core.settings import AGGREGATION_WEIGHTED_EXPONENTIAL
 
 #: Knative's weighted-exponential average gives the window's buckets weights summing to this.
 _WEIGHT_MASS = 0.9999
@@ -54,6 +54,11 @@ class BucketSeries:
 
     def values(self) -> list[float]:
         return list(self._values)
+
+    def recent(self, end: int, buckets: int) -> tuple[float, ...]:
+        """The values of the `buckets` buckets before index `end` (fewer when fewer exist), oldest first."""
+        end = min(end, len(self._values))
+        return tuple(self._values[max(0, end - buckets) : end])
 
     def average(self, end: int, buckets: int, aggregation: str) -> float | None:
         """Average of the `buckets` buckets before index `end` (exclusive); None when there is none.

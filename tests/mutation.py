@@ -61,7 +61,7 @@ class Target:
 
 TARGETS = (
     Target("scaler.decision", ("tests/scaler/test_decision.py", "tests/scaler/test_decision_exact.py")),
-    Target("scaler.config", ("tests/scaler/test_config.py",)),
+    Target("kapa.core.settings", ("tests/kapa/core/test_settings.py",)),
     Target("queue_proxy.limiter", ("tests/queue_proxy/test_limiter.py",)),
     Target("queue_proxy.stats", ("tests/queue_proxy/test_stats.py",)),
     # Where the queue-proxy's relay handler counts exchanges and streams into RequestStats (the rest of the

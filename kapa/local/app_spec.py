@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from kapa.services import ServiceEntry
+from kapa.core.services import ServiceEntry
 
 _KEYS = frozenset({"command", "portEnv", "readinessPath", "env"})
 

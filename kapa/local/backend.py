@@ -27,13 +27,14 @@ from typing import Protocol
 
 import aiohttp
 
-from kapa import contract
+from kapa.core import contract
 from kapa.local.app_spec import AppSpec
 from kapa.local.ports import LOOPBACK, PortAllocator
 from kapa.local.processes import Child, Supervisor
-from kapa.log import get_logger
-from kapa.prometheus_server import ScrapeTarget
-from kapa.services import Endpoint, ServiceEntry, ServiceKey
+from kapa.core.log import get_logger
+from kapa.local.prometheus import ScrapeTarget
+from kapa.core.settings import SidecarSettings, sidecar_settings
+from kapa.core.services import Endpoint, ServiceEntry, ServiceKey
 from scaler.decision import Decision
 
 log = get_logger(__name__)
@@ -61,7 +62,7 @@ class EndpointSink(Protocol):
 
 
 class ScrapeTargetSink(Protocol):
-    """Something that tells Prometheus which queue-proxies to scrape (kapa.prometheus_server)."""
+    """Something that tells Prometheus which queue-proxies to scrape (kapa.local.prometheus)."""
 
     def set_targets(self, targets: Iterable[ScrapeTarget]) -> None: ...
 
@@ -107,8 +108,7 @@ class _Service:
     entry: ServiceEntry
     app: AppSpec
     #: Knative's containerConcurrency and timeoutSeconds, from the kapa.dev annotations.
-    container_concurrency: int
-    timeout_s: int
+    sidecar: SidecarSettings
     desired: int = 0
     replicas: list[Replica] = field(default_factory=list)
     failures: int = 0
@@ -123,21 +123,6 @@ class _Service:
 async def _first_exit(*children: Child) -> None:
     await asyncio.wait([asyncio.ensure_future(child.process.wait()) for child in children],
                        return_when=asyncio.FIRST_COMPLETED)
-
-
-def _non_negative_int(entry: ServiceEntry, annotation: str, default: int) -> int:
-    raw = entry.spec.annotations.get(annotation)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-        if value < 0:
-            raise ValueError
-    except ValueError:
-        log.error("invalid annotation, using the default", service=str(entry.spec.key), key=annotation,
-                  value=raw, default=default)
-        return default
-    return value
 
 
 class LocalBackend:
@@ -156,12 +141,8 @@ class LocalBackend:
             key: _Service(
                 entry,
                 app,
-                _non_negative_int(
-                    entry, contract.ANNOTATION_CONTAINER_CONCURRENCY, contract.DEFAULT_CONTAINER_CONCURRENCY
-                ),
-                _non_negative_int(
-                    entry, contract.ANNOTATION_TIMEOUT_SECONDS, contract.DEFAULT_REVISION_TIMEOUT_SECONDS
-                ),
+                # Rejected values are the scaler's to report (it logs every annotation problem once).
+                sidecar_settings(entry.spec)[0],
             )
             for key, (entry, app) in services.items()
         }
@@ -268,8 +249,8 @@ class LocalBackend:
             contract.ENV_ADMIN_PORT: str(ports.admin),
             contract.ENV_SERVING_NAMESPACE: entry.spec.key.namespace,
             contract.ENV_SERVING_SERVICE: entry.spec.key.name,
-            contract.ENV_CONTAINER_CONCURRENCY: str(service.container_concurrency),
-            contract.ENV_REVISION_TIMEOUT_SECONDS: str(service.timeout_s),
+            contract.ENV_CONTAINER_CONCURRENCY: str(service.sidecar.container_concurrency),
+            contract.ENV_REVISION_TIMEOUT_SECONDS: f"{service.sidecar.timeout_s:g}",
             contract.ENV_DRAIN_SECONDS: str(self._drain_s),
             contract.ENV_SERVING_READINESS_PROBE: service.app.readiness_probe(ports.app),
             contract.ENV_BIND_ADDRESS: LOOPBACK,
@@ -293,7 +274,7 @@ class LocalBackend:
             await self._publish_endpoints(service)
             if replica.drain_requested.is_set():
                 # The queue-proxy drains (finishes what it holds, waits for quiet) and exits on SIGTERM.
-                await self._supervisor.stop(proxy, self._drain_s + service.timeout_s)
+                await self._supervisor.stop(proxy, self._drain_s + service.sidecar.timeout_s)
             else:
                 self._record_failure(service, replica, app, proxy, became_ready)
         finally:

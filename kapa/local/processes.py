@@ -1,23 +1,52 @@
 """Child processes of `kapa up`, each in its own process group, so stopping one stops everything it started.
 
 Every child is started through one `Supervisor`, which remembers it until it has exited: whatever else goes
-wrong, `stop_all()` leaves no process behind (a test checks it). A `Keeper` starts a part of `kapa up`
-again whenever it exits, as a kubelet restarts a container (restartPolicy Always, CrashLoopBackOff).
+wrong, `stop_all()` leaves no process behind (a test checks it). And since a SIGKILLed `kapa up` runs no
+stop at all, every child also dies with it (`die_with_parent`, Linux's parent-death signal). A `Keeper`
+starts a part of `kapa up` again whenever it exits, as a kubelet restarts a container (restartPolicy
+Always, CrashLoopBackOff).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kapa.log import get_logger
+from kapa.core.log import get_logger
 
 log = get_logger(__name__)
+
+#: prctl(2) option: the signal the calling process gets when its parent dies (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
+# Loaded here, not in the forked child, where nothing should be looked up or loaded.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A `preexec_fn` for a child of this process: Linux SIGKILLs the child when this process dies, however
+    it dies (SIGKILL, a crash), so a `kapa up` that cannot run its stop still leaves nothing running.
+
+    SIGKILL because nothing is left to escalate to it after a SIGTERM that is ignored. The signal comes
+    when the *thread* that started the child ends: kapa up starts every child from its event loop's thread,
+    which lives as long as it does. A parent that died before the prctl took effect is caught by comparing
+    the parent pid, as prctl(2) advises.
+    """
+    parent_pid = os.getpid()
+
+    def in_child() -> None:
+        if _prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"prctl(PR_SET_PDEATHSIG): {os.strerror(error)}")
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return in_child
 
 
 @dataclass(eq=False)
@@ -38,7 +67,8 @@ class Child:
 
 
 class Supervisor:
-    """Starts children in new sessions (own process groups) and stops whole groups: SIGTERM, wait, SIGKILL."""
+    """Starts children in new sessions (own process groups), each dying with this process, and stops whole
+    groups: SIGTERM, wait, SIGKILL."""
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
@@ -71,6 +101,7 @@ class Supervisor:
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
         child = Child(name, process, log_path)
         self._children.add(child)

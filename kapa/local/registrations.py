@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 
 import aiohttp
 
-from kapa import contract
+from kapa.core import contract
 from kapa.local.scaler_process import READY_PODS_PATH
-from kapa.log import get_logger
-from kapa.services import Endpoint, ServiceKey
+from kapa.core.log import get_logger
+from kapa.core.services import Endpoint, ServiceKey
 from scaler.decision import Decision
 
 log = get_logger(__name__)

@@ -31,10 +31,10 @@ import uvloop
 from aiohttp import web
 
 from kapa.local.ports import LOOPBACK
-from kapa.log import configure, get_logger
-from kapa.services import ServiceKey, load_services
+from kapa.core.log import configure, get_logger
+from kapa.core.services import ServiceKey, load_services
 from scaler.catalog import StaticCatalog
-from scaler.config import AutoscalerConfig
+from kapa.core.settings import AutoscalerConfig
 from scaler.decision import Decision
 from scaler.http_api import make_app
 from scaler.loop import Scaler

@@ -45,17 +45,17 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from kapa import contract
+from kapa.core import contract
 from kapa.local.app_spec import AppSpec
 from kapa.local.backend import LOCAL_DRAIN_SECONDS, EndpointSink, LocalBackend
 from kapa.local.ports import LOOPBACK, PortAllocator
 from kapa.local.processes import Child, Keeper, Supervisor
 from kapa.local.registrations import ActivatorEndpoints, GatewayRoutes, ScalerReadyPods
 from kapa.local.scaler_process import DECISIONS_PATH, decisions_from_json
-from kapa.log import get_logger
-from kapa.prometheus_server import DEFAULT_BINARY, PrometheusServer, ScrapeTarget
-from kapa.services import ServiceEntry, ServiceKey
-from scaler.config import AutoscalerConfig
+from kapa.core.log import get_logger
+from kapa.local.prometheus import DEFAULT_BINARY, PrometheusServer, ScrapeTarget
+from kapa.core.services import ServiceEntry, ServiceKey
+from kapa.core.settings import AutoscalerConfig
 from scaler.decision import Decision
 from scaler.prometheus_source import PrometheusMetrics, PrometheusQueryError
 

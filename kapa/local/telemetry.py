@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from kapa import contract
-from kapa.services import ServiceKey
+from kapa.core import contract
+from kapa.core.services import ServiceKey
 from scaler.observations import WindowQuery
 from scaler.prometheus_source import window_promql
 

@@ -4,7 +4,9 @@
 
 Starts a real Prometheus, the scaler, the activator and each service's replicas as local processes on
 loopback, then shows what the scaler sees and decides, live; a part that exits is started again (and the
-view says so). Ctrl-C stops everything.
+view says so). While it runs, `kapa explain SERVICE` finds its scaler. Ctrl-C stops everything, and so does
+the loss of stdout's reader (`kapa up | head -1`); if kapa up is killed, its processes die with it
+(kapa.local.processes).
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import shlex
+import shutil
 import signal
 import sys
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -22,16 +28,20 @@ import yaml
 from rich.console import Console
 from rich.live import Live
 
-from kapa.contract import SCALER_EXPLAIN_PATH
+from kapa.core.contract import SCALER_EXPLAIN_PATH
 from kapa.local.app_spec import AppSpec, AppSpecError, app_spec
 from kapa.local.backend import LOCAL_DRAIN_SECONDS
 from kapa.local.stack import LocalStack, StackOptions
 from kapa.local.telemetry import Telemetry, TelemetryReader
 from kapa.local.view import ReplicaHistory, ServiceStatus, change_line, render, restart_lines
-from kapa.log import configure
-from kapa.prometheus_server import PrometheusNotInstalled
-from kapa.services import ServiceEntry, ServiceKey, ServicesFileError, load_services, parse_services
-from scaler.config import AutoscalerConfig
+from kapa.core.log import configure, get_logger
+from kapa.local.prometheus import PrometheusNotInstalled
+from kapa.core.services import ServiceEntry, ServiceKey, ServicesFileError, load_services, parse_services
+from scaler.config_file import load_config_file
+from scaler.explain import announce_local_scaler
+from kapa.core.settings import AutoscalerConfig, service_config
+
+log = get_logger(__name__)
 
 REFRESH_S = 1.0
 DEFAULT_SERVICES = "default_services.yaml"
@@ -39,6 +49,25 @@ PROMETHEUS_MISSING = (
     "kapa up: Prometheus is not installed ({binary} is missing). Kapa's scaler reads real Prometheus.\n"
     "  Install it with `make setup` (in the Kapa checkout), or `sudo apt-get install prometheus`, then run again."
 )
+
+
+def kapa_command() -> str:
+    """The command that runs this same `kapa` from any directory, to print in commands meant to be pasted:
+    `kapa` when PATH finds this very script; else the script's absolute path (`make up` runs .venv/bin/kapa,
+    which is not on PATH); `PYTHON -m kapa` when started that way."""
+    script = Path(sys.argv[0])
+    if script.name != "kapa":  # python -m kapa (argv[0] is kapa/__main__.py)
+        return f"{shlex.quote(sys.executable)} -m kapa"
+    on_path = shutil.which("kapa")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "kapa"
+    return shlex.quote(os.path.abspath(script))
+
+
+def setting_warnings(entries: list[ServiceEntry], config: AutoscalerConfig) -> list[str]:
+    """Each service's rejected annotations, as the scaler (and the activator) will reject them, each then
+    using its default. Those log to their own files under logs/; kapa up says it where the user looks."""
+    return [str(error) for entry in entries for error in service_config(config, entry.spec)[1]]
 
 
 def default_services_text() -> str:
@@ -85,33 +114,65 @@ def main(argv: list[str]) -> int:
         print("kapa up: the services file lists no service", file=sys.stderr)
         return 2
     config = AutoscalerConfig.default()
+    warnings: list[str] = []
     if args.config is not None:
         if not args.config.is_file():
             print(f"kapa up: --config {args.config}: no such file", file=sys.stderr)
             return 2
-        config, errors = AutoscalerConfig.load_file(args.config)
-        for error in errors:  # each bad value costs only itself: its default is used
-            print(f"kapa up: warning: {error}", file=sys.stderr)
+        config, errors = load_config_file(args.config)
+        warnings += [str(error) for error in errors]
+    # Each bad value costs only itself: its default is used.
+    warnings += setting_warnings(entries, config)
+    for warning in warnings:
+        print(f"kapa up: warning: {warning}", file=sys.stderr)
     live_view = not args.no_view and sys.stdout.isatty()
     options = StackOptions(services_file=args.services, config=config, entry_port=args.port, envoy=args.envoy,
                            drain_s=args.drain_seconds)
-    return uvloop.run(_run(entries, apps, options, live_view))
+    return uvloop.run(_run(entries, apps, options, live_view, warnings))
+
+
+class Output:
+    """kapa up's lines on stdout, which may be a pipe whose reader is gone: `kapa up | head -1`, or a
+    `| tee log` that the same Ctrl-C ended first. Then `lost()` is called once (kapa up stops, as any writer
+    to a closed pipe does) and every later line is dropped, so no print can cut kapa up's stop short."""
+
+    def __init__(self, lost: Callable[[], None]) -> None:
+        self._lost = lost
+        self.closed = False
+
+    def line(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:
+            self.closed = True
+            # The interpreter flushes stdout once more at exit: let that flush reach /dev/null, not fail.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            log.info("stdout closed (its reader exited); stopping")
+            self._lost()
 
 
 async def _run(entries: list[ServiceEntry], apps: dict[ServiceKey, AppSpec], options: StackOptions,
-               live_view: bool) -> int:
+               live_view: bool, warnings: Sequence[str] = ()) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # SIGHUP: the terminal closed; still stop everything rather than die and orphan the children.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, stop.set)
     configure()
+    output = Output(stop.set)
     stack = LocalStack(entries, apps, options, default_services_text())
     if live_view:
-        # The screen belongs to the view: logs go to a file next to the children's.
+        # The screen belongs to the view: logs go to a file next to the children's, with the warnings main()
+        # printed (without the view, kapa up's log is stderr, where they already are).
         handler = logging.getLogger().handlers[0]
         assert isinstance(handler, logging.StreamHandler)
         handler.setStream(open(stack.log_dir / "kapa-up.log", "a"))
+        for warning in warnings:
+            log.warning("bad setting; its default is used", problem=warning)
     try:
         await stack.start()
     except PrometheusNotInstalled:
@@ -122,37 +183,44 @@ async def _run(entries: list[ServiceEntry], apps: dict[ServiceKey, AppSpec], opt
         print(f"kapa up: could not start: {error}", file=sys.stderr)
         await stack.stop()
         return 1
+    # Where `kapa explain` without --scaler finds this scaler.
+    announcement = announce_local_scaler(stack.scaler_url)
     try:
-        header = _banner(stack)
+        header = _banner(stack, kapa_command())
         if not live_view:
             for line in header:
-                print(line, flush=True)
-        await _show(stack, stop, header, Console() if live_view else None)
+                output.line(line)
+        await _show(stack, stop, header, output, Console() if live_view else None)
     finally:
-        print("kapa up: stopping: scaler, replicas, activator, Prometheus", flush=True)
+        announcement.unlink(missing_ok=True)
+        output.line("kapa up: stopping: scaler, replicas, activator, Prometheus")
         await stack.stop()
-        print("kapa up: stopped", flush=True)
+        output.line("kapa up: stopped")
     return 0
 
 
-def _banner(stack: LocalStack) -> list[str]:
+def _banner(stack: LocalStack, kapa: str) -> list[str]:
+    """Where things are, with commands that work pasted as printed (`kapa` is `kapa_command()`)."""
     first = stack.entries[0].spec.key
     lines = [
         f"kapa up: running {len(stack.entries)} service(s); logs in {stack.log_dir}; Ctrl-C stops everything",
         f"Send traffic to {stack.entry_url} with a Host header ({stack.traffic_path}), for example:",
-        f"  kapa load -c 50 -z 30s -H 'Host: {first.name}.{first.namespace}' --sleep 100 {stack.entry_url}/",
+        f"  {kapa} load -c 50 -z 30s -H 'Host: {first.name}.{first.namespace}' --sleep 100 {stack.entry_url}/",
         f"Prometheus: {stack.prometheus.url}",
     ]
     lines += [f"Explain:    {stack.scaler_url}{SCALER_EXPLAIN_PATH.format(namespace=key.namespace, name=key.name)}"
               for key in (entry.spec.key for entry in stack.entries)]
-    lines.append(f"            in words: kapa explain {first} --scaler {stack.scaler_url}")
+    lines.append(f"            in words: {kapa} explain {first} --scaler {stack.scaler_url}")
     return lines
 
 
-async def _show(stack: LocalStack, stop: asyncio.Event, header: list[str], console: Console | None) -> None:
+async def _show(stack: LocalStack, stop: asyncio.Event, header: list[str], output: Output,
+                console: Console | None) -> None:
     """Refresh the view (or print changes, and each restart of a part) every REFRESH_S until stopped."""
     telemetry_source = TelemetryReader(stack.prometheus.url, stack.activator_metrics_url)
     history = ReplicaHistory()
+    # The unit of each service's observed values and target, as the scaler resolves it.
+    metrics = {entry.spec.key: service_config(stack.options.config, entry.spec)[0].metric for entry in stack.entries}
     previous: dict[ServiceKey, ServiceStatus] = {}
     restarts_seen: dict[str, int] = {}
     live = Live(console=console, refresh_per_second=4, transient=False) if console else None
@@ -161,7 +229,7 @@ async def _show(stack: LocalStack, stop: asyncio.Event, header: list[str], conso
             live.start()
         while not stop.is_set():
             telemetry = await telemetry_source.read()
-            statuses = [_status(stack, key, telemetry, history) for key in stack.backend.keys]
+            statuses = [_status(stack, key, metrics[key], telemetry, history) for key in stack.backend.keys]
             restarts = stack.restarts()
             if live:
                 live.update(render(statuses, [*header, *restart_lines(restarts)]))
@@ -169,11 +237,11 @@ async def _show(stack: LocalStack, stop: asyncio.Event, header: list[str], conso
                 for status in statuses:
                     line = change_line(previous.get(status.key), status)
                     if line:
-                        print(line, flush=True)
+                        output.line(line)
                     previous[status.key] = status
                 for part, count in restarts.items():
                     if count != restarts_seen.get(part, 0):
-                        print(f"part={part} restarts={count}", flush=True)
+                        output.line(f"part={part} restarts={count}")
                 restarts_seen = dict(restarts)
             try:
                 await asyncio.wait_for(stop.wait(), REFRESH_S)
@@ -185,11 +253,13 @@ async def _show(stack: LocalStack, stop: asyncio.Event, header: list[str], conso
         await telemetry_source.close()
 
 
-def _status(stack: LocalStack, key: ServiceKey, telemetry: Telemetry, history: ReplicaHistory) -> ServiceStatus:
+def _status(stack: LocalStack, key: ServiceKey, metric: str, telemetry: Telemetry,
+            history: ReplicaHistory) -> ServiceStatus:
     counts = stack.backend.counts(key)
     decision = stack.decision(key)
     return ServiceStatus(
         key=key,
+        metric=metric,
         desired=counts.desired,
         ready=counts.ready,
         starting=counts.starting,
@@ -200,8 +270,8 @@ def _status(stack: LocalStack, key: ServiceKey, telemetry: Telemetry, history: R
         target=None if decision is None else decision.target,
         panic_mode=bool(decision and decision.panic_mode),
         stale=bool(decision and decision.stale) or telemetry.rps is None,
-        # Where the scaler would route; only Envoy acts on it (without it everything goes through the activator).
-        mode=decision.mode if decision is not None and stack.options.envoy else None,
+        # The scaler decides it either way; only Envoy acts on it (without it all goes through the activator).
+        mode=None if decision is None else decision.mode,
         rps=None if telemetry.rps is None else telemetry.rps.get(key, 0.0),
         held=None if telemetry.held is None else telemetry.held.get(key, 0),
         history=history.record(key, counts.ready),

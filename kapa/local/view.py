@@ -16,9 +16,12 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from kapa.services import ServiceKey
+from kapa.core.contract import METRIC_CONCURRENCY, METRIC_RPS
+from kapa.core.services import ServiceKey
 
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
+#: The unit of the stable, panic and target columns, per scaling metric.
+METRIC_UNITS = {METRIC_CONCURRENCY: "conc.", METRIC_RPS: "req/s"}
 #: Seconds of replica history the sparkline shows (one sample a second).
 HISTORY_S = 60
 
@@ -30,6 +33,8 @@ class ServiceStatus:
     key: ServiceKey
     desired: int
     ready: int
+    #: What the scaler scales on (METRIC_CONCURRENCY or METRIC_RPS): the unit of stable, panic and target.
+    metric: str = METRIC_CONCURRENCY
     starting: int = 0
     draining: int = 0
     failures: int = 0
@@ -39,7 +44,8 @@ class ServiceStatus:
     target: float | None = None
     panic_mode: bool = False
     stale: bool = False
-    #: Where Envoy sends its traffic: MODE_SERVE (straight to replicas) or MODE_PROXY (through the activator).
+    #: The scaler's routing: MODE_SERVE (straight to replicas) or MODE_PROXY (through the activator). Only
+    #: Envoy acts on it; without Envoy every request goes through the activator whatever the mode.
     mode: str | None = None
     rps: float | None = None
     held: int | None = None
@@ -81,10 +87,12 @@ def render(statuses: Sequence[ServiceStatus], header: Sequence[str]) -> Group:
     table.add_column("service", no_wrap=True)
     table.add_column("replicas\nready/want", justify="right")
     table.add_column("starting\ndraining", justify="right")
-    table.add_column("stable\nconc.", justify="right")
-    table.add_column("panic\nconc.", justify="right")
+    # The next three are in the service's metric's unit (concurrent requests or requests/s), said per row.
+    table.add_column("scales\non")
+    table.add_column("stable\nwindow", justify="right")
+    table.add_column("panic\nwindow", justify="right")
     table.add_column("target\n/replica", justify="right")
-    table.add_column("mode")
+    table.add_column("mode", no_wrap=True)
     table.add_column("req/s", justify="right")
     table.add_column("held", justify="right")
     table.add_column("data")
@@ -104,6 +112,7 @@ def render(statuses: Sequence[ServiceStatus], header: Sequence[str]) -> Group:
             str(status.key),
             replicas,
             f"{status.starting}/{status.draining}",
+            METRIC_UNITS.get(status.metric, status.metric),
             _number(status.stable),
             _number(status.panic),
             _number(status.target),
@@ -136,7 +145,8 @@ def change_line(previous: ServiceStatus | None, current: ServiceStatus) -> str |
         return None
     return (
         f"service={current.key} desired={current.desired} ready={current.ready} starting={current.starting} "
-        f"draining={current.draining} stable={_number(current.stable)} panic={_number(current.panic)} "
+        f"draining={current.draining} metric={current.metric} stable={_number(current.stable)} "
+        f"panic={_number(current.panic)} "
         f"panic_mode={str(current.panic_mode).lower()} mode={current.mode or '-'} rps={_number(current.rps)} "
         f"held={'-' if current.held is None else current.held} stale={str(current.stale).lower()} "
         f"failures={current.failures}"

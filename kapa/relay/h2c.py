@@ -23,11 +23,16 @@ Changes are made between two frames, never inside one, and never to an HPACK blo
   or at shutdown.
 
 A stream is opened by the client's first HEADERS frame on a new odd stream id. It counts as a request at
-the app (`handler.stream_opened` ... `stream_closed`) until the app has ended its side (END_STREAM), either
-end or the relay resets it, or the connection ends: once the app has sent its whole response the request is
-over for the app, whether or not the client has ended its own side. A stream reset in the same read that
-opened it never reaches the handler: it took no time at the app. For the stream limit the relay counts
+the app (`handler.stream_opened` ... `stream_closed`) from the read that completes its header block (the
+last byte of the frame with END_HEADERS: only then does the app start the request) until the app has ended
+its side (END_STREAM), either end or the relay resets it, or the connection ends: once the app has sent its
+whole response the request is over for the app, whether or not the client has ended its own side. A reset
+ends it once its frame is whole, as the app takes it; the relay's own reaches the app only between two of
+the client's frames, and the stream counts until then. A stream reset in the same read that completed its
+header block never reaches the handler: it took no time at the app. For the stream limit the relay counts
 streams as RFC 9113 5.1.2 does (and so as the client does): until both sides ended it or either reset it.
+A RST_STREAM frame whose length is not 4 is a connection error (RFC 9113 6.4): GOAWAY (FRAME_SIZE_ERROR)
+and the close, from the relay, for the app would wait for the rest of a longer one.
 
 The response status is read from the first bytes of the server's HEADERS block when HPACK encodes it in the
 usual way (a static-table index, or a literal with the `:status` name); a status the encoder put in its
@@ -47,7 +52,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from hpack import Decoder
 from hpack.exceptions import HPACKError
 
-from kapa.log import get_logger
+from kapa.core.log import get_logger
 from kapa.relay.tunnel import Pipe
 
 if TYPE_CHECKING:
@@ -67,7 +72,9 @@ EARLY_RESET_WINDOW_S = 30.0
 _DATA, _HEADERS, _RST_STREAM, _SETTINGS, _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = 0x0, 0x1, 0x3, 0x4, 0x7, 0x8, 0x9
 _END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
 _HEADER_TABLE_SIZE, _MAX_CONCURRENT_STREAMS = 0x1, 0x3
-_NO_ERROR, _REFUSED_STREAM, _CANCEL, _ENHANCE_YOUR_CALM = 0x0, 0x7, 0x8, 0xB
+_NO_ERROR, _FRAME_SIZE_ERROR, _REFUSED_STREAM, _CANCEL, _ENHANCE_YOUR_CALM = 0x0, 0x6, 0x7, 0x8, 0xB
+#: The one valid RST_STREAM payload length (RFC 9113 6.4): a 32-bit error code.
+_RST_STREAM_LENGTH = 4
 #: RFC 9113 6.5.2: the HPACK table size a peer may use until told otherwise.
 _DEFAULT_HEADER_TABLE_SIZE = 4096
 #: An HPACK dynamic table size update to 0 (RFC 7541 6.3): a header block that begins with it refers to
@@ -132,7 +139,9 @@ class H2Stream:
         self.announced = False
 
     def cancel(self, status: int) -> None:
-        """End the stream from the relay: RST_STREAM (CANCEL) to both ends, recorded with `status`."""
+        """End the stream from the relay: RST_STREAM (CANCEL) to both ends, recorded with `status`. The handler
+        hears `stream_closed` once the app has the reset (between two of the client's frames), or has ended the
+        stream itself, or the connection is gone."""
         if self.connection is not None:
             self.connection.cancel(self, status)
 
@@ -200,8 +209,11 @@ class _FrameStream:
     returns the bytes to forward for each chunk received.
 
     `on_frame` sees each frame once its header and the part of its payload looked at are in: the first 64
-    bytes of a HEADERS payload, all of a SETTINGS payload (up to 16 KiB); other payloads are not looked at
-    and pass as they arrive. When it returns True the whole frame is dropped, however many chunks it spans.
+    bytes of a HEADERS payload, all of a SETTINGS payload (up to 16 KiB), all of a RST_STREAM payload of the
+    valid length (a reset is seen when the peer can act on it); other payloads are not looked at and pass as
+    they arrive. During `on_frame`, `frame_end` is where that frame ends in the bytes fed (`received`), so
+    the caller can tell when the peer has it whole. When it returns True the whole frame is dropped, however
+    many chunks it spans.
     Forwarded bytes are otherwise the received ones, with these changes: with `max_streams`, every SETTINGS
     frame (not an ACK) has SETTINGS_MAX_CONCURRENT_STREAMS held to at most that value; `add_setting` (6
     bytes: identifier, value) goes first into the first SETTINGS frame; whole frames given to `insert` go
@@ -210,7 +222,7 @@ class _FrameStream:
 
     __slots__ = (
         "_skip", "_partial", "_on_frame", "_max_streams", "_inserts", "_sent_ahead", "_add_setting", "_dropping",
-        "_feeding",
+        "_feeding", "received", "frame_end",
     )
 
     def __init__(self, on_frame: OnFrame, skip: int = 0, max_streams: int = 0, add_setting: bytes = b"") -> None:
@@ -228,6 +240,10 @@ class _FrameStream:
         self._dropping = False
         #: Inside `feed` (in `on_frame`): bytes before the current frame have not gone out yet.
         self._feeding = False
+        #: Bytes fed so far.
+        self.received = 0
+        #: Offset in the bytes fed of the end of the frame `on_frame` is asked about.
+        self.frame_end = 0
 
     def at_boundary(self) -> bool:
         """True when the bytes forwarded so far end with a whole frame: a frame written now lands between two."""
@@ -236,6 +252,11 @@ class _FrameStream:
     def insert(self, frame: bytes) -> None:
         """Forward `frame` at the next boundary (call only when not `at_boundary`; else write it at once)."""
         self._inserts.append(frame)
+
+    @property
+    def inserting(self) -> bool:
+        """Frames given to `insert` still wait for a boundary."""
+        return bool(self._inserts)
 
     def already_sent(self, data: bytes) -> None:
         """Follow `data` that was forwarded before this stream existed (after an upgrade's 101); none of its
@@ -246,6 +267,8 @@ class _FrameStream:
     def feed(self, data: bytes) -> bytes:
         """Take `data` received; return what to forward now."""
         skip = self._skip
+        start = self.received - len(self._partial)  # the offset of data[0] once the partial frame is put first
+        self.received += len(data)
         if skip and not self._partial and skip > len(data):  # inside a long payload: nothing to look at
             self._skip = skip - len(data)
             return b"" if self._dropping else data
@@ -280,13 +303,16 @@ class _FrameStream:
             end = pos + 9 + length
             if frame_type == _HEADERS:
                 looked_end = pos + 9 + min(length, _HEADERS_LOOKED_AT)
-            elif frame_type == _SETTINGS and length <= _MAX_SETTINGS_READ:
+            elif (frame_type == _SETTINGS and length <= _MAX_SETTINGS_READ) or (
+                frame_type == _RST_STREAM and length == _RST_STREAM_LENGTH
+            ):
                 looked_end = end
             else:
                 looked_end = pos + 9
             if looked_end > size:
                 break  # held until the part looked at is in
             stream_id = int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+            self.frame_end = start + end
             if self._on_frame(frame_type, flags, stream_id, length, data[pos + 9 : looked_end]):
                 if out is None:
                     out = []
@@ -358,8 +384,15 @@ class H2cRelay:
         self._max_streams = 0
         #: Streams not yet finished (at the app): the connection is idle without any.
         self._at_app = 0
-        #: Streams opened in the chunk being read, announced to the handler once the chunk is read.
-        self._opened: list[H2Stream] = []
+        #: Opened streams whose header block ends with a frame seen, and where that frame ends in the client's
+        #: bytes: each is announced to the handler after the read that brings that byte (the app has then
+        #: started the request).
+        self._opened: deque[tuple[H2Stream, int]] = deque()
+        #: The opened stream whose header block waits for its last CONTINUATION frame.
+        self._open_block: H2Stream | None = None
+        #: Streams the relay reset whose RST_STREAM waits for a boundary of the client's frames to reach the
+        #: app: still at the app until it does (or the app ends them first).
+        self._cancelling: dict[int, H2Stream] = {}
         #: Who sent each SETTINGS frame the client has not acknowledged yet, in the order it got them: True
         #: for the relay's own (whose ACK the app must not see), False for the app's.
         self._settings_sent: deque[bool] = deque()
@@ -431,15 +464,16 @@ class H2cRelay:
         if self.streams.get(stream.stream_id) is not stream or self._pipe is None:
             return
         frame = _rst_stream(stream.stream_id, _CANCEL)
-        if self._client_frames.at_boundary():
-            self._pipe.upstream_end.transport.write(frame)
-        else:
-            self._client_frames.insert(frame)
         self._to_client(frame)
         stream.status = status
         stream.reset_by = _PROXY
-        self._finish(stream)
-        del self.streams[stream.stream_id]
+        del self.streams[stream.stream_id]  # closed for the client, and so for the stream limit
+        if self._client_frames.at_boundary():
+            self._pipe.upstream_end.transport.write(frame)
+            self._finish(stream)
+        else:  # the client is inside a frame: the app serves the stream until that frame is through
+            self._client_frames.insert(frame)
+            self._cancelling[stream.stream_id] = stream
 
     def expire(self, now: float, timeouts: ClientTimeouts) -> None:
         """Called by the relay's sweep: send away (GOAWAY NO_ERROR, then close, freeing the app connection)
@@ -464,25 +498,39 @@ class H2cRelay:
     # --- frame bookkeeping ------------------------------------------------------------------------------
 
     def _from_client(self, data: bytes) -> bytes:
-        """The client's bytes to forward; streams they opened are announced to the handler once all are read."""
-        forward = self._client_frames.feed(data)
+        """The client's bytes to forward; streams whose header block they complete are announced to the
+        handler once all are read, and streams whose reset they carry to the app are finished."""
+        client_frames = self._client_frames
+        forward = client_frames.feed(data)
         if self._sent_away:
             return b""
-        if self._opened:
-            opened, self._opened = self._opened, []
-            for stream in opened:
-                if not stream.finished:  # a stream reset in the same read never reached the handler
-                    stream.announced = True
-                    self.server.handler.stream_opened(stream)
+        opened = self._opened
+        while opened and opened[0][1] <= client_frames.received:
+            stream = opened.popleft()[0]
+            if not stream.finished:  # a stream reset in the same read never reached the handler
+                stream.announced = True
+                self.server.handler.stream_opened(stream)
+        if self._cancelling and not client_frames.inserting:
+            cancelled, self._cancelling = self._cancelling, {}
+            for stream in cancelled.values():
+                self._finish(stream)
         return forward
 
     def _client_frame(self, frame_type: int, flags: int, stream_id: int, length: int, payload: bytes) -> bool:
         if self._sent_away:
             return True
+        if frame_type == _RST_STREAM and length != _RST_STREAM_LENGTH:  # see the module docstring
+            self._sent_away = True
+            self._send_away(_FRAME_SIZE_ERROR)
+            return True
         if frame_type == _HEADERS:
             return self._client_headers(flags, stream_id, payload)
         if frame_type == _CONTINUATION:
             if stream_id != self._dropping_block:
+                block = self._open_block
+                if block is not None and block.stream_id == stream_id and flags & _END_HEADERS:
+                    self._opened.append((block, self._client_frames.frame_end))
+                    self._open_block = None
                 return False
             if flags & _END_HEADERS:
                 self._dropping_block = 0
@@ -547,7 +595,10 @@ class H2cRelay:
             self.streams[stream_id] = stream
             self._last_forwarded = stream_id
             self._at_app += 1
-            self._opened.append(stream)
+            if flags & _END_HEADERS:
+                self._opened.append((stream, self._client_frames.frame_end))
+            else:
+                self._open_block = stream
         elif stream is None:
             return False  # trailers of a closed stream, or a protocol error the app will answer
         if flags & _END_STREAM:
@@ -598,6 +649,8 @@ class H2cRelay:
         if frame_type == _HEADERS:
             stream = self.streams.get(stream_id)
             if stream is None:
+                if flags & _END_STREAM:
+                    self._ended_before_cancel(stream_id)
                 return False
             stream.responded = True
             if stream.status < 200:  # not yet, or only an interim 1xx: this may be the final response
@@ -610,10 +663,14 @@ class H2cRelay:
                 stream = self.streams.get(stream_id)
                 if stream is not None:
                     self._ended(stream, _SERVER)
+                else:
+                    self._ended_before_cancel(stream_id)
         elif frame_type == _RST_STREAM:
             stream = self.streams.get(stream_id)
             if stream is not None:
                 self._reset(stream, _SERVER)
+            else:
+                self._ended_before_cancel(stream_id)
         elif frame_type == _SETTINGS and not flags & _ACK:
             self._settings_sent.append(False)
             for offset in range(0, len(payload) - 5, 6):
@@ -647,6 +704,12 @@ class H2cRelay:
         if stream.client_ended and stream.server_ended:
             del self.streams[stream.stream_id]
 
+    def _ended_before_cancel(self, stream_id: int) -> None:
+        """The app ended a stream whose reset by the relay has not reached it yet: no longer at the app."""
+        stream = self._cancelling.pop(stream_id, None)
+        if stream is not None:
+            self._finish(stream)
+
     def _reset(self, stream: H2Stream, side: str) -> None:
         if not stream.finished:
             stream.reset_by = side
@@ -671,6 +734,9 @@ class H2cRelay:
                 stream.reset_by = _SERVER if stream.client_ended else _CLIENT
                 self._finish(stream)
         self.streams.clear()
+        cancelled, self._cancelling = self._cancelling, {}
+        for stream in cancelled.values():
+            self._finish(stream)
         self.server.connection_closed(self)
 
 
@@ -728,7 +794,8 @@ class _ClientStreams:
         if frame_type == _HEADERS and stream_id & 1 and stream_id > self.last:
             self.last = stream_id
             self.open.add(stream_id)
-        elif frame_type == _RST_STREAM:
+        elif frame_type == _RST_STREAM and length == _RST_STREAM_LENGTH:
+            # Of another length it resets nothing: a connection error, answered once the relay has the client.
             self.open.discard(stream_id)
         return False
 

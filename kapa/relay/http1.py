@@ -27,6 +27,7 @@ closed is load that does not exist (HAProxy's `abortonclose` for queued requests
 from __future__ import annotations
 
 import asyncio
+import re
 import select
 import time
 from collections import deque
@@ -37,8 +38,8 @@ from typing import Protocol
 
 import httptools
 
-from kapa import contract
-from kapa.log import get_logger
+from kapa.core import contract
+from kapa.core.log import get_logger
 from kapa.relay.h2c import PREFACE, H2cRelay, H2cTunnel, H2Stream, stream_status
 from kapa.relay.pool import Address, UpstreamConnection, UpstreamPool
 from kapa.relay.tunnel import Pipe
@@ -74,6 +75,8 @@ _PAUSED_CONNECTION = _PAUSED_PIPELINE | _PAUSED_REFUSED | _PAUSED_EOF
 #: Every request head ends with it (httptools takes no bare LF), so a stretch of input holds at most as many
 #: complete heads as it has of these (one more when a head's end straddles two reads).
 _HEAD_END = b"\r\n\r\n"
+#: A (lower-cased) 101 response switching to h2c: the one protocol named in its Upgrade header.
+_UPGRADE_TO_H2C = re.compile(rb"\r\nupgrade:[ \t]*h2c[ \t]*\r\n")
 #: The shortest request head, `GET / HTTP/1.1` and an empty line.
 _MIN_HEAD_BYTES = 18
 #: A read no longer than this cannot hold more heads than an empty pipelining queue has room for (see
@@ -585,9 +588,11 @@ class Exchange:
             self.failure = FAILURE_UPSTREAM
             self.respond(502, b"kapa: the app closed the connection before responding\n")
 
-    def upgrade_accepted(self, conn: UpstreamConnection, after_head: bytes) -> None:
+    def upgrade_accepted(self, conn: UpstreamConnection, after_head: bytes, response_head: bytes) -> None:
         """The upstream answered 101 (2xx to CONNECT): from now on both connections are a byte pipe (or an
-        h2c relay), which starts with the client's bytes kept since the request."""
+        h2c relay), which starts with the client's bytes kept since the request. h2c only when the app's 101
+        names it (RFC 9110 7.8: the response's Upgrade is the protocol switched to): a request may offer
+        several, and an app that chose another has a byte pipe, whose bytes are no streams to count."""
         self._detach(conn)
         self.upgraded = True
         server = self.server
@@ -597,7 +602,7 @@ class Exchange:
             return
         after_request = server.hand_over()
         relay = server.relay
-        if b"\r\nupgrade: h2c" in self.head_lower:
+        if b"\r\nupgrade: h2c" in self.head_lower and _UPGRADE_TO_H2C.search(response_head.lower()):
             h2c = H2cRelay(relay, server.transport, upgraded=self)
             relay.connections.add(h2c)
             h2c.start(conn.transport, to_upstream=after_request, upstream_sent=after_head)
@@ -832,6 +837,10 @@ class ServerProtocol(asyncio.Protocol):
             raise _Refused(400, b"kapa: more than one Host header (RFC 9112 3.2)\n")
         if not url:  # `CONNECT ` (the parser takes an empty target only there)
             raise _Refused(400, b"kapa: no request target\n")
+        if method == b"PRI":  # the parser lets it through only without a version (as HTTP/0.9)
+            # The HTTP/2 preface's method (RFC 9113 3.4), no request: an llhttp app waits for the rest of a
+            # preface, and would never answer.
+            raise _Refused(400, b"kapa: PRI is the HTTP/2 connection preface's method, not a request\n")
         # Absolute-form: anything but "/...", "*" (OPTIONS) and CONNECT's authority-form.
         if url[0] != 0x2F and method != b"CONNECT" and url != b"*" and not target_is_host(url, head_lower):
             raise _Refused(400, b"kapa: the request target names another host than the Host header\n")

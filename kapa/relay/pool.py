@@ -25,12 +25,17 @@ class _TunnelAccepted(Exception):
     after that head are the tunnel's (RFC 9110 9.3.6: such a response has no body, whatever it says)."""
 
 
+#: Response bytes kept at most for an Upgrade request while its 101 has not come: an app's response head is
+#: as bounded as a client's (kapa.relay.http1.MAX_HEAD_BYTES); past this, nothing in it names h2c.
+MAX_UPGRADE_HEAD_BYTES = 64 * 1024
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One TCP connection to an upstream; bound to at most one `Exchange` at a time."""
 
     __slots__ = (
         "pool", "address", "transport", "exchange", "parser", "closed", "reused", "keep_alive",
-        "_status", "_complete", "_head_request", "write_paused", "read_paused", "idle_sweeps",
+        "_status", "_complete", "_head_request", "_upgrade_head", "write_paused", "read_paused", "idle_sweeps",
     )
 
     def __init__(self, pool: UpstreamPool, address: Address) -> None:
@@ -50,6 +55,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._status = 0
         self._complete = False
         self._head_request = False
+        #: The response bytes read so far for an Upgrade request, until the 101 that names the protocol the
+        #: app switched to (a head can arrive over several reads); empty for every other request.
+        self._upgrade_head = b""
         #: Pool sweeps this connection has sat idle through (see UpstreamPool.sweep).
         self.idle_sweeps = 0
 
@@ -67,16 +75,19 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
+            head = self._upgrade_head + data[:upgrade.args[0]]
             exchange.write_response(data)
-            exchange.upgrade_accepted(self, data[upgrade.args[0]:])
+            exchange.upgrade_accepted(self, data[upgrade.args[0]:], head)
             return
         except httptools.HttpParserError as error:
             if isinstance(error.__context__, _TunnelAccepted):
                 exchange.write_response(data)  # the head, and whatever tunnel bytes came with it
-                exchange.upgrade_accepted(self, b"")
+                exchange.upgrade_accepted(self, b"", b"")
             else:
                 exchange.upstream_failed(self, "the app sent a malformed response")
             return
+        if exchange.upgrade and len(self._upgrade_head) < MAX_UPGRADE_HEAD_BYTES:
+            self._upgrade_head += data  # an interim 1xx or the 101 itself, split over reads
         # Parse first, write second, finish third: finishing may start the client's next request, whose
         # response must not overtake this one's last bytes.
         exchange.write_response(data)
@@ -134,6 +145,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = exchange
         self._status = 0
         self._head_request = False
+        self._upgrade_head = b""
 
 
 #: Idle upstream connections are closed after this long: before the upstream's own keep-alive timeout

@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import yaml
 
-from kapa import contract
-from kapa.services import Endpoint, ServiceKey
+from kapa.core import contract
+from kapa.core.services import Endpoint, ServiceKey
 
 from tests.support import free_port, running
 

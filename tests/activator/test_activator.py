@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from kapa import contract
-from kapa.services import ServiceKey
+from kapa.core import contract
+from kapa.core.services import ServiceKey
 
 from tests.activator.harness import activator, metric_value, pod
 from tests.activator.test_poke import Scaler

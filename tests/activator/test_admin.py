@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kapa.services import Endpoint
+from kapa.core.services import Endpoint
 
 from activator.admin import BadEndpoints, parse_endpoints
 

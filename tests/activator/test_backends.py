@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from kapa.endpoints import LocalEndpointSource
-from kapa.services import Endpoint, ServiceKey
+from kapa.core.endpoints import LocalEndpointSource
+from kapa.core.services import Endpoint, ServiceKey
 
 from activator.backends import Backends
 from activator.config import ServiceSettings

@@ -7,9 +7,9 @@ import asyncio
 
 import aiohttp
 
-from kapa.endpoints import LocalEndpointSource
-from kapa.services import ServiceEntry, ServiceKey, ServiceSpec
-from kapa import contract
+from kapa.core.endpoints import LocalEndpointSource
+from kapa.core.services import ServiceEntry, ServiceKey, ServiceSpec
+from kapa.core import contract
 
 from activator.app import Activator, Listen
 from activator.config import CatalogSettings

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from kapa import contract
-from kapa.services import parse_services
+from kapa.core import contract
+from kapa.core.services import parse_services
 
 from activator.config import settings_from_entries
 

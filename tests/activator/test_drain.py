@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 import grpc
 
-from kapa import contract
-from kapa.services import Endpoint
+from kapa.core import contract
+from kapa.core.services import Endpoint
 
 from activator.app import DRAIN_MARGIN_S
 from tests.activator.harness import activator

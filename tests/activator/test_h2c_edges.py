@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from hyperframe.frame import HeadersFrame
 
-from kapa import contract
-from kapa.services import Endpoint
+from kapa.core import contract
+from kapa.core.services import Endpoint
 
 from tests.activator.harness import activator, metric_value
 from tests.activator.test_activator import HELLO, hello, session, wait_for

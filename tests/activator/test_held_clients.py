@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from kapa import contract
+from kapa.core import contract
 from tests.activator.harness import RunningActivator, activator, metric_value
 from tests.activator.test_activator import HELLO, HOST, get, hello, session, wait_for
 from tests.activator.upstream import Upstream

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from kapa.services import Endpoint
+from kapa.core.services import Endpoint
 
 from activator.lb_policy import BestOfTwo, PodTracker, RoundRobin, first_available, policy_for
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from kapa import contract
-from kapa.services import ServiceKey
+from kapa.core import contract
+from kapa.core.services import ServiceKey
 
 from activator.config import ServiceSettings
 from activator.metrics import ActivatorCollector

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from kapa.services import ServiceKey
+from kapa.core.services import ServiceKey
 
 from activator.poke import Poker
 from tests.support import free_port, serve_app

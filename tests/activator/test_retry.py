@@ -9,8 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
-from kapa import contract
-from kapa.services import Endpoint
+from kapa.core import contract
+from kapa.core.services import Endpoint
 
 from activator.proxy import CONNECT_TIMEOUT_S
 from tests.activator.harness import activator

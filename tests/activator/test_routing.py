@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kapa.services import ServiceKey
+from kapa.core.services import ServiceKey
 
 from activator.config import ServiceSettings
 from activator.routing import Router, RoutingError

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from kapa.services import Endpoint, ServiceKey
+from kapa.core.services import Endpoint, ServiceKey
 
 from activator.config import ServiceSettings
 from activator.peers import ALONE, Share

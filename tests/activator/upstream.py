@@ -13,8 +13,8 @@ from collections import Counter
 
 from aiohttp import web
 
-from kapa import contract
-from kapa.services import Endpoint
+from kapa.core import contract
+from kapa.core.services import Endpoint
 
 from tests.support import free_port, serve_app
 

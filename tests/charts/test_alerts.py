@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from kapa import chartgen, contract
-from tests.charts.conftest import CHART, find, one, render
+from kapa.tools import chartgen
+from kapa.core import contract
+from tests.charts.conftest import CHART, REPO, find, one, render
 from tests.charts.test_dashboard import HISTOGRAM_SUFFIXES, contract_metric_names
 
 HERE = Path(__file__).resolve().parent
@@ -29,7 +30,7 @@ PROMETHEUS_RULE = "kapa-alerts"
 #: The rule file's name in the ConfigMap, and the name the unit tests' rule_files give it.
 RULES_FILE = "alert-rules.yaml"
 GROUPS = [group["name"] for group in chartgen.alert_rule_groups(chartgen.ALERT_PLACEHOLDERS)]
-#: Labels the unit tests' series may carry: the exporters' (kapa.contract) and the scrape's.
+#: Labels the unit tests' series may carry: the exporters' (kapa.core.contract) and the scrape's.
 SERIES_LABELS = {
     contract.LABEL_NAMESPACE, contract.LABEL_SERVICE, contract.LABEL_COMPONENT, contract.LABEL_CODE_CLASS,
     contract.LABEL_REASON, chartgen.SCRAPE_LABEL_NAMESPACE, chartgen.SCRAPE_LABEL_POD, "job", "le",
@@ -54,7 +55,7 @@ DEFAULT_SETTINGS = settings_of(yaml.safe_load((CHART / "values.yaml").read_text(
 
 def generated_groups(settings: chartgen.AlertSettings) -> list[dict[str, Any]]:
     """files/alert-rules.yaml, read as it is committed, with each placeholder replaced by its setting."""
-    text = chartgen.ALERT_RULES_FILE.read_text()
+    text = (REPO / chartgen.ALERT_RULES_FILE).read_text()
     for placeholder, value in zip(astuple(chartgen.ALERT_PLACEHOLDERS), astuple(settings)):
         text = text.replace(placeholder, value)
     return yaml.safe_load(text)["groups"]
@@ -125,7 +126,7 @@ def test_unit_test_series_are_the_ones_kapa_exports(group: str) -> None:
         assert match, series
         name, labels = match.groups()
         base = next((name.removesuffix(s) for s in HISTOGRAM_SUFFIXES if name.endswith(s)), name)
-        assert base in known, f"{name} is not a kapa.contract metric"
+        assert base in known, f"{name} is not a kapa.core.contract metric"
         assert {label.split("=")[0].strip() for label in labels.split(",")} <= SERIES_LABELS, series
 
 

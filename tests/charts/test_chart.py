@@ -15,8 +15,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from kapa import chartgen, contract, inject
-from kapa.services import Endpoint, ServiceKey
+from kapa.tools import chartgen
+from kapa.core import contract
+from kapa.kube import inject
+from kapa.core.services import Endpoint, ServiceKey
 from tests.charts.conftest import CHART, KUBE_VERSION, NAMESPACE, REPO, find, one, render, run_helm
 
 #: Rendered with every optional part on: the PodMonitors need the operator's API, Roles need namespaces.
@@ -28,6 +30,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     ),
     "minimal": ("--set", "webhook.enabled=false,dashboard.enabled=false,prometheus.scrapeConfigSnippet=false,"
                 "activator.autoscaling.enabled=false"),
+    "headroom": ("--set", "headroom.enabled=true", "--set-json",
+                 'headroom.buffers=[{"name": "zone-a", "replicas": 2, "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}},'
+                 ' "nodeSelector": {"topology.kubernetes.io/zone": "a"}}]'),
 }
 #: Custom resources kubernetes-validate has no schema for; their shape is asserted field by field below (and
 #: the PrometheusRule's in test_alerts).
@@ -88,6 +93,9 @@ def test_every_container_is_non_root_read_only_resourced_and_probed(helm: str, v
         assert security["allowPrivilegeEscalation"] is False, where
         assert security["capabilities"]["drop"] == ["ALL"], where
         assert {"cpu", "memory"} <= container["resources"]["requests"].keys(), where
+        if container["name"] == "placeholder":  # headroom: holds room, serves nothing, so nothing to probe
+            assert "ports" not in container and pod["priorityClassName"].endswith("-headroom"), where
+            continue
         assert "readinessProbe" in container and "livenessProbe" in container, where
         port_names = {p["name"] for p in container.get("ports", [])}
         for probe in (container["readinessProbe"], container["livenessProbe"]):
@@ -358,7 +366,19 @@ def test_raw_scrape_configs_are_a_valid_prometheus_config(helm: str, promtool: s
 
 def test_generated_chart_files_are_current() -> None:
     for path, text in chartgen.rendered().items():
-        assert path.read_text() == text, f"{path} is stale: run `python -m kapa.chartgen`"
+        assert (REPO / path).read_text() == text, f"{path} is stale: run `make chart`"
+
+
+def test_chartgen_writes_into_the_checkout_it_is_given_and_refuses_anything_else(tmp_path: Path) -> None:
+    """A developer command over a checkout: from another directory (an installed Kapa) it writes nothing."""
+    with pytest.raises(SystemExit) as refused:
+        chartgen.main(["--repo", str(tmp_path)])
+    assert refused.value.code == 2 and not any(tmp_path.iterdir())
+    checkout = tmp_path / "checkout"
+    (checkout / chartgen.CHART_DIR).mkdir(parents=True)
+    (checkout / chartgen.CHART_DIR / "Chart.yaml").write_text("name: kapa\n")
+    assert chartgen.main(["--repo", str(checkout)]) == 0
+    assert all((checkout / path).read_text() == text for path, text in chartgen.rendered().items())
 
 
 def rendered_bootstrap(helm: str) -> dict[str, Any]:
@@ -408,7 +428,7 @@ def test_dockerfile_user_is_the_charts_run_as_user(helm: str) -> None:
 
 
 def test_scaler_reads_config_autoscaler_as_the_chart_mounts_it(helm: str, tmp_path: Path) -> None:
-    from scaler.config import AutoscalerConfig
+    from scaler.config_file import load_config_file
 
     data = one(render(helm, "--set", "autoscaler.stable-window=30s"), "ConfigMap", "config-autoscaler")["data"]
     for key, value in data.items():
@@ -416,7 +436,7 @@ def test_scaler_reads_config_autoscaler_as_the_chart_mounts_it(helm: str, tmp_pa
     (scaler,) = [c for d, _, c in containers(render(helm)) if c["name"] == "scaler"]
     (mount,) = [m for m in scaler["volumeMounts"] if m["name"] == "config-autoscaler"]
     assert f"--config={mount['mountPath']}" in scaler["args"]  # the chart passes the mounted directory
-    config, errors = AutoscalerConfig.load_file(tmp_path)
+    config, errors = load_config_file(tmp_path)
     assert errors == [] and config.stable_window_s == 30.0
 
 

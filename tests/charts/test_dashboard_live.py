@@ -6,10 +6,11 @@ then the first requests of the load are held by the activator and wait for a col
 the load (20 concurrent requests against a target of 10) scales it up and fills the latency histograms.
 (Not initial-scale 0: `kapa up` adds the activator to Prometheus's targets with the first replica, and a
 rate() of its cold-start histogram needs a scrape from before the first cold start.) Then each panel's PromQL,
-with Grafana's variables filled in as Grafana would, goes to that Prometheus: instant queries for gauges,
-range queries over the traffic period for rate() panels, as a time-series panel draws them. Each must return
-at least one series with a finite value (0 counts: "not in panic" is data; NaN, as histogram_quantile gives
-over empty buckets, is not).
+with Grafana's variables filled in as Grafana would for a dashboard whose time range starts with the test (so
+$__range covers every sample the stack's Prometheus holds), goes to that Prometheus: instant queries for the
+stat panels (as Grafana asks them) and for gauges, range queries over the time range for rate() panels, as a
+time-series panel draws them. Each must return at least one series with a finite value (0 counts: "not in
+panic" is data; NaN, as histogram_quantile gives over empty buckets, is not).
 
 Bounded: a 6 s stable window (the annotation) and grace period (the config), a 20 s load, and polling that stops as soon as every panel
 has data (the activator's, the scaler's and the queue-proxies' histograms are scraped every 15 s, so a rate
@@ -31,9 +32,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from kapa import chartgen, contract
-from kapa.contract import knative_annotation
-from kapa.prometheus_server import DEFAULT_BINARY
+from kapa.core import contract
+from kapa.core.contract import knative_annotation
+from kapa.local.prometheus import DEFAULT_BINARY
+from kapa.tools import chartgen
+from tests.charts.test_dashboard import interval_variables, query_panels, query_variables, substitute
 from tests.local.harness import KapaUp, hello_services
 
 needs_prometheus = pytest.mark.skipif(
@@ -60,43 +63,7 @@ FIRST_SCRAPE_TIMEOUT_S = 30.0
 #: After the load: the next 15 s scrape of each replica and of the activator, with the same room.
 DATA_TIMEOUT_S = 35.0
 _RANGE_FUNCTION = re.compile(r"\b(?:rate|irate|increase)\(")
-#: Grafana's variable syntaxes: $name, ${name} or ${name:format}, and the deprecated [[name]].
-_VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
 _EXPLAIN = re.compile(r"Explain:\s+http://([\d.]+:\d+)/")
-
-
-def substitute(text: str, values: Mapping[str, str]) -> str:
-    """`text` with every Grafana variable replaced by its value; an unknown variable is an error naming it."""
-
-    def value(match: re.Match[str]) -> str:
-        name = next(group for group in match.groups() if group)
-        if name not in values:
-            raise KeyError(f"Grafana variable ${name} has no value in this test (in {text!r})")
-        return values[name]
-
-    return _VARIABLE.sub(value, text)
-
-
-def builtin_variables(range_s: float) -> dict[str, str]:
-    """Grafana's interval variables for a range query with step STEP_S over `range_s` seconds.
-    $__rate_interval is Grafana's max($__interval + scrape interval, 4 x scrape interval)."""
-    rate_interval_s = max(STEP_S + GRAFANA_SCRAPE_INTERVAL_S, 4 * GRAFANA_SCRAPE_INTERVAL_S)
-    return {
-        "__interval": f"{STEP_S}s",
-        "__interval_ms": str(STEP_S * 1000),
-        "__rate_interval": f"{rate_interval_s}s",
-        "__range": f"{math.ceil(range_s)}s",
-        "__range_s": str(math.ceil(range_s)),
-        "__range_ms": str(math.ceil(range_s * 1000)),
-    }
-
-
-def test_substitute_fills_every_syntax_and_names_an_unknown_variable() -> None:
-    values = {"namespace": "default", "__rate_interval": "60s"}
-    assert substitute('rate(x{a=~"$namespace", b="${namespace:regex}", c="[[namespace]]"}[$__rate_interval])',
-                      values) == 'rate(x{a=~"default", b="default", c="default"}[60s])'
-    with pytest.raises(KeyError, match=r"\$service"):
-        substitute('x{a=~"$service"}', values)
 
 
 @dataclass(frozen=True)
@@ -106,10 +73,12 @@ class Target:
     panel: str
     ref_id: str
     promql: str
+    #: Grafana asks for the last point only (the stat panels' targets).
+    instant: bool = False
 
     @property
     def over_range(self) -> bool:
-        return bool(_RANGE_FUNCTION.search(self.promql))
+        return not self.instant and bool(_RANGE_FUNCTION.search(self.promql))
 
     def __str__(self) -> str:
         return f"panel {self.panel!r} target {self.ref_id}: {self.promql}"
@@ -153,9 +122,7 @@ async def variable_values(prometheus: PrometheusApi, dashboard: dict[str, Any]) 
     """Each query variable resolved in order as Grafana does, checked to offer the service, then set to it."""
     chosen = {"namespace": NAMESPACE, "service": SERVICE}
     values: dict[str, str] = {}
-    for variable in dashboard["templating"]["list"]:
-        if variable["type"] != "query":
-            continue
+    for variable in query_variables(dashboard):
         match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", substitute(variable["query"]["query"], values))
         assert match, f"variable ${variable['name']}: not a label_values() query: {variable['query']['query']}"
         offered = await prometheus.label_values(match.group(2), match.group(1))
@@ -165,10 +132,12 @@ async def variable_values(prometheus: PrometheusApi, dashboard: dict[str, Any]) 
     return values
 
 
-def panel_targets(dashboard: dict[str, Any], values: Mapping[str, str]) -> list[Target]:
+def panel_targets(dashboard: dict[str, Any], values: Mapping[str, str], range_s: float) -> list[Target]:
+    """Each panel's queries with the variables filled in, for a time range of the last `range_s` seconds."""
+    values = {**values, **interval_variables(STEP_S, range_s, GRAFANA_SCRAPE_INTERVAL_S)}
     return [
-        Target(panel["title"], target["refId"], substitute(target["expr"], values))
-        for panel in dashboard["panels"] for target in panel["targets"]
+        Target(panel["title"], target["refId"], substitute(target["expr"], values), bool(target.get("instant")))
+        for panel in query_panels(dashboard) for target in panel["targets"]
     ]
 
 
@@ -177,11 +146,14 @@ def _abridged(series: dict[str, Any]) -> str:
     return f"{series['metric']} {samples[:3]}{' ...' if len(samples) > 3 else ''}"
 
 
-async def missing_data(prometheus: PrometheusApi, targets: list[Target], start: float) -> list[str]:
-    """The targets that return no series with a finite value yet, each with what it returned."""
+async def missing_data(
+    prometheus: PrometheusApi, dashboard: dict[str, Any], values: Mapping[str, str], start: float
+) -> list[str]:
+    """The panels' targets that return no series with a finite value yet over the time range from `start` to
+    now, each with what it returned."""
     end = time.time()
     missing = []
-    for target in targets:
+    for target in panel_targets(dashboard, values, end - start):
         if target.over_range:
             result = await prometheus.range(target.promql, start, end)
         else:
@@ -204,6 +176,9 @@ async def wait_for(what: str, timeout_s: float, check: Callable[[], Awaitable[bo
 @needs_prometheus
 async def test_every_panel_query_returns_data_after_traffic_with_a_cold_start(tmp_path: Path) -> None:
     dashboard = chartgen.dashboard()
+    # The dashboard's time range starts here, before the stack's Prometheus holds any sample: a rate over
+    # $__range then has the activator's scrapes from before the cold start, as a range of "last 30 minutes" would.
+    shown_from = time.time()
     up = await KapaUp.start(tmp_path, hello_services(ANNOTATIONS), CONFIG)
     try:
         # The banner's explain lines come after the lines KapaUp.start waits for.
@@ -231,18 +206,18 @@ async def test_every_panel_query_returns_data_after_traffic_with_a_cold_start(tm
             assert activator_series["metric"]["job"] == contract.SCRAPE_JOB_METRICS, activator_series
             assert up.latest is not None and (up.latest.desired, up.latest.ready) == (0, 0), up.transcript()
 
-            began = time.time()
             result = await up.load(concurrency=LOAD_CONCURRENCY, duration_s=LOAD_S)
             assert result.errors == 0 and set(result.status_counts) == {200}, result.summary()
             loaded = time.monotonic()
 
             values = await variable_values(prometheus, dashboard)
-            targets = panel_targets(dashboard, {**values, **builtin_variables(time.time() - began)})
-            assert {t.panel for t in targets} == {p["title"] for p in dashboard["panels"]}
+            targets = panel_targets(dashboard, values, time.time() - shown_from)
+            assert {t.panel for t in targets} == {p["title"] for p in query_panels(dashboard)}
+            assert any(t.instant for t in targets) and any(t.over_range for t in targets)
             last: list[str] = []
 
             async def all_have_data() -> bool:
-                last[:] = await missing_data(prometheus, targets, began)
+                last[:] = await missing_data(prometheus, dashboard, values, shown_from)
                 return not last
 
             try:

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from kapa import chartgen, contract
+from kapa.tools import chartgen
+from kapa.core import contract
 from tests.charts.conftest import one, render
 from tests.support import free_port, running, wait_for_port
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from hpack import Encoder
 
+from kapa.relay.h2c import PREFACE
 from tests.fuzz.frames import data, raw, request, reset, settings
 from tests.fuzz.harness import Behaviour, encode
 
@@ -73,6 +74,7 @@ FINDINGS = (
         "h2c: a RST_STREAM is booked at its frame header, before its payload (so before the app has it): a "
         "client that withholds the last bytes keeps a stream at the app that is never counted",
         _UNCOUNTED_STREAM_SIGNATURE,
+        open=False
     ),
     Finding(
         "h2c_reset_with_a_wrong_length", "h2c",
@@ -83,6 +85,7 @@ FINDINGS = (
         "h2c: a RST_STREAM whose length is not 4 (a connection error, RFC 9113 6.4) is booked as a reset, while "
         "the app waits for the rest of the frame and serves the stream, uncounted",
         _UNCOUNTED_STREAM_SIGNATURE,
+        open=False
     ),
     Finding(
         "h2c_header_block_without_its_end", "h2c",
@@ -91,6 +94,7 @@ FINDINGS = (
         "(CONTINUATION to come, as here, or the frame's payload still arriving): while the client withholds the "
         "rest, the app has not started the request, and the count is phantom load",
         r"streams counted in flight that the h2c app is not serving: \[[\d, ]+\]\n",
+        open=False
     ),
     Finding(
         "h2c_cancel_while_the_client_is_mid_frame", "h2c",
@@ -102,6 +106,7 @@ FINDINGS = (
         "next boundary of the client's frames: a client stalled inside a frame keeps the stream at the app, "
         "uncounted",
         _UNCOUNTED_STREAM_SIGNATURE,
+        open=False
     ),
     Finding(
         "http1_pri_request_without_version", "http1",
@@ -111,6 +116,7 @@ FINDINGS = (
         "(Node.js; httptools here) waits for the rest of a preface, or refuses it: the request is counted in "
         "flight and never answered, also after the client has closed, until the handler's timeout",
         r"PRI \S+ HTTP/0\.9",
+        open=False
     ),
     Finding(
         "http1_connect_without_target", "http1",
@@ -119,6 +125,21 @@ FINDINGS = (
         "request-target check (`url[0]`): the client gets 500 where 400 is due, and the relay logs an error "
         "per request, a log flood anyone can send",
         r"relay bug while handling a request .*IndexError",
+        open=False
+    ),
+    Finding(
+        "http1_upgrade_taken_as_h2c_the_app_did_not_choose", "http1",
+        encode(Behaviour(), (
+            b"GET / HTTP/1.1\r\nHost: app.fuzz\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            b"HTTP2-Settings: AAMAAABkAAQAAP__\r\nUpgrade: websocket\r\n\r\n"
+        ) + PREFACE + request(Encoder(), 3)),
+        "HTTP/1: on a 101 the relay goes h2c when the request's head has `Upgrade: h2c` (Exchange.upgrade_accepted), "
+        "not when the app's 101 names h2c (RFC 9110 7.8: the 101's Upgrade is the protocol switched to): with a "
+        "second Upgrade header, which the app chose (websocket), the app has a byte pipe and the relay an h2c "
+        "relay, which counts the client's HTTP/2 streams in flight while no app serves them, phantom load until "
+        "the connection ends",
+        r"streams counted in flight that the h2c app is not serving(?s:.*)the client received: b.HTTP/1\.1 101 "
+        r"[^\n]*Upgrade: websocket",
         open=False
     ),
 )

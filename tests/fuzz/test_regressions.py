@@ -4,6 +4,8 @@ that found it. An open finding's bug is being fixed elsewhere: its replay is xfa
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.fuzz.findings import FINDINGS, Finding
@@ -24,10 +26,13 @@ def test_the_input_keeps_every_promise(harness: Harness, finding: Finding) -> No
     harness.run(finding.input, finding.target)
 
 
-@pytest.mark.parametrize("finding", [f for f in FINDINGS if f.open], ids=lambda finding: finding.name)
-def test_the_signature_names_what_the_harness_reports(harness: Harness, finding: Finding) -> None:
-    """A bounded fuzzing run tells an open class apart by its signature: it must match the report (a fixed
-    one has no report to match)."""
-    with pytest.raises(Exception) as raised:
-        harness.run(finding.input, finding.target)
-    assert finding.matches(f"{raised.type.__name__}: {raised.value}")
+def test_the_signature_names_what_the_harness_reports(harness: Harness) -> None:
+    """A bounded fuzzing run tells an open class apart by its signature: each open finding's must match the
+    report its input gives (a fixed one has no report to match, so only its signature's syntax is checked)."""
+    for finding in FINDINGS:
+        re.compile(finding.signature)
+        if not finding.open:
+            continue
+        with pytest.raises(Exception) as raised:
+            harness.run(finding.input, finding.target)
+        assert finding.matches(f"{raised.type.__name__}: {raised.value}"), finding.name

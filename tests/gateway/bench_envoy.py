@@ -20,8 +20,8 @@ import subprocess
 import sys
 import time
 
-from kapa import contract
-from kapa.services import Endpoint, ServiceKey
+from kapa.core import contract
+from kapa.core.services import Endpoint, ServiceKey
 
 from gateway.bootstrap import DEFAULT_NODE_ID as NODE
 from gateway.bootstrap import BootstrapConfig

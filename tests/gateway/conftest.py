@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from kapa import contract
-from kapa.services import Endpoint, ServiceKey
+from kapa.core import contract
+from kapa.core.services import Endpoint, ServiceKey
 
 from gateway.bootstrap import BootstrapConfig
 from gateway.control import Gateway, GatewayConfig

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 
-from kapa import contract
+from kapa.core import contract
 from tests.gateway.conftest import Upstream, eventually
 from tests.support import KAPA, free_port, running, wait_for_http
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from kapa import contract
-from kapa.endpoints import EndpointsUpdate, LocalEndpointSource
-from kapa.services import Endpoint, ServiceEntry, ServiceKey, ServiceSpec
+from kapa.core import contract
+from kapa.core.endpoints import EndpointsUpdate, LocalEndpointSource
+from kapa.core.services import Endpoint, ServiceEntry, ServiceKey, ServiceSpec
 
 from gateway.control import Gateway, GatewayConfig
 from gateway.follower import GatewayFollower

@@ -10,8 +10,8 @@ from collections import Counter
 import aiohttp
 import pytest
 
-from kapa import contract
-from kapa.services import ServiceKey
+from kapa.core import contract
+from kapa.core.services import ServiceKey
 
 from gateway.bootstrap import BootstrapConfig
 from gateway.launcher import EnvoyProcess

@@ -7,8 +7,8 @@ import logging
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 
-from kapa import contract
-from kapa.services import Endpoint, ServiceEntry, ServiceKey, ServiceSpec
+from kapa.core import contract
+from kapa.core.services import Endpoint, ServiceEntry, ServiceKey, ServiceSpec
 
 from gateway.resources import (
     ACTIVATOR_CLUSTER,

@@ -1,6 +1,6 @@
 """Issue 4's integrated tests: every part real, on loopback.
 
-    client (kapa.load) -> Envoy (programmed over ADS by gateway.Gateway) -> activator process
+    client (kapa.tools.load) -> Envoy (programmed over ADS by gateway.Gateway) -> activator process
         -> queue-proxy process -> sample app process
 
 Only the scaler's poke endpoint is a stand-in (it records pokes; the scale 0 -> 1 it would order is done
@@ -20,9 +20,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from kapa import contract
-from kapa.load import LoadConfig, LoadResult, run_load
-from kapa.services import Endpoint, ServiceKey
+from kapa.core import contract
+from kapa.tools.load import LoadConfig, LoadResult, run_load
+from kapa.core.services import Endpoint, ServiceKey
 
 from gateway.bootstrap import BootstrapConfig
 from gateway.control import Gateway, GatewayConfig

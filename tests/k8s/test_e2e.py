@@ -21,8 +21,9 @@ import pytest
 import urllib3
 import yaml
 
-from kapa import contract
-from kapa.inject import inject_document
+from kapa.core import contract
+from kapa.kube import inject
+from kapa.kube.inject import inject_document
 from tests.k8s import network, workload
 from tests.k8s.conftest import Cluster, Prometheus, wait_for
 from tests.k8s.keda import Keda
@@ -476,7 +477,7 @@ def test_killing_the_scaler_mid_load_holds_the_replicas(release: Cluster) -> Non
     """The scaler's pod deleted under load: Envoy keeps its routes, KEDA and the HPA get no answer and keep
     the count; nothing goes to zero, no request fails; the new scaler picks up where the old one was.
 
-    KEDA can read a scaler it cannot reach as idle (kapa/scaledobject.py), so what keeps a loaded service
+    KEDA can read a scaler it cannot reach as idle (kapa/kube/scaledobject.py), so what keeps a loaded service
     up is that KEDA waits the grace period (its cooldownPeriod) after its last "active". Here KEDA keeps
     dialling the deleted pod's address for 20-30 s (this cluster's DNS is a hosts file and gRPC re-resolves
     at most every 30 s; a ClusterIP moves at once), longer than the 10 s grace of these scenarios, so the
@@ -508,6 +509,66 @@ def test_killing_the_scaler_mid_load_holds_the_replicas(release: Cluster) -> Non
     finally:
         history.stop()
         apps_api(release).patch_namespaced_deployment(SAMPLE, APPS, {"metadata": {"annotations": {retention: None}}})
+
+
+def scaler_decisions(pod: Any, name: str = SAMPLE) -> dict[float, tuple[int, bool]]:
+    """One scaler replica's tick decisions for a service (pokes left out: each replica sees only its own),
+    by tick time: ticks fall on wall-clock multiples of the tick interval, the same on every replica."""
+    url = f"http://{pod.status.pod_ip}:{contract.SCALER_HTTP_PORT}/v1/explain/{APPS}/{name}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        records = json.load(response)["decisions"]
+    return {r["at"]: (r["desired_pods"], r["panic_mode"]) for r in records if not r["poked"]}
+
+
+def test_with_two_scalers_they_agree_and_killing_one_mid_load_changes_nothing(release: Cluster) -> None:
+    """Two scaler replicas (KEDA and Envoy each talk to one through the Service): under load they decide
+    the same, tick by tick; the one both talk to is killed and nothing a client sees changes: the replica
+    count holds, no request fails. The retention period covers KEDA's re-dial, as in the test above."""
+    from kubernetes import client
+
+    retention = contract.knative_annotation("scale-to-zero-pod-retention-period")
+    apps_api(release).patch_namespaced_deployment(SAMPLE, APPS, {"metadata": {"annotations": {retention: "60s"}}})
+    (scaler_deployment,) = [d.metadata.name for d in apps_api(release).list_namespaced_deployment(
+        NAMESPACE, label_selector="app.kubernetes.io/component=scaler").items]
+    apps_api(release).patch_namespaced_deployment_scale(scaler_deployment, NAMESPACE, {"spec": {"replicas": 2}})
+    custom = client.CustomObjectsApi(release.api)
+    history: ReplicaHistory | None = None
+    expected = LOAD_CONCURRENCY // TARGET
+    try:
+        wait_for(lambda: custom.get_namespaced_custom_object("keda.sh", "v1alpha1", APPS, "scaledobjects", SAMPLE)
+                 ["spec"]["cooldownPeriod"] == 60, 30, "cooldownPeriod 60")
+        wait_for(lambda: len(workload.component_pods(release, RELEASE, NAMESPACE, "scaler")) == 2, 90,
+                 f"two scalers ready\n{release.diagnose(NAMESPACE)}")
+        load = start_load(envoy_url(release), f"{SAMPLE}.{APPS}", LOAD_CONCURRENCY, "70s", SLEEP_MS)
+        wait_for(lambda: replicas(release) == expected, 60, f"{expected} under load")
+        time.sleep(10)  # ticks of the loaded service on both replicas
+        scalers = sorted(workload.component_pods(release, RELEASE, NAMESPACE, "scaler"),
+                         key=lambda pod: ipaddress.ip_address(pod.status.pod_ip))
+        first, second = (scaler_decisions(pod) for pod in scalers)
+        common = sorted(set(first) & set(second))
+        assert len(common) >= 5, (first, second)
+        assert [first[at] for at in common] == [second[at] for at in common]
+        assert expected in {first[at][0] for at in common}
+
+        # The lowest address is the one this cluster's DNS gives the Service's name: KEDA's and Envoy's.
+        history = ReplicaHistory(release, SAMPLE)
+        killed = time.monotonic()
+        core(release).delete_namespaced_pod(scalers[0].metadata.name, NAMESPACE, grace_period_seconds=0)
+        result = load_result(load)
+        counts = history.since(killed)
+        survivor = scaler_decisions(scalers[1])
+        after = [survivor[at][0] for at in sorted(survivor) if at > common[-1]]
+        print(f"two scalers: {len(common)} common ticks identical; one killed under load; replica counts "
+              f"meanwhile {counts}; the survivor's decisions after it {after}")
+        assert counts == [expected], counts
+        assert result["errors"] == 0 and set(result["status_counts"]) == {"200"}, result
+        assert after and set(after) == {expected}, after
+    finally:
+        if history is not None:
+            history.stop()
+        apps_api(release).patch_namespaced_deployment_scale(scaler_deployment, NAMESPACE, {"spec": {"replicas": 1}})
+        apps_api(release).patch_namespaced_deployment(SAMPLE, APPS, {"metadata": {"annotations": {retention: None}}})
+        wait_for(lambda: len(workload.component_pods(release, RELEASE, NAMESPACE, "scaler")) == 1, 90, "one scaler")
 
 
 def test_a_deployment_of_knatives_hpa_class_is_scaled_by_the_hpa_on_cpu_and_served_by_its_pods(
@@ -548,24 +609,48 @@ def test_prometheus_found_the_pods_through_kubernetes_discovery(release: Cluster
     assert all(ipaddress.ip_address(address) in network.POD_CIDR for address in addresses), addresses
 
 
-def test_helm_uninstall_leaves_nothing_behind(release: Cluster) -> None:
+def test_helm_uninstall_hands_the_apps_back_and_leaves_nothing_behind(release: Cluster) -> None:
+    """`helm uninstall` first runs the chart's detach hook (kapa.kube.detach); then, in the apps' namespace,
+    before anything of the user's is deleted: no ScaledObject or HPA of Kapa's is left, the Deployment
+    Kapa had taken to zero serves again (1 replica), and its Service targets the app's port with a ready
+    endpoint there. Then the apps go, and nothing of the release is left anywhere in the cluster. (The
+    Events Kapa recorded stay until the API server's event TTL, as every controller's do.)"""
     from kubernetes import client
 
-    # KEDA finalizes ScaledObjects promptly in a live namespace; in one being deleted it was seen to take
-    # minutes (its events there are refused). So the Deployments go first: their ScaledObjects follow them
-    # (owner references), and KEDA releases those while the namespace lives.
     custom = client.CustomObjectsApi(release.api)
+    autoscaling = client.AutoscalingV2Api(release.api)
+    managed_by = "app.kubernetes.io/managed-by=kapa"
 
     def scaled_objects() -> list[str]:
         found = custom.list_namespaced_custom_object("keda.sh", "v1alpha1", APPS, "scaledobjects")["items"]
         return [item["metadata"]["name"] for item in found]
 
-    # And their pods drain (each queue-proxy's quiet period) before the namespace goes: the namespace
-    # controller retries a namespace with content left with an exponential back-off, which after a
-    # minute of draining pods had grown to over a minute (the namespace took 177 s to go).
+    wait_for(lambda: replicas(release) == 0, 120, f"{SAMPLE} idle at zero before the uninstall")
+    assert SAMPLE in scaled_objects()  # the chart's default actuator, KEDA, scales it
+    service = core(release).read_namespaced_service(SAMPLE, APPS)
+    assert [port.target_port for port in service.spec.ports] == [contract.QUEUE_SERVING_PORT]  # the queue-proxy
+    release.helm("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout", "3m", timeout_s=240)
+
+    assert scaled_objects() == []
+    assert autoscaling.list_namespaced_horizontal_pod_autoscaler(APPS, label_selector=managed_by).items == []
+    app_port = inject.app_port(apps_api(release).api_client.sanitize_for_serialization(
+        apps_api(release).read_namespaced_deployment(SAMPLE, APPS)))
+    service = core(release).read_namespaced_service(SAMPLE, APPS)
+    assert [port.target_port for port in service.spec.ports] == [app_port]
+    assert apps_api(release).read_namespaced_deployment(SAMPLE, APPS).spec.replicas == 1
+    discovery = client.DiscoveryV1Api(release.api)
+
+    def ready_at_app_port() -> bool:
+        slices = discovery.list_namespaced_endpoint_slice(APPS, label_selector=f"kubernetes.io/service-name={SAMPLE}")
+        return any(port.port == app_port for s in slices.items for port in s.ports or []) and any(
+            endpoint.conditions.ready for s in slices.items for endpoint in s.endpoints or [])
+
+    wait_for(ready_at_app_port, 120, f"{SAMPLE}'s Service ready at the app's port {app_port}\n{release.diagnose(APPS)}")
+
+    # The apps go: their pods drain (each queue-proxy's quiet period) before the namespace is deleted, since
+    # the namespace controller retries a namespace with content left with a growing back-off (177 s seen).
     deleted = time.monotonic()
     apps_api(release).delete_collection_namespaced_deployment(APPS)
-    wait_for(lambda: not scaled_objects(), 120, "KEDA released the ScaledObjects of the deleted Deployments")
     wait_for(lambda: not core(release).list_namespaced_pod(APPS).items, 120,
              f"the pods of the deleted Deployments gone\n{release.diagnose(APPS)}")
     print(f"Deployments' pods drained and gone in {time.monotonic() - deleted:.1f} s")
@@ -578,7 +663,6 @@ def test_helm_uninstall_leaves_nothing_behind(release: Cluster) -> None:
         status = core(release).read_namespace(APPS).status
         raise AssertionError(f"{error}\n{status}\n{release.diagnose(APPS)}") from None
     print(f"namespace {APPS} deleted in {time.monotonic() - started:.1f} s")
-    release.helm("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout", "3m", timeout_s=240)
     selector = f"app.kubernetes.io/instance={RELEASE}"
     rbac = client.RbacAuthorizationV1Api(release.api)
     admission = client.AdmissionregistrationV1Api(release.api)
@@ -601,6 +685,7 @@ def test_helm_uninstall_leaves_nothing_behind(release: Cluster) -> None:
              admission.list_mutating_webhook_configuration(label_selector=selector).items),
             ("HorizontalPodAutoscaler",
              autoscaling.list_horizontal_pod_autoscaler_for_all_namespaces(label_selector=selector).items),
+            ("Job", client.BatchV1Api(release.api).list_job_for_all_namespaces(label_selector=selector).items),
         ]:
             found += [f"{kind} {item.metadata.namespace or ''}/{item.metadata.name}" for item in items]
         # Pods of the release are deleted with their ReplicaSets; wait for them, not just for Helm.

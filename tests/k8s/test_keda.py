@@ -1,5 +1,5 @@
 """The real KEDA and the real HPA controller move a Deployment exactly as an external scaler says, through the
-ScaledObject Kapa writes (kapa.scaledobject: external-push trigger, HPA behaviour without smoothing).
+ScaledObject Kapa writes (kapa.kube.scaledobject: external-push trigger, HPA behaviour without smoothing).
 
 The external scaler is a gRPC peer in this test, speaking KEDA's protocol (scaler/proto) with answers the test
 sets, on the pod bridge's address so the operator's pod can dial it. It encodes the desired count as Kapa's
@@ -31,8 +31,8 @@ from typing import Any
 import grpc
 import pytest
 
-from kapa.scaledobject import KEDA_API_VERSION, scaled_object
-from scaler.config import AutoscalerConfig
+from kapa.kube.scaledobject import KEDA_API_VERSION, scaled_object
+from kapa.core.settings import AutoscalerConfig
 from scaler.grpc_server import TARGET_SIZE, metric_name, service_key
 from scaler.proto import externalscaler_pb2 as pb
 from scaler.proto import externalscaler_pb2_grpc as pb_grpc
@@ -278,7 +278,7 @@ def test_hpa_follows_the_desired_count_and_stays(target: Target) -> None:
 
 def test_inactive_takes_it_back_to_zero_after_the_grace_period(target: Target) -> None:
     """KEDA goes to zero only a cooldownPeriod (Knative's grace period) after its last "active": the margin
-    that keeps a loaded service up while KEDA cannot reach its scaler (kapa/scaledobject.py)."""
+    that keeps a loaded service up while KEDA cannot reach its scaler (kapa/kube/scaledobject.py)."""
     cooldown_s = target.manifest["spec"]["cooldownPeriod"]
     assert cooldown_s == GRACE_S
     target.peer.scaler.set(active=False, desired_pods=0)

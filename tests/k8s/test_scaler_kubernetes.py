@@ -1,4 +1,4 @@
-"""scaler.kubernetes against the real API server: the catalog of enrolled Deployments (kapa.deployments),
+"""scaler.kubernetes against the real API server: the catalog of enrolled Deployments (kapa.kube.deployments),
 Events for bad annotations, ready pods from EndpointSlices, and the direct actuator's scale patches."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from kapa import contract
-from kapa.services import ServiceKey
-from scaler.config import AutoscalerConfig
+from kapa.core import contract
+from kapa.core.services import ServiceKey
+from kapa.core.settings import AutoscalerConfig
 from scaler.decision import Decision
-from kapa.deployments import DeploymentCatalog
-from kapa.scaledobject import KEDA_API_VERSION, scaled_object as scaled_object_manifest
+from kapa.kube.deployments import DeploymentCatalog
+from kapa.kube.scaledobject import KEDA_API_VERSION, scaled_object as scaled_object_manifest
 from scaler.kubernetes import (
     AnnotationReporter,
     EndpointSliceReadyPods,

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from kapa import contract
+from kapa.core import contract
 from tests.k8s.conftest import Cluster, Prometheus, use_scrape_configs
 from tests.support import REPO
 

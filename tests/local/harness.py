@@ -21,8 +21,8 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from kapa.contract import COMPONENT_ACTIVATOR, CONCURRENCY_SECONDS, LABEL_COMPONENT
-from kapa.load import LoadConfig, LoadResult, run_load
+from kapa.core.contract import COMPONENT_ACTIVATOR, CONCURRENCY_SECONDS, LABEL_COMPONENT
+from kapa.tools.load import LoadConfig, LoadResult, run_load
 
 HOST = "hello.default"
 _ENTRY = re.compile(r"Send traffic to (http://127\.0\.0\.1:\d+)")
@@ -44,7 +44,7 @@ class Sample:
     panic_mode: bool
     stale: bool
     failures: int
-    #: The scaler's routing mode, printed only with --envoy ("-" otherwise).
+    #: The scaler's routing mode (serve or proxy; Envoy acts on it, with --envoy), "-" before its first decision.
     mode: str
 
 
@@ -84,20 +84,19 @@ class KapaUp:
 
     @classmethod
     async def start(cls, workdir: Path, services: dict[str, object], config: dict[str, str] | None = None,
-                    timeout_s: float = 40.0, extra_args: tuple[str, ...] = ()) -> KapaUp:
+                    timeout_s: float = 40.0, extra_args: tuple[str, ...] = (),
+                    kapa: tuple[str, ...] = (sys.executable, "-m", "kapa")) -> KapaUp:
         services_file = workdir / "services.yaml"
         services_file.write_text(yaml.safe_dump(services))
-        args = [sys.executable, "-m", "kapa", "up", "--no-view", "--services", str(services_file), *extra_args]
+        args = [*kapa, "up", "--no-view", "--services", str(services_file), *extra_args]
         if config:
             config_file = workdir / "config.yaml"
             config_file.write_text(yaml.safe_dump(config))
             args += ["--config", str(config_file)]
         stderr_path = workdir / "kapa-up.stderr"
         with open(stderr_path, "wb") as stderr:
-            # TMPDIR: kapa up's work directory (logs of every part) lands in the test's own directory.
             process = await asyncio.create_subprocess_exec(
-                *args, stdout=asyncio.subprocess.PIPE, stderr=stderr, start_new_session=True,
-                env={**os.environ, "TMPDIR": str(workdir)},
+                *args, stdout=asyncio.subprocess.PIPE, stderr=stderr, start_new_session=True, env=isolated_env(workdir),
             )
         up = cls(process, stderr_path)
         up._reader = asyncio.get_running_loop().create_task(up._read())
@@ -228,6 +227,13 @@ class KapaUp:
             assert not survivors, f"processes left behind by kapa up: {sorted(survivors)}"
             assert code == 0, f"kapa up exited with {code}:\n" + "\n".join(self.output[-20:])
         return code
+
+
+def isolated_env(workdir: Path) -> dict[str, str]:
+    """The environment for a `kapa up` (and the `kapa explain` finding it) of one test: its work directory
+    (logs of every part) and the file announcing its scaler land in the test's own directory, where no other
+    kapa up running on the machine sees them."""
+    return {**os.environ, "TMPDIR": str(workdir), "XDG_RUNTIME_DIR": str(workdir)}
 
 
 def descendants(root: int) -> set[int]:

@@ -11,7 +11,7 @@ import yaml
 
 from kapa.local.app_spec import AppSpecError, app_spec
 from kapa.local.up import default_services_text
-from kapa.services import load_services, parse_services
+from kapa.core.services import load_services, parse_services
 
 REPO = Path(__file__).resolve().parents[2]
 

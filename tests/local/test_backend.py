@@ -18,7 +18,7 @@ import aiohttp
 from kapa.local.app_spec import app_spec
 from kapa.local.backend import LocalBackend, ReplicaState
 from kapa.local.processes import Supervisor
-from kapa.services import Endpoint, ServiceKey, parse_services
+from kapa.core.services import Endpoint, ServiceKey, parse_services
 
 HELLO = ServiceKey("default", "hello")
 

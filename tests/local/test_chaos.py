@@ -35,9 +35,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from kapa import contract
-from kapa.contract import knative_annotation
-from kapa.load import LoadConfig, LoadResult, run_load
+from kapa.core import contract
+from kapa.core.contract import knative_annotation
+from kapa.tools.load import LoadConfig, LoadResult, run_load
 from tests.local.harness import HOST, KapaUp, Sample, hello_services
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from kapa import contract
-from kapa.contract import knative_annotation
+from kapa.core import contract
+from kapa.core.contract import knative_annotation
 from tests.local.harness import KapaUp, hello_services
 
 pytestmark = pytest.mark.slow

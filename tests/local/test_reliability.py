@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kapa.contract import knative_annotation
+from kapa.core.contract import knative_annotation
 from tests.local.harness import KapaUp, hello_services
 
 pytestmark = pytest.mark.slow

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from kapa.contract import knative_annotation
-from kapa.load import LoadConfig, run_load
+from kapa.core.contract import knative_annotation
+from kapa.tools.load import LoadConfig, run_load
 from tests.local.harness import HOST, KapaUp, hello_services
 
 pytestmark = pytest.mark.slow

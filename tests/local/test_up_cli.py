@@ -11,7 +11,7 @@ import yaml
 from kapa.local.app_spec import app_spec
 from kapa.local.stack import StackOptions
 from kapa.local.up import _run, default_services_text, main
-from kapa.services import parse_services
+from kapa.core.services import parse_services
 
 
 @pytest.mark.parametrize(

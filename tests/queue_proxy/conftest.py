@@ -13,7 +13,7 @@ from subprocess import Popen
 
 import pytest
 
-from kapa import contract
+from kapa.core import contract
 from tests.support import KAPA, REPO, free_port, running, wait_for_http, wait_for_port
 
 

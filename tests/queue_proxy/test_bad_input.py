@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kapa import contract
+from kapa.core import contract
 from tests.queue_proxy.conftest import Proxy, get_json, queue_proxy
 from tests.support import free_port
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from kapa import contract
+from kapa.core import contract
 from queue_proxy.config import Config, ConfigError, ProbeConfig
 from tests.support import KAPA
 

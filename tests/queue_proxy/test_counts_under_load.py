@@ -6,7 +6,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from kapa import contract
+from kapa.core import contract
 from tests.queue_proxy.conftest import queue_proxy
 from tests.support import free_port, running, wait_for_port
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 
-from kapa import contract
+from kapa.core import contract
 from tests.queue_proxy.conftest import Proxy, get_json, queue_proxy
 from tests.queue_proxy.grpc_app import Greeter, grpc_server, identity
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame
 
-from kapa import contract
+from kapa.core import contract
 from kapa.relay.h2c import MAX_EARLY_RESETS
 from tests.activator.test_activator import wait_for
 from tests.kapa.relay.h2_peers import ENHANCE_YOUR_CALM, NO_ERROR, REFUSED_STREAM, RawH2Client, h2_app

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from kapa import contract
+from kapa.core import contract
 from tests.queue_proxy.conftest import Proxy, queue_proxy
 from tests.queue_proxy.grpc_app import grpc_server, identity
 

@@ -15,7 +15,7 @@ from typing import cast
 
 import pytest
 
-from kapa import contract
+from kapa.core import contract
 from kapa.relay import FAILURE_BAD_REQUEST, FAILURE_CLIENT_GONE, FAILURE_UPSTREAM, Address, Exchange, H2Stream
 from queue_proxy import handler as handler_module
 from queue_proxy.config import Config, ProbeConfig

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from kapa import contract
+from kapa.core import contract
 from tests.queue_proxy.conftest import Proxy, get_json
 
 

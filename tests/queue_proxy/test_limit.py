@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
-from kapa import contract
+from kapa.core import contract
 from tests.queue_proxy.conftest import Proxy, get_json, queue_proxy
 
 

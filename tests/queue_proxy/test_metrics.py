@@ -8,7 +8,7 @@ import time
 
 import aiohttp
 
-from kapa import contract
+from kapa.core import contract
 from tests.queue_proxy.conftest import Proxy
 
 _CONCURRENCY = contract.CONCURRENCY_SECONDS

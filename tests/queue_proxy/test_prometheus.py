@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from kapa import contract
-from kapa.prometheus_server import PrometheusServer, ScrapeTarget
+from kapa.core import contract
+from kapa.local.prometheus import PrometheusServer, ScrapeTarget
 from queue_proxy.metrics import metric_routes
 from queue_proxy.stats import RequestStats
 from tests.queue_proxy.conftest import Proxy
@@ -144,7 +144,7 @@ async def test_a_late_scrape_reads_high_as_prometheus_stamps_the_scrapes_start(t
                 (answer,) = await _query(session, prometheus, f"rate({series(name)}[{window_ms}ms])", last[0])
                 return float(answer["value"][1])
 
-            plain, stamped = endpoints["plain"], endpoints["stamped"]
+            plain = endpoints["plain"]
             stored = await samples("plain")
             lateness = [(plain.computed_at(value) - at, (at, value)) for at, value in stored]
             # Prometheus stamps a sample with the scrape's start (aligned to its schedule when within 2 ms),

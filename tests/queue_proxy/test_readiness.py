@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from kapa import contract
+from kapa.core import contract
 from tests.queue_proxy.conftest import Proxy, app_process, get_json, queue_proxy
 from tests.support import free_port
 

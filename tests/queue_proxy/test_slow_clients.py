@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kapa import contract
+from kapa.core import contract
 from tests.queue_proxy.conftest import Proxy, queue_proxy
 
 HEADER_READ_S = 0.5

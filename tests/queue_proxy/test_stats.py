@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from kapa.contract import CODE_CLASSES, DURATION_BUCKETS_S
-from kapa.histogram import bucket_index
+from kapa.core.contract import CODE_CLASSES, DURATION_BUCKETS_S
+from kapa.core.histogram import bucket_index
 from queue_proxy.stats import RequestStats, Snapshot
 
 # (events, scrape time, expected integral, expected proxied integral); an event is

@@ -12,10 +12,9 @@ import h2.config
 import h2.connection
 import h2.events
 
-from kapa import contract
+from kapa.core import contract
 from tests.queue_proxy.conftest import Proxy, queue_proxy
 from tests.queue_proxy.grpc_app import Greeter, grpc_server, identity
-from tests.support import free_port
 
 
 async def _metric(proxy: Proxy, name: str, **labels: str) -> float:

@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from kapa import contract
-from kapa.prometheus_server import PrometheusServer, ScrapeTarget
-from kapa.services import ServiceKey
+from kapa.core import contract
+from kapa.local.prometheus import PrometheusServer, ScrapeTarget
+from kapa.core.services import ServiceKey
 from tests.support import REPO, free_port, running, wait_for_http
 
 T = TypeVar("T")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from kapa import contract
+from kapa.core import contract
 
 _RATES = {
     contract.CONCURRENCY_SECONDS: "concurrency",

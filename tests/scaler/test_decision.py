@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import pytest
 
-from kapa.contract import ANNOTATION_CONTAINER_CONCURRENCY, MODE_PROXY, MODE_SERVE, knative_annotation
-from kapa.services import ServiceKey, ServiceSpec
-from scaler.config import AutoscalerConfig, ServiceConfig, service_config
+from kapa.core.contract import ANNOTATION_CONTAINER_CONCURRENCY, MODE_PROXY, MODE_SERVE, knative_annotation
+from kapa.core.services import ServiceKey, ServiceSpec
+from kapa.core.settings import AutoscalerConfig, ServiceConfig, service_config
 from scaler.decision import TICK_INTERVAL_S, Decision, DecisionState, Observation, decide
 
 

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 
 import pytest
 
-from kapa.contract import MODE_PROXY, MODE_SERVE
-from scaler.config import ServiceConfig
+from kapa.core.contract import MODE_PROXY, MODE_SERVE
+from kapa.core.settings import ServiceConfig
 from scaler.decision import Decision, DecisionState, Observation, _record_delay, decide, delegated_decision
 from tests.scaler.test_decision import make_config
 

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from kapa.contract import MODE_SERVE
-from kapa.services import ServiceKey
+from kapa.core.contract import MODE_SERVE
+from kapa.core.services import ServiceKey
 from scaler.decision import Decision
 from scaler.feed import DecisionChange, DecisionFeed
 

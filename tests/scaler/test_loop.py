@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from kapa import contract
-from kapa.prometheus_server import PrometheusServer, ScrapeTarget
-from kapa.services import ServiceKey, ServiceSpec
+from kapa.core import contract
+from kapa.local.prometheus import PrometheusServer, ScrapeTarget
+from kapa.core.services import ServiceKey, ServiceSpec
 from scaler.catalog import FileCatalog, StaticCatalog
-from scaler.config import AutoscalerConfig
+from kapa.core.settings import AutoscalerConfig
 from scaler.decision import TICK_INTERVAL_S, Decision
 from scaler.loop import Scaler, UnknownService
 from scaler.prometheus_source import PrometheusMetrics

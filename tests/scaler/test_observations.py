@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kapa.contract import METRIC_CONCURRENCY
-from kapa.services import ServiceKey
+from kapa.core.contract import METRIC_CONCURRENCY
+from kapa.core.services import ServiceKey
 from scaler.observations import MetricsSnapshot, WindowQuery, existed_before
 
 KEY = ServiceKey("shop", "cart")

@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
 
 import pytest
 
-from kapa import contract
-from kapa.prometheus_server import PrometheusServer
-from kapa.services import ServiceKey
+from kapa.core import contract
+from kapa.local.prometheus import PrometheusServer
+from kapa.core.services import ServiceKey
+from kapa.core.settings import AGGREGATION_WEIGHTED_EXPONENTIAL
 from scaler.observations import MetricsSnapshot, WindowQuery, observed_value
-from scaler.prometheus_source import PrometheusMetrics, PrometheusQueryError, parse_vector, promql_duration, window_promql
+from scaler.policy import LoadHistory
+from scaler.prometheus_source import (
+    HISTORY_STEP_S,
+    PrometheusMetrics,
+    PrometheusQueryError,
+    bucket_promql,
+    history_promql,
+    parse_matrix,
+    parse_vector,
+    promql_duration,
+    window_promql,
+)
 from tests.scaler.conftest import ExporterControl, query, wait_until
 from tests.support import free_port
 
 HELLO = ServiceKey("default", "hello")
 OTHER = ServiceKey("team-a", "other")
 AT_ZERO = ServiceKey("default", "at-zero")
+NEVER_SEEN = ServiceKey("default", "never-seen")
 STABLE = WindowQuery(contract.METRIC_CONCURRENCY, 60.0)
 PANIC = WindowQuery(contract.METRIC_CONCURRENCY, 6.0)
 RPS = WindowQuery(contract.METRIC_RPS, 6.0)
@@ -57,6 +72,22 @@ def test_parse_vector_reads_service_labels_and_skips_nan_and_unlabelled() -> Non
         parse_vector({"status": "error", "error": "bad_data"})
     with pytest.raises(PrometheusQueryError, match="instant vector"):
         parse_vector({"status": "success", "data": {"resultType": "matrix", "result": []}})
+
+
+def test_history_promql_counts_every_components_requests_in_flight_per_step() -> None:
+    by = f"sum by ({contract.LABEL_NAMESPACE}, {contract.LABEL_SERVICE})"
+    assert history_promql() == f"{by} (rate({contract.CONCURRENCY_SECONDS}[3000ms]))"  # 2 s steps, 3 s for rate()
+
+
+def test_parse_matrix_reads_values_by_step_number() -> None:
+    hello = {contract.LABEL_NAMESPACE: "default", contract.LABEL_SERVICE: "hello"}
+    body = {"status": "success", "data": {"resultType": "matrix", "result": [
+        {"metric": hello, "values": [[1000.0, "1.5"], [1002.0, "NaN"], [1004.0, "0"]]},
+        {"metric": {}, "values": [[1000.0, "9"]]},
+    ]}}
+    assert parse_matrix(body, 2.0) == {HELLO: {500: 1.5, 502: 0.0}}
+    with pytest.raises(PrometheusQueryError, match="range vector"):
+        parse_matrix({"status": "success", "data": {"resultType": "vector", "result": []}}, 2.0)
 
 
 @pytest.mark.parametrize(
@@ -133,3 +164,84 @@ async def test_unreachable_prometheus_is_stale_logged_once_and_recovers(
         assert any("answers again" in r.getMessage() for r in caplog.records)
     finally:
         await source.close()
+
+
+async def test_load_histories_from_real_prometheus_and_the_same_after_a_restart(
+    prometheus: PrometheusServer, exporter: ExporterControl
+) -> None:
+    """Load for a while, then none: the history shows the load, then the silence, one value per 2 s step; a
+    service without series is silent throughout; fetching step by step (a running scaler) and all at once
+    (a scaler started now) give the same history."""
+    loaded = {"namespace": "default", "service": "hello", "pod": "a"}
+    exporter.set([{**loaded, "concurrency": 2.0}])
+    await asyncio.sleep(8)
+    exporter.set([{**loaded, "concurrency": 0.0}])
+    loaded_until = time.time()
+    await asyncio.sleep(14)
+    running = PrometheusMetrics(prometheus.url)
+    restarted = PrometheusMetrics(prometheus.url)
+    try:
+        at = math.floor(time.time() / HISTORY_STEP_S) * HISTORY_STEP_S - HISTORY_STEP_S
+        earlier = await running.load_histories([HELLO], at - 2 * HISTORY_STEP_S)
+        histories = await running.load_histories([HELLO, NEVER_SEEN], at)  # fetches only the two new steps
+        assert earlier[HELLO].values[2:] == histories[HELLO].values[:-2]
+        assert histories == await restarted.load_histories([HELLO, NEVER_SEEN], at)
+        hello = histories[HELLO]
+        assert hello.step_s == HISTORY_STEP_S and len(hello.values) == 1800  # the last hour, one value per tick
+        assert set(histories[NEVER_SEEN].values) == {0.0}
+        silent_steps = math.floor((at - loaded_until) / HISTORY_STEP_S) - 2  # the 3 s rate() window still sees load
+        assert silent_steps >= 3
+        assert hello.values[-silent_steps:] == (0.0,) * silent_steps
+        # A step whose 3 s window lies within the 8 s of load reads its 2 requests in flight.
+        loaded_step = math.floor(loaded_until / HISTORY_STEP_S) * HISTORY_STEP_S - HISTORY_STEP_S
+        assert hello.values[-1 - round((at - loaded_step) / HISTORY_STEP_S)] == pytest.approx(2.0, rel=0.05)
+    finally:
+        await running.close()
+        await restarted.close()
+
+
+async def test_an_unreachable_prometheus_gives_no_history_and_the_gap_is_fetched_later(
+    prometheus: PrometheusServer,
+) -> None:
+    source = PrometheusMetrics(f"http://127.0.0.1:{free_port()}", timeout_s=0.5)
+    try:
+        at = math.floor(time.time() / HISTORY_STEP_S) * HISTORY_STEP_S - 2.0
+        assert await source.load_histories([HELLO], at - 10.0) == {}
+        source.url = prometheus.url
+        histories = await source.load_histories([HELLO], at)
+        reference = PrometheusMetrics(prometheus.url)
+        try:
+            assert histories == await reference.load_histories([HELLO], at)
+        finally:
+            await reference.close()
+        assert isinstance(histories[HELLO], LoadHistory)
+    finally:
+        await source.close()
+
+
+def test_bucket_promql_is_the_last_second_of_each_counter() -> None:
+    promql = bucket_promql(contract.METRIC_CONCURRENCY)
+    assert f"irate({contract.CONCURRENCY_SECONDS}[3000ms])" in promql
+    assert f"irate({contract.PROXIED_CONCURRENCY_SECONDS}[3000ms])" in promql and "rate(" not in promql.replace("irate(", "")
+
+
+async def test_weighted_exponential_follows_a_step_as_knative_weighs_its_buckets(
+    prometheus: PrometheusServer, exporter: ExporterControl
+) -> None:
+    """`metric-aggregation-algorithm: weightedExponential` live: one concurrency over a 10 s window, 1 until
+    4 s ago and 9 since. Knative's weights over 10 buckets put about 94 % on the last three seconds, so the
+    weighted average reads close to 9 while the linear one reads about 4.2 (6 s of 1, 4 s of 9)."""
+    series = {"namespace": "default", "service": "hello", "pod": "a", "component": contract.COMPONENT_QUEUE_PROXY}
+    exporter.set([{**series, "concurrency": 1.0}])
+    await asyncio.sleep(12)
+    exporter.set([{**series, "concurrency": 9.0}])
+    await asyncio.sleep(4)
+    linear = WindowQuery(contract.METRIC_CONCURRENCY, 10.0)
+    weighted = WindowQuery(contract.METRIC_CONCURRENCY, 10.0, AGGREGATION_WEIGHTED_EXPONENTIAL)
+    source = PrometheusMetrics(prometheus.url)
+    try:
+        snapshot = await source.observe([linear, weighted], at=time.time())
+    finally:
+        await source.close()
+    assert 3.0 < snapshot.values[linear][HELLO] < 5.5, snapshot.values
+    assert 7.5 < snapshot.values[weighted][HELLO] <= 9.0 + 1e-6, snapshot.values

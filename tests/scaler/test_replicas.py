@@ -23,8 +23,8 @@ import aiohttp
 import pytest
 import yaml
 
-from kapa import contract
-from kapa.prometheus_server import PrometheusServer, ScrapeTarget
+from kapa.core import contract
+from kapa.local.prometheus import PrometheusServer, ScrapeTarget
 from tests.queue_proxy.conftest import queue_proxy
 from tests.scaler.conftest import run_sync
 from tests.support import KAPA, free_port, running, wait_for_http

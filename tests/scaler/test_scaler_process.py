@@ -17,9 +17,9 @@ import grpc
 import pytest
 import yaml
 
-from kapa import contract
-from kapa.prometheus_server import PrometheusServer, ScrapeTarget
-from kapa.services import ServiceKey
+from kapa.core import contract
+from kapa.local.prometheus import PrometheusServer, ScrapeTarget
+from kapa.core.services import ServiceKey
 from scaler.grpc_server import metric_name
 from scaler.proto import externalscaler_pb2 as pb
 from scaler.proto import externalscaler_pb2_grpc as pb_grpc

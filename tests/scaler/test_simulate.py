@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
 import pytest
 
-from kapa.contract import ANNOTATION_CONTAINER_CONCURRENCY, knative_annotation
-from kapa.services import ServiceKey, ServiceSpec
-from scaler.config import AutoscalerConfig, ServiceConfig, service_config
-from scaler.simulate import ArrivalTrace, ConcurrencyTrace, TraceError, load_trace, main, simulate
+from kapa.core.contract import ANNOTATION_CONTAINER_CONCURRENCY, knative_annotation
+from kapa.core.services import ServiceKey, ServiceSpec
+from kapa.core.settings import AutoscalerConfig, ServiceConfig, service_config
+from scaler.simulate import StartupDelay, compare, main, simulate
+from scaler.traces import (
+    ArrivalTrace,
+    ConcurrencyTrace,
+    TraceError,
+    generate,
+    load_trace,
+)
 
 SHARED_TRACE = Path(__file__).resolve().parents[2] / "examples" / "traces" / "azure-llm-2023-conv-arrivals.csv"
 
@@ -26,40 +34,6 @@ def make_config(annotations: dict[str, str] | None = None) -> ServiceConfig:
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
-
-
-# --- traces -------------------------------------------------------------------------------------------------
-
-
-def test_load_concurrency_trace_fills_gaps_with_zero(tmp_path: Path) -> None:
-    trace = load_trace(write(tmp_path / "c.csv", "time_s,concurrency\n0,1\n1,2.5\n4,3\n"))
-    assert trace == ConcurrencyTrace((1.0, 2.5, 0.0, 0.0, 3.0))
-
-
-def test_load_arrival_trace_sorts_arrivals(tmp_path: Path) -> None:
-    trace = load_trace(write(tmp_path / "a.csv", "time_s,duration_s\n2.0,0.5\n1.0,1.5\n\n"))
-    assert trace == ArrivalTrace(((1.0, 1.5), (2.0, 0.5)))
-
-
-@pytest.mark.parametrize(
-    ("content", "problem"),
-    [
-        pytest.param("time,load\n0,1\n", "header must be", id="unknown-header"),
-        pytest.param("time_s,concurrency\n0,1\n1,lots\n", ":3: not numbers", id="not-a-number-names-the-line"),
-        pytest.param("time_s,duration_s\n0,-1\n", ":2: values must be finite and non-negative", id="negative"),
-        pytest.param("time_s,duration_s\n0,1,2\n", ":2: expected 2 columns", id="extra-column"),
-        pytest.param("time_s,duration_s\n", "no rows", id="header-only"),
-        pytest.param("", "empty trace", id="empty"),
-    ],
-)
-def test_malformed_traces_are_rejected_with_the_place(tmp_path: Path, content: str, problem: str) -> None:
-    with pytest.raises(TraceError, match=problem):
-        load_trace(write(tmp_path / "t.csv", content))
-
-
-def test_missing_trace_file(tmp_path: Path) -> None:
-    with pytest.raises(TraceError, match="cannot read trace"):
-        load_trace(tmp_path / "nope.csv")
 
 
 # --- concurrency traces -------------------------------------------------------------------------------------
@@ -248,3 +222,120 @@ def test_rps_metric_observes_arrivals_per_second() -> None:
 def test_rps_metric_needs_an_arrival_trace() -> None:
     with pytest.raises(TraceError, match="needs an arrival trace"):
         simulate(make_config({"metric": "rps"}), ConcurrencyTrace((1.0,)))
+
+
+# --- pod start-up -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "median_s", "p99_s"),
+    [
+        pytest.param("2s", 2.0, 2.0, id="constant"),
+        pytest.param("0", 0.0, 0.0, id="instant"),
+        pytest.param("lognormal:median=2s,p99=6s", 2.0, 6.0, id="lognormal"),
+        pytest.param(" lognormal : p99=1m , median=500ms", 0.5, 60.0, id="any-order-and-spacing"),
+    ],
+)
+def test_startup_delay_forms(text: str, median_s: float, p99_s: float) -> None:
+    assert StartupDelay.parse(text) == StartupDelay(median_s, p99_s)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        pytest.param("-1s", "must not be negative", id="negative"),
+        pytest.param("gamma:k=2", "unknown start-up distribution 'gamma'", id="unknown-distribution"),
+        pytest.param("lognormal:median=2s", "bad start-up distribution", id="p99-missing"),
+        pytest.param("lognormal:median=2s,p99=6s,p50=2s", "bad start-up distribution", id="unknown-parameter"),
+        pytest.param("lognormal:median=6s,p99=2s", "needs 0 < median <= p99", id="p99-below-median"),
+        pytest.param("lognormal:median=2s,p99=soon", "not a duration", id="bad-duration"),
+    ],
+)
+def test_bad_startup_delays(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        StartupDelay.parse(text)
+
+
+def test_lognormal_startup_has_the_median_and_p99_asked_for() -> None:
+    delay = StartupDelay.parse("lognormal:median=2s,p99=6s")
+    rng = random.Random(5)
+    samples = sorted(delay.sample(rng) for _ in range(20_000))
+    assert samples[10_000] == pytest.approx(2.0, rel=0.03)
+    assert samples[19_800] == pytest.approx(6.0, rel=0.08)
+
+
+def test_replays_that_ask_for_a_pod_at_the_same_moment_wait_the_same() -> None:
+    """Start-up delays are drawn per (seed, time, pod), so both policies' first cold start waits the same, and
+    another seed draws another delay."""
+    trace = ArrivalTrace(((0.5, 1.0),))
+    delay = StartupDelay.parse("lognormal:median=2s,p99=6s")
+    waits = {seed: [run.summary["queueing_delay_max_s"] for run in compare(make_config(), trace, delay, seed=seed).values()]
+             for seed in (1, 2)}
+    assert waits[1][0] == waits[1][1] and waits[2][0] == waits[2][1]
+    assert waits[1][0] != waits[2][0]
+
+
+# --- comparing policies ---------------------------------------------------------------------------------------
+
+
+def test_compare_replays_knatives_rules_and_the_predictive_policy() -> None:
+    """A job every 5 min for 2 h: Knative keeps a pod ~90 s after each run and cold-starts every run; the
+    policy, once it has seen three silences, drops the pod after each run and pre-warms one before the next."""
+    trace = generate("periodic", seed=2, duration_s=7200.0)
+    runs = compare(make_config(), trace, StartupDelay.parse("lognormal:median=2s,p99=6s"), seed=2)
+    assert list(runs) == ["knative", "predictive"]
+    knative, predictive = (runs[policy].summary for policy in ("knative", "predictive"))
+    assert knative == simulate(make_config(), trace, StartupDelay.parse("lognormal:median=2s,p99=6s"), seed=2).summary
+    assert (knative["scaling_policy"], predictive["scaling_policy"]) == ("knative", "predictive")
+    assert predictive["pod_seconds"] < 0.6 * knative["pod_seconds"]  # type: ignore[operator]
+    assert predictive["requests_waited_for_cold_start"] < 0.5 * knative["requests_waited_for_cold_start"]  # type: ignore[operator]
+
+
+def test_the_predictive_policy_leaves_a_steady_service_alone() -> None:
+    trace = generate("steady", seed=1, duration_s=600.0)
+    runs = compare(make_config(), trace)
+    assert {key: value for key, value in runs["predictive"].summary.items() if key != "scaling_policy"} == {
+        key: value for key, value in runs["knative"].summary.items() if key != "scaling_policy"}
+
+
+def test_cli_generates_compares_and_saves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    saved, out, png = tmp_path / "periodic.csv", tmp_path / "ticks.csv", tmp_path / "plot.png"
+    code = main(["--generate", "periodic", "--seed", "3", "--duration", "30m", "--save-trace", str(saved), "--compare",
+                 "--startup-delay", "lognormal:median=2s,p99=6s", "--out", str(out), "--plot", str(png)])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["trace"] == "--generate periodic --seed 3"
+    assert summary["startup_delay"] == "lognormal median 2s, p99 6s"
+    assert summary["knative"]["requests"] == summary["predictive"]["requests"] == len(load_trace(saved).requests)
+    assert load_trace(saved) == generate("periodic", 3, 1800.0)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "policy,time_s,stable,panic,desired,ready,panic_mode"
+    assert {line.split(",")[0] for line in lines[1:]} == {"knative", "predictive"}
+    assert len(lines) - 1 == summary["knative"]["decisions"] + summary["predictive"]["decisions"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_replays_one_policy_from_its_annotation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--generate", "sparse", "--duration", "20m", "--annotation", "kapa.dev/scaling-policy=predictive"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["scaling_policy"] == "predictive" and "knative" not in summary
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        pytest.param(["--generate", "steady", "--save-trace"], "expected one argument", id="save-trace-needs-a-path"),
+        pytest.param(["--generate", "weekly"], "invalid choice: 'weekly'", id="unknown-shape"),
+        pytest.param(["--trace", "x.csv", "--generate", "steady"], "not allowed with argument", id="trace-or-generate"),
+        pytest.param([], "one of the arguments --trace --generate is required", id="no-trace"),
+        pytest.param(["--trace", "x.csv", "--save-trace", "y.csv"], "--save-trace writes a --generate trace",
+                     id="save-trace-without-generate"),
+        pytest.param(["--generate", "steady", "--startup-delay", "gamma:k=2"], "unknown start-up distribution",
+                     id="unknown-startup-distribution"),
+    ],
+)
+def test_cli_trace_source_errors(argv: list[str], problem: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert problem in capsys.readouterr().err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scaler.config import AGGREGATION_LINEAR, AGGREGATION_WEIGHTED_EXPONENTIAL
+from kapa.core.settings import AGGREGATION_LINEAR, AGGREGATION_WEIGHTED_EXPONENTIAL
 from scaler.windows import BucketSeries, smoothing_coefficient, window_buckets
 
 

@@ -1,5 +1,5 @@
 {{/*
-Names, labels and the security settings every Kapa pod shares. Port numbers are kapa.contract's; the chart
+Names, labels and the security settings every Kapa pod shares. Port numbers are kapa.core.contract's; the chart
 tests check each rendered port against it.
 */}}
 
