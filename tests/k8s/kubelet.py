@@ -16,7 +16,8 @@ What a real kubelet does that the end-to-end tests depend on, and nothing else:
   spec.serviceAccountName, status.podIP, status.hostIP, configMapKeyRef/secretKeyRef), $(VAR) expansion in
   command/args, and KUBERNETES_SERVICE_HOST/PORT pointing at the API server's real address;
 - runs startup, readiness and liveness probes (httpGet, tcpSocket, exec), restarts exited or unhealthy
-  containers (restartPolicy), and patches the pod's status (phase, podIP, conditions, containerStatuses);
+  containers (restartPolicy; a pod whose containers all exited for good, as a Job's, ends Succeeded or Failed),
+  and patches the pod's status (phase, podIP, conditions, containerStatuses);
 - on deletion: readiness false, SIGTERM to every container, SIGKILL after the grace period, network
   namespace removed, then the pod object deleted with grace 0.
 
@@ -168,6 +169,8 @@ class Container:
     restarts: int = 0
     last_terminated: dict[str, Any] | None = None
     terminated: dict[str, Any] | None = None
+    #: Exited for good: its pod's restartPolicy does not start it again (a Job's pod, run to completion).
+    completed: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -410,8 +413,10 @@ class Pod:
                                     "reason": "Completed" if code == 0 else "Error",
                                     "startedAt": container.started_at, "finishedAt": now()}
             log("container exited", pod=self.label(), container=container.name, code=code)
+            if not self.terminating and (policy == "Never" or (policy == "OnFailure" and code == 0)):
+                container.completed = True
             self.mark_dirty()
-            if self.terminating or policy == "Never" or (policy == "OnFailure" and code == 0):
+            if self.terminating or container.completed:
                 return
             container.last_terminated = container.terminated
             container.restarts += 1
@@ -552,7 +557,7 @@ class Pod:
         running = container.process is not None and container.process.returncode is None
         if running:
             state: dict[str, Any] = {"running": {"startedAt": container.started_at}}
-        elif container.terminated is not None and self.terminating:
+        elif container.terminated is not None and (self.terminating or container.completed):
             state = {"terminated": container.terminated}
         elif container.terminated is not None:
             state = {"waiting": {"reason": "CrashLoopBackOff", "message": container.terminated.get("message", "")}}
@@ -568,8 +573,13 @@ class Pod:
     def status(self) -> dict[str, Any]:
         all_ready = all(c.ready for c in self.containers) and not self.terminating
         any_running = any(c.process is not None and c.process.returncode is None for c in self.containers)
+        if all(c.completed for c in self.containers):  # run to completion (restartPolicy Never/OnFailure)
+            phase = "Succeeded" if all(c.terminated and c.terminated["exitCode"] == 0 for c in self.containers) \
+                else "Failed"
+        else:
+            phase = "Running" if any_running or not self.terminating else "Succeeded"
         return {
-            "phase": "Running" if any_running or not self.terminating else "Succeeded",
+            "phase": phase,
             "hostIP": network.GATEWAY_IP, "hostIPs": [{"ip": network.GATEWAY_IP}],
             "podIP": self.address, "podIPs": [{"ip": self.address}],
             "startTime": self.start_time,

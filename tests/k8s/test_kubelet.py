@@ -99,3 +99,32 @@ def test_pod_lifecycle(cluster: Cluster) -> None:
         assert "got TERM" in cluster.pod_log(pod, "main")
     finally:
         core.delete_namespace(NAMESPACE)
+
+
+def test_jobs_run_to_completion(cluster: Cluster) -> None:
+    """A Job's pod (restartPolicy Never) ends Succeeded or Failed by its exit code, and the Job controller
+    completes or fails the Job: what the chart's pre-delete hook (kapa detach) relies on."""
+    from kubernetes import client
+
+    namespace = "kubelet-jobs"
+    core, batch = client.CoreV1Api(cluster.api), client.BatchV1Api(cluster.api)
+    core.create_namespace({"metadata": {"name": namespace}})
+
+    def job(name: str, command: list[str]) -> dict[str, Any]:
+        return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": namespace},
+                "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never", "containers": [
+                    {"name": "run", "image": "none", "command": command}]}}}}
+
+    def condition(name: str) -> str | None:
+        conditions = batch.read_namespaced_job(name, namespace).status.conditions or []
+        return next((c.type for c in conditions if c.type in ("Complete", "Failed") and c.status == "True"), None)
+
+    try:
+        batch.create_namespaced_job(namespace, job("passes", ["true"]))
+        batch.create_namespaced_job(namespace, job("fails", ["false"]))
+        wait_for(lambda: condition("passes") and condition("fails"), 60, f"both jobs done\n{cluster.diagnose(namespace)}")
+        assert (condition("passes"), condition("fails")) == ("Complete", "Failed")
+        phases = {pod.metadata.labels["job-name"]: pod.status.phase for pod in core.list_namespaced_pod(namespace).items}
+        assert phases == {"passes": "Succeeded", "fails": "Failed"}
+    finally:
+        core.delete_namespace(namespace)
