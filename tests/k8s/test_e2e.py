@@ -520,6 +520,19 @@ def scaler_decisions(pod: Any, name: str = SAMPLE) -> dict[float, tuple[int, boo
     return {r["at"]: (r["desired_pods"], r["panic_mode"]) for r in records if not r["poked"]}
 
 
+def envoy_follows_the_only_scaler(cluster: Cluster) -> bool:
+    """One scaler pod left (none terminating: a scaler on its way out may still hold Envoy's xDS stream), and
+    Envoy has ACKed every resource version it serves, so the next tests see its routes."""
+    pods = [pod for pod in release_pods(cluster)
+            if pod.metadata.labels.get("app.kubernetes.io/component") == "scaler"]
+    if len(pods) != 1 or not pod_ready(pods[0]):
+        return False
+    state = routes(cluster)
+    return bool(state["envoys"]) and all(
+        types.get(type_url, {}).get("acked_version") == version
+        for types in state["envoys"].values() for type_url, version in state["versions"].items())
+
+
 def test_with_two_scalers_they_agree_and_killing_one_mid_load_changes_nothing(release: Cluster) -> None:
     """Two scaler replicas (KEDA and Envoy each talk to one through the Service): under load they decide
     the same, tick by tick; the one both talk to is killed and nothing a client sees changes: the replica
@@ -568,7 +581,8 @@ def test_with_two_scalers_they_agree_and_killing_one_mid_load_changes_nothing(re
             history.stop()
         apps_api(release).patch_namespaced_deployment_scale(scaler_deployment, NAMESPACE, {"spec": {"replicas": 1}})
         apps_api(release).patch_namespaced_deployment(SAMPLE, APPS, {"metadata": {"annotations": {retention: None}}})
-        wait_for(lambda: len(workload.component_pods(release, RELEASE, NAMESPACE, "scaler")) == 1, 90, "one scaler")
+        wait_for(lambda: envoy_follows_the_only_scaler(release), 120,
+                 f"one scaler left, its routes ACKed by Envoy\n{release.diagnose(NAMESPACE)}")
 
 
 def test_a_deployment_of_knatives_hpa_class_is_scaled_by_the_hpa_on_cpu_and_served_by_its_pods(

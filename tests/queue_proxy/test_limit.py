@@ -17,6 +17,10 @@ from kapa.core import contract
 from tests.queue_proxy.conftest import Proxy, get_json, queue_proxy
 
 
+#: How long the app takes per request in the queueing test.
+SERVICE_S = 0.6
+
+
 async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str, float]:
     start = time.monotonic()
     async with session.get(url) as response:
@@ -38,9 +42,15 @@ async def test_limit_queues_in_order_and_refuses_beyond_the_queue(app_port: int,
         _reset(proxy)
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            # 2 at the app + 20 queued fit; 5 more are refused at once.
-            tasks = [asyncio.create_task(_get(session, f"{proxy.url}/sleep?ms=150")) for _ in range(27)]
-            await asyncio.sleep(0.1)
+            # 2 at the app + 20 queued fit; 5 more are refused at once. Each request takes SERVICE_S at the
+            # app, long enough for all 27 to arrive first even on a busy machine; once the 5th is refused
+            # every request has arrived, and none has left the app yet.
+            tasks = [asyncio.create_task(_get(session, f"{proxy.url}/sleep?ms={SERVICE_S * 1000:.0f}"))
+                     for _ in range(27)]
+            deadline = time.monotonic() + SERVICE_S / 2
+            while await asyncio.to_thread(proxy.metric, contract.REJECTED_REQUESTS, reason=contract.REASON_QUEUE_FULL) < 5:
+                assert time.monotonic() < deadline, "27 requests did not all arrive within half a service time"
+                await asyncio.sleep(0.02)
             assert await asyncio.to_thread(proxy.metric, contract.QUEUE_DEPTH) == 20
             assert await asyncio.to_thread(proxy.metric, contract.REQUESTS_IN_FLIGHT) == 22
             results = await asyncio.gather(*tasks)
@@ -48,8 +58,8 @@ async def test_limit_queues_in_order_and_refuses_beyond_the_queue(app_port: int,
         served = [r for r in results if r[0] == 200]
         assert len(refused) == 5 and len(served) == 22
         assert all("queue is full" in text and elapsed < 0.1 for _, text, elapsed in refused)
-        # 22 requests of 150 ms, two at a time: about 11 rounds for the last one.
-        assert max(elapsed for _, _, elapsed in served) >= 10 * 0.15
+        # 22 requests of SERVICE_S, two at a time: about 11 rounds for the last one.
+        assert max(elapsed for _, _, elapsed in served) >= 10 * SERVICE_S
         stats = _app_stats(proxy)
         assert stats["max"] == 2 and stats["total"] == 22
         assert proxy.metric(contract.REJECTED_REQUESTS, reason=contract.REASON_QUEUE_FULL) == 5
